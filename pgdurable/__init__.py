@@ -1,0 +1,38 @@
+"""pgdurable: durable execution for Python apps, on their own PostgreSQL."""
+
+from .app import Durable
+from .context import Context
+from .errors import (
+    ConfigurationError,
+    DurableError,
+    InvalidEventError,
+    MigrationError,
+    NonRetriableError,
+    PayloadTooLargeError,
+    RetryAfterError,
+    SerializationError,
+    StepError,
+)
+from .events import Event
+from .options import (
+    Batch,
+    Cancel,
+    Concurrency,
+    Debounce,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+)
+from .runs import Run, RunError
+
+__all__ = [
+    "Batch", "Cancel", "Concurrency", "ConfigurationError", "Context", "Debounce",
+    "Durable", "DurableError", "Event", "InvalidEventError", "MigrationError",
+    "NonRetriableError", "PayloadTooLargeError", "Priority", "RateLimit",
+    "RetryAfterError", "Run", "RunError", "SerializationError", "Singleton",
+    "StepError", "Throttle", "Timeouts",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,321 @@
+"""`Durable`: the app object. Registry, sending, workers, management API."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+from pydantic import BaseModel
+
+from .durations import Duration, parse_duration
+from .errors import ConfigurationError, DurableError, InvalidEventError, MigrationError
+from .events import Event, PreparedEvent, check_name, prepare
+from .functions import FunctionDef, Handler, define
+from .runs import Run
+from .store import Store
+from .worker import Worker
+
+H = TypeVar("H", bound=Handler)
+
+MiB = 1024 * 1024
+
+
+class Durable:
+    """A pgdurable app bound to one Postgres database and schema.
+
+    Give it a DSN, or a psycopg_pool.ConnectionPool (which it never closes),
+    or neither to read `PGDURABLE_DSN` then `DATABASE_URL` from the
+    environment. Nothing connects until first use.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: ConnectionPool[Any] | None = None,
+        schema: str = "pgdurable",
+        lease: Duration = "30s",
+        dedupe_window: Duration = "24h",
+        max_event_bytes: int = 1 * MiB,
+        max_output_bytes: int = 4 * MiB,
+        retry_backoff: tuple[Duration, Duration] = ("1s", "10m"),
+        pool_size: int = 10,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if dsn is not None and pool is not None:
+            raise ConfigurationError("give either dsn= or pool=, not both")
+        self.store = Store(schema)
+        self.schema = schema
+        self.lease = parse_duration(lease, what="lease")
+        if self.lease < timedelta(seconds=1):
+            raise ConfigurationError("lease must be at least 1 second")
+        self.dedupe_window = parse_duration(dedupe_window, what="dedupe_window")
+        self.max_event_bytes = _positive(max_event_bytes, "max_event_bytes")
+        self.max_output_bytes = _positive(max_output_bytes, "max_output_bytes")
+        self.retry_backoff = tuple(
+            parse_duration(v, what="retry_backoff").total_seconds() for v in retry_backoff
+        )
+        self.connect_timeout = connect_timeout
+        self._owns_pool = pool is None
+        self.pool: ConnectionPool[Any] = pool or ConnectionPool(
+            _dsn_from_env(dsn), open=False, min_size=1, max_size=_positive(pool_size, "pool_size"),
+            name=f"pgdurable-{schema}",
+        )
+        self.functions: dict[str, FunctionDef] = {}
+        self._triggers: dict[str, list[FunctionDef]] = {}
+        self._schemas: dict[str, type[BaseModel]] = {}
+        self._worker: Worker | None = None
+        self._open_lock = threading.Lock()
+
+    @property
+    def conninfo(self) -> str:
+        """The connection string of the pool, for connections of our own (LISTEN)."""
+        conninfo = self.pool.conninfo() if callable(self.pool.conninfo) else self.pool.conninfo
+        kwargs = self.pool.kwargs() if callable(self.pool.kwargs) else self.pool.kwargs
+        extra = {k: v for k, v in (kwargs or {}).items() if isinstance(v, str | int)}
+        return make_conninfo(conninfo, **extra)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection in a transaction that commits when the block exits."""
+        if self._owns_pool and self.pool.closed:
+            with self._open_lock:
+                if self.pool.closed:
+                    self._open_pool()
+        with self.pool.connection() as conn, _translated_errors(self.schema):
+            yield conn
+
+    def _open_pool(self) -> None:
+        self.pool.open(wait=False)
+        try:
+            self.pool.wait(timeout=self.connect_timeout)
+        except PoolTimeout:
+            self.pool.close()
+            raise DurableError(
+                f"cannot connect to Postgres at {_redacted(self.conninfo)} "
+                f"within {self.connect_timeout} s") from None
+
+    # -- schema -----------------------------------------------------------
+
+    def migrate(self) -> list[int]:
+        """Create or upgrade the schema; idempotent and safe to run concurrently.
+        Returns the migration versions applied by this call."""
+        with self.connection() as conn:
+            return self.store.migrate(conn)
+
+    # -- registry ---------------------------------------------------------
+
+    def event(self, name: str, schema: type[BaseModel]) -> None:
+        """Validate the data of events called `name` against a pydantic model when sent."""
+        check_name(name)
+        if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+            raise ConfigurationError(f"schema of event {name!r} must be a pydantic BaseModel subclass")
+        self._schemas[name] = schema
+
+    def function(
+        self, *, id: str, event: str | list[str] | None = None, retries: int = 3, **options: Any
+    ) -> Callable[[H], H]:
+        """Register the decorated `def` or `async def` handler as a function."""
+
+        def register(handler: H) -> H:
+            fdef = define(handler, id=id, event=event, retries=retries, options=options)
+            if fdef.id in self.functions:
+                raise ConfigurationError(f"a function with id {fdef.id!r} is already registered")
+            self.functions[fdef.id] = fdef
+            for name in fdef.events:
+                self._triggers.setdefault(name, []).append(fdef)
+            return handler
+
+        return register
+
+    # -- events -----------------------------------------------------------
+
+    def send(
+        self,
+        name_or_events: str | Event | Sequence[Event],
+        data: dict[str, Any] | BaseModel | None = None,
+        *,
+        id: str | None = None,
+        ts: datetime | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[str]:
+        """Store events and create the runs they trigger, in one transaction.
+
+        With `conn=`, that is the caller's transaction: the events exist if
+        and only if it commits. Returns the event ids, in order; an id already
+        seen within the dedupe window is returned and nothing more is done.
+        """
+        events = self._events_of(name_or_events, data, id, ts)
+        prepared = [prepare(e, self._schemas.get(e.name), max_bytes=self.max_event_bytes)
+                    for e in events]
+        unique = list({p.id: p for p in reversed(prepared)}.values())[::-1]
+        runs = [(index, fdef.id, fdef.retries)
+                for index, event in enumerate(unique, start=1)
+                for fdef in self._triggers.get(event.name, ())]
+        if conn is not None:
+            with _translated_errors(self.schema):
+                self._send(conn, unique, runs)
+        else:
+            with self.connection() as own:
+                self._send(own, unique, runs)
+        return [p.id for p in prepared]
+
+    def _send(self, conn: psycopg.Connection[Any], events: list[PreparedEvent],
+              runs: list[tuple[int, str, int]]) -> None:
+        self.store.send_events(conn, events, runs, self.dedupe_window)
+
+    @staticmethod
+    def _events_of(
+        name_or_events: str | Event | Sequence[Event], data: Any, id: str | None,
+        ts: datetime | None,
+    ) -> list[Event]:
+        if isinstance(name_or_events, str):
+            return [Event(name=name_or_events, data={} if data is None else data, id=id, ts=ts)]
+        if data is not None or id is not None or ts is not None:
+            if not isinstance(name_or_events, Event | list | tuple):
+                check_name(name_or_events)  # says what the name should be
+            raise InvalidEventError("data=, id= and ts= go with an event name, not with Event objects")
+        events = [name_or_events] if isinstance(name_or_events, Event) else list(name_or_events)
+        for event in events:
+            if not isinstance(event, Event):
+                raise InvalidEventError(f"expected Event objects, got {type(event).__name__}")
+        return events
+
+    # -- workers ----------------------------------------------------------
+
+    def start(self, threads: int = 4, *, prefetch: int | None = None,
+              poll_interval: float = 1.0) -> None:
+        """Start worker threads in this process and return.
+
+        `prefetch` runs beyond `threads` are claimed ahead (default: `threads`).
+        """
+        if self._worker is not None:
+            raise DurableError("this app's worker is already started")
+        if not 1 <= _positive(threads, "threads") <= 256:
+            raise ConfigurationError("threads must be from 1 to 256")
+        with self.connection() as conn:
+            if not self.store.is_migrated(conn):
+                raise MigrationError(
+                    f"schema {self.schema!r} is not migrated; call app.migrate() "
+                    "or run `pgdurable migrate`")
+        self._worker = Worker(self, threads=threads,
+                              prefetch=threads if prefetch is None else prefetch,
+                              poll_interval=poll_interval)
+        self._worker.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Drain the worker (running handlers get `timeout` seconds), then close
+        the pool if this app created it."""
+        if self._worker is not None:
+            self._worker.stop(timeout)
+            self._worker = None
+        if self._owns_pool and not self.pool.closed:
+            self.pool.close()
+
+    # -- management -------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run | None:
+        """The run with this id, or None."""
+        with self.connection() as conn:
+            return self.store.get_run(conn, _run_id(run_id))
+
+    def wait_for_run(self, run_id: str, timeout: float = 60.0) -> Run:
+        """Return the run once it is terminal; raise TimeoutError if it is not in time."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            run = self.get_run(run_id)
+            if run is None:
+                raise DurableError(f"no run with id {run_id!r}")
+            if run.is_terminal:
+                return run
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} is still {run.status} after {timeout} s")
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.2)
+
+    def runs_for_event(self, event_id: str) -> list[Run]:
+        """The runs an event triggered, oldest first."""
+        with self.connection() as conn:
+            return self.store.runs_for_event(conn, event_id)
+
+    def list_runs(self, *, function: str | None = None, status: str | None = None,
+                  limit: int = 100) -> list[Run]:
+        """Runs, newest first, optionally of one function and/or status."""
+        with self.connection() as conn:
+            return self.store.list_runs(conn, function, status, _positive(limit, "limit"))
+
+    def cancel(self, run_id: str) -> bool:
+        """Cancel a run: at once if it is not running, else at its next step
+        boundary. False if it is unknown or already finished."""
+        with self.connection() as conn:
+            return self.store.cancel_run(conn, _run_id(run_id)) is not None
+
+    def replay(self, run_id: str) -> str:
+        """Start a new run of the same function with the same event(s); return its id."""
+        with self.connection() as conn:
+            run = self.store.get_run(conn, _run_id(run_id))
+            if run is None:
+                raise DurableError(f"no run with id {run_id!r}")
+            fdef = self.functions.get(run.function_id)
+            retries = fdef.retries if fdef else 3
+            new_id = self.store.replay_run(conn, run.id, retries)
+        assert new_id is not None
+        return new_id
+
+    def __enter__(self) -> Durable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _positive(value: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{what} must be a positive int, not {value!r}")
+    return value
+
+
+def _run_id(run_id: str) -> str:
+    try:
+        return str(uuid.UUID(str(run_id)))
+    except ValueError:
+        raise ConfigurationError(f"{run_id!r} is not a run id (a UUID)") from None
+
+
+def _dsn_from_env(dsn: str | None) -> str:
+    found = dsn or os.environ.get("PGDURABLE_DSN") or os.environ.get("DATABASE_URL")
+    if not found:
+        raise ConfigurationError(
+            "no database given: pass a DSN or pool=, or set PGDURABLE_DSN or DATABASE_URL")
+    return found
+
+
+def _redacted(conninfo: str) -> str:
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        return "(unparsable conninfo)"
+    params.pop("password", None)
+    return make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+@contextmanager
+def _translated_errors(schema: str) -> Iterator[None]:
+    """Turn 'relation/function does not exist' into a migration hint."""
+    try:
+        yield
+    except (pg_errors.UndefinedTable, pg_errors.UndefinedFunction, pg_errors.InvalidSchemaName) as exc:
+        raise MigrationError(
+            f"schema {schema!r} is not migrated ({exc.diag.message_primary}); "
+            "call app.migrate() or run `pgdurable migrate`") from exc

@@ -1,0 +1,82 @@
+"""`pgdurable migrate` and `pgdurable worker module:app`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from .app import Durable
+from .errors import DurableError, MigrationError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pgdurable", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("PGDURABLE_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the schema")
+    migrate.add_argument("--dsn", help="defaults to PGDURABLE_DSN, then DATABASE_URL")
+    migrate.add_argument("--schema", default="pgdurable")
+
+    worker = commands.add_parser("worker", help="run a worker for an app")
+    worker.add_argument("app", help="where the app is, as module.path:attribute")
+    worker.add_argument("--threads", type=int, default=4)
+    worker.add_argument("--prefetch", type=int, default=None)
+    worker.add_argument("--shutdown-timeout", type=float, default=30.0)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "migrate":
+            applied = Durable(args.dsn, schema=args.schema).migrate()
+            print(f"applied migrations {applied}" if applied else "schema is up to date")
+            return 0
+        return _run_worker(load_app(args.app), args.threads, args.prefetch, args.shutdown_timeout)
+    except DurableError as exc:
+        print(f"pgdurable: {exc}", file=sys.stderr)
+        return 2
+
+
+def load_app(path: str) -> Durable:
+    module_name, _, attribute = path.partition(":")
+    if not attribute:
+        raise DurableError(f"{path!r}: expected module.path:attribute, e.g. myapp.jobs:app")
+    sys.path.insert(0, os.getcwd())
+    app = getattr(importlib.import_module(module_name), attribute, None)
+    if not isinstance(app, Durable):
+        raise DurableError(f"{path!r} is not a pgdurable.Durable app")
+    return app
+
+
+def _run_worker(app: Durable, threads: int, prefetch: int | None, timeout: float) -> int:
+    """Run until SIGTERM or SIGINT (drain), or a second SIGINT (stop at once)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            logging.getLogger("pgdurable.worker").warning("second interrupt: exiting now")
+            os._exit(130)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.is_set():
+        try:
+            app.start(threads=threads, prefetch=prefetch)
+            break
+        except MigrationError:
+            raise
+        except DurableError as exc:  # Postgres not reachable yet: keep trying
+            logging.getLogger("pgdurable.worker").warning("%s; retrying in 2 s", exc)
+            stop.wait(2.0)
+    stop.wait()
+    app.stop(timeout)
+    return 0

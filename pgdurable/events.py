@@ -1,0 +1,110 @@
+"""Events: the model, id generation and validation before anything is written."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from . import serde
+from .durations import require_aware
+from .errors import InvalidEventError, PayloadTooLargeError, SerializationError
+
+MAX_NAME_LENGTH = 256
+MAX_ID_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event as sent (`id` and `ts` are filled in by `send` when omitted)."""
+
+    name: str
+    data: Mapping[str, Any] | BaseModel
+    id: str | None = None
+    ts: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """An event validated and serialized, ready for one INSERT."""
+
+    id: str
+    name: str
+    data_json: str
+    ts: datetime | None
+
+
+def new_event_id() -> str:
+    """A UUIDv7 as text: time-ordered, so ids sort by creation time."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (millis & (2**48 - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+    value |= 0b10 << 62 | rand & (2**62 - 1)
+    return str(uuid.UUID(int=value))
+
+
+def check_name(name: object, *, what: str = "event name") -> str:
+    if not isinstance(name, str):
+        raise InvalidEventError(f"{what} must be a str, not {type(name).__name__}")
+    if not name.strip():
+        raise InvalidEventError(f"{what} must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidEventError(f"{what} {name[:40]!r}... is longer than {MAX_NAME_LENGTH} characters")
+    if "\x00" in name:
+        raise InvalidEventError(f"{what} {name!r} contains a NUL character")
+    return name
+
+
+def prepare(
+    event: Event, schema: type[BaseModel] | None, *, max_bytes: int
+) -> PreparedEvent:
+    """Validate one event against its schema and limits, and serialize it."""
+    name = check_name(event.name)
+    data = _validated_data(name, event.data, schema)
+    try:
+        data_json = serde.dumps(data, what=f"data of event {name!r}", limit=None)
+    except SerializationError as exc:
+        raise InvalidEventError(str(exc)) from None
+    if len(data_json) > max_bytes:
+        raise PayloadTooLargeError(
+            f"data of event {name!r} is {len(data_json):,} bytes of JSON, "
+            f"over the limit of {max_bytes:,} bytes"
+        )
+    event_id = new_event_id() if event.id is None else _checked_id(name, event.id)
+    ts = None if event.ts is None else require_aware(
+        event.ts, what=f"ts of event {name!r}", error=InvalidEventError)
+    return PreparedEvent(event_id, name, data_json, ts)
+
+
+def _validated_data(name: str, data: Any, schema: type[BaseModel] | None) -> Any:
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    if not isinstance(data, Mapping):
+        raise InvalidEventError(
+            f"data of event {name!r} must be a dict (or pydantic model), not {type(data).__name__}"
+        )
+    if schema is None:
+        return data
+    try:
+        return schema.model_validate(data).model_dump(mode="json")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise InvalidEventError(f"event {name!r} does not match its schema: {problems}") from None
+
+
+def _checked_id(name: str, event_id: object) -> str:
+    if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
+        raise InvalidEventError(
+            f"id of event {name!r} must be a non-empty str of at most {MAX_ID_LENGTH} characters"
+        )
+    if "\x00" in event_id:
+        raise InvalidEventError(f"id of event {name!r} contains a NUL character")
+    return event_id

@@ -1,0 +1,66 @@
+"""The read-only view of a run returned by the management API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+RunStatus = Literal[
+    "queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled", "skipped"
+]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "skipped"})
+
+
+@dataclass(frozen=True, slots=True)
+class RunError:
+    """Why a run (or step) failed: the exception's type name, message and traceback."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any] | None) -> RunError | None:
+        if value is None:
+            return None
+        return cls(str(value.get("type")), str(value.get("message")), value.get("traceback"))
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A function run as stored: its status, output or error, and timestamps."""
+
+    id: str
+    function_id: str
+    status: RunStatus
+    output: Any
+    error: RunError | None
+    attempt: int
+    event_ids: tuple[str, ...]
+    parent_run_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Run:
+        (run_id, function_id, status, output, error, attempt, event_ids, parent,
+         created_at, started_at, finished_at) = row
+        return cls(
+            id=str(run_id),
+            function_id=function_id,
+            status=status,
+            output=output,
+            error=RunError.from_json(error),
+            attempt=attempt,
+            event_ids=tuple(event_ids),
+            parent_run_id=None if parent is None else str(parent),
+            created_at=created_at,
+            started_at=started_at,
+            finished_at=finished_at,
+        )

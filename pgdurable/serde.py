@@ -1,0 +1,69 @@
+"""JSON serialization of event data and step values.
+
+Every value that crosses the journal goes through `dumps` then `loads`, on
+first execution as on replay, so a step returns the same value either way.
+pydantic models, dataclasses, datetimes, UUIDs and the like are encoded by
+pydantic-core; a return annotation on the step function turns the JSON back
+into that type (see `revive`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import pydantic_core
+from pydantic import TypeAdapter
+
+from .errors import SerializationError
+
+
+def dumps(value: Any, *, what: str, limit: int | None = None) -> str:
+    """Encode `value` as JSON text, checking what Postgres' jsonb refuses."""
+    try:
+        text = pydantic_core.to_json(value, inf_nan_mode="constants").decode()
+    except (pydantic_core.PydanticSerializationError, TypeError, ValueError) as exc:
+        raise SerializationError(f"{what} is not JSON-serializable: {exc}") from None
+    if ("NaN" in text or "Infinity" in text) and _has_non_finite(text):
+        raise SerializationError(f"{what} contains NaN or Infinity, which JSON cannot hold")
+    if "\\u0000" in text:
+        raise SerializationError(f"{what} contains a NUL character (\\u0000), which Postgres cannot store")
+    if limit is not None and len(text) > limit:
+        raise SerializationError(f"{what} is {len(text):,} bytes of JSON, over the limit of {limit:,} bytes")
+    return text
+
+
+def _has_non_finite(text: str) -> bool:
+    found: list[str] = []
+    json.loads(text, parse_constant=found.append)
+    return bool(found)
+
+
+def loads(text: str | bytes) -> Any:
+    return json.loads(text)
+
+
+@lru_cache(maxsize=1024)
+def _adapter_for(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
+    try:
+        annotation = inspect.signature(fn, eval_str=True).return_annotation
+    except Exception:  # no signature, or a string annotation that does not resolve
+        return None
+    if annotation in (inspect.Signature.empty, None, Any):
+        return None
+    try:
+        return TypeAdapter(annotation)
+    except Exception:  # an annotation pydantic cannot handle: keep plain JSON
+        return None
+
+
+def revive(fn: Callable[..., Any], value: Any) -> Any:
+    """Turn a journaled JSON value back into `fn`'s annotated return type."""
+    try:
+        adapter = _adapter_for(fn)
+    except TypeError:  # unhashable callables are not cached: no annotation used
+        return value
+    return value if adapter is None else adapter.validate_python(value)

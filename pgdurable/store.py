@@ -1,0 +1,244 @@
+"""The only module that talks SQL.
+
+Statements live in `sql/queries.sql` and migrations in `sql/migrations/`;
+this module loads them once per schema and runs them on connections it is
+given. It never opens, commits or closes a connection itself: callers own
+their transactions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .errors import ConfigurationError
+from .events import PreparedEvent
+from .runs import Run
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+_MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+
+def sql_dir() -> Path:
+    """Where the SQL files are: inside the installed package, or the source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "sql", here.parent / "sql"):
+        if (candidate / "queries.sql").is_file():
+            return candidate
+    raise FileNotFoundError(f"pgdurable's SQL files are missing next to {here}")
+
+
+def check_schema_name(schema: object) -> str:
+    if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+        raise ConfigurationError(
+            f"schema {schema!r} is not a valid name: use lower-case letters, digits and "
+            "underscores, starting with a letter or underscore, at most 48 characters"
+        )
+    return schema
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """A journal entry to write: a step's final or retrying state."""
+
+    run_id: str
+    token: int
+    key: str
+    position: int
+    status: str  # completed | failed | retrying
+    output_json: str | None
+    error_json: str | None
+    attempts: int
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """A run transition to write: completed, failed, cancelled, or queued again."""
+
+    run_id: str
+    token: int
+    status: str
+    output_json: str | None = None
+    error_json: str | None = None
+    available_at: datetime | None = None
+    retry: bool = False  # counts as a retry in the run's `attempt`
+    handler_failed: bool = False  # a failure outside any step
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    id: str
+    token: int
+    function_id: str
+    attempt: int
+    handler_attempts: int
+    retries: int
+    cancel_requested: bool
+    events: list[dict[str, Any]]
+    journal: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    text: str
+
+
+@cache
+def _query_texts() -> dict[str, str]:
+    text = (sql_dir() / "queries.sql").read_text()
+    queries: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition("\n")
+        queries[name.strip()] = body.strip()
+    return queries
+
+
+def _migration_files() -> list[tuple[int, str, str]]:
+    found = []
+    for path in sorted((sql_dir() / "migrations").iterdir()):
+        match = _MIGRATION_FILE.match(path.name)
+        if match:
+            found.append((int(match[1]), match[2], path.read_text()))
+    return found
+
+
+class Store:
+    """Statements bound to one schema."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = check_schema_name(schema)
+        self.channel = f"pgdurable_{schema}"
+        quoted = sql.Identifier(schema).as_string(None)
+        self._substitutions = {
+            "{schema}": quoted,
+            "{channel_ident}": sql.Identifier(self.channel).as_string(None),
+            "{channel}": self.channel,
+        }
+        self._q = {name: self._render(body) for name, body in _query_texts().items()}
+
+    def _render(self, text: str) -> str:
+        for placeholder, value in self._substitutions.items():
+            text = text.replace(placeholder, value)
+        return text
+
+    def _run(self, conn: psycopg.Connection[Any], name: str, params: Any = None) -> psycopg.Cursor[Any]:
+        return conn.execute(self._q[name], params, prepare=True)
+
+    # -- migrations -------------------------------------------------------
+
+    def migrations(self) -> list[Migration]:
+        return [Migration(v, n, self._render(t)) for v, n, t in _migration_files()]
+
+    def migrate(self, conn: psycopg.Connection[Any]) -> list[int]:
+        """Apply missing migrations in the caller's transaction, under a lock
+        that serialises concurrent migrators of the same schema."""
+        self._run(conn, "migration_lock", (self.schema,))
+        self._run(conn, "create_schema")
+        self._run(conn, "create_version_table")
+        applied = {row[0] for row in self._run(conn, "applied_versions")}
+        done = []
+        for migration in self.migrations():
+            if migration.version in applied:
+                continue
+            conn.execute(migration.text.encode())
+            self._run(conn, "record_version", (migration.version, migration.name))
+            done.append(migration.version)
+        return done
+
+    def is_migrated(self, conn: psycopg.Connection[Any]) -> bool:
+        row = self._run(conn, "schema_exists", (f"{self.schema}.schema_version",)).fetchone()
+        if not row or not row[0]:
+            return False
+        applied = {r[0] for r in self._run(conn, "applied_versions")}
+        return all(m.version in applied for m in self.migrations())
+
+    # -- events -----------------------------------------------------------
+
+    def send_events(
+        self,
+        conn: psycopg.Connection[Any],
+        events: Sequence[PreparedEvent],
+        runs: Sequence[tuple[int, str, int]],
+        dedupe_window: timedelta,
+    ) -> None:
+        """Insert events and the runs they trigger; `runs` holds
+        (1-based event index, function id, retries)."""
+        self._run(conn, "send_events", (
+            [e.id for e in events], [e.name for e in events],
+            [e.data_json for e in events], [e.ts for e in events],
+            [r[0] for r in runs], [r[1] for r in runs], [r[2] for r in runs],
+            dedupe_window,
+        ))
+
+    # -- worker -----------------------------------------------------------
+
+    def listen(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(self._q["listen"])
+
+    def claim_runs(
+        self, conn: psycopg.Connection[Any], worker_id: str, function_ids: Sequence[str],
+        limit: int, lease: timedelta,
+    ) -> list[ClaimedRow]:
+        rows = self._run(conn, "claim_runs", (worker_id, list(function_ids), limit, lease))
+        return [
+            ClaimedRow(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7] or [], r[8] or {})
+            for r in rows
+        ]
+
+    def flush(
+        self, conn: psycopg.Connection[Any], steps: Sequence[StepRecord],
+        finishes: Sequence[Finish],
+    ) -> set[str]:
+        """Write journal entries and run transitions; return the ids of runs
+        among the journaled ones that were asked to cancel."""
+        rows = self._run(conn, "flush", (
+            [s.run_id for s in steps], [s.token for s in steps], [s.key for s in steps],
+            [s.position for s in steps], [s.status for s in steps],
+            [s.output_json for s in steps], [s.error_json for s in steps],
+            [s.attempts for s in steps], [s.started_at for s in steps],
+            [f.run_id for f in finishes], [f.token for f in finishes],
+            [f.status for f in finishes], [f.output_json for f in finishes],
+            [f.error_json for f in finishes], [f.available_at for f in finishes],
+            [f.retry for f in finishes], [f.handler_failed for f in finishes],
+        ))
+        return {str(r[0]) for r in rows}
+
+    def heartbeat(
+        self, conn: psycopg.Connection[Any], leases: Sequence[tuple[str, int]], lease: timedelta
+    ) -> set[str]:
+        rows = self._run(conn, "heartbeat", ([r for r, _ in leases], [t for _, t in leases], lease))
+        return {str(r[0]) for r in rows}
+
+    # -- management -------------------------------------------------------
+
+    def cancel_run(self, conn: psycopg.Connection[Any], run_id: str) -> str | None:
+        row = self._run(conn, "cancel_run", (run_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def get_run(self, conn: psycopg.Connection[Any], run_id: str) -> Run | None:
+        row = self._run(conn, "get_run", (run_id,)).fetchone()
+        return None if row is None else Run.from_row(row)
+
+    def runs_for_event(self, conn: psycopg.Connection[Any], event_id: str) -> list[Run]:
+        return [Run.from_row(r) for r in self._run(conn, "runs_for_event", (event_id,))]
+
+    def list_runs(
+        self, conn: psycopg.Connection[Any], function: str | None, status: str | None, limit: int
+    ) -> list[Run]:
+        params = {"function": function, "status": status, "limit": limit}
+        return [Run.from_row(r) for r in self._run(conn, "list_runs", params)]
+
+    def replay_run(self, conn: psycopg.Connection[Any], run_id: str, retries: int) -> str | None:
+        row = self._run(conn, "replay_run", (retries, run_id)).fetchone()
+        return None if row is None else str(row[0])

@@ -1,0 +1,55 @@
+"""Test helpers: find or start a PostgreSQL server, and isolated schemas.
+
+Order: `PGDURABLE_TEST_DSN` if set; else a server on 127.0.0.1:5432 if one
+answers; else a throwaway cluster in a temporary folder (see embedded.py).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import sql
+
+from .embedded import EmbeddedPostgres
+
+LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _answers(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@contextmanager
+def test_server() -> Iterator[tuple[str, str]]:
+    """Yield (dsn, how it was found) for the duration of a test session."""
+    if dsn := os.environ.get("PGDURABLE_TEST_DSN"):
+        yield dsn, "PGDURABLE_TEST_DSN"
+        return
+    if _answers(LOCAL_DSN):
+        yield LOCAL_DSN, "the server on 127.0.0.1:5432"
+        return
+    folder = tempfile.mkdtemp(prefix="pgdurable-test-")
+    os.chmod(folder, 0o755)
+    server = EmbeddedPostgres(folder)
+    try:
+        yield server.start(), f"a throwaway cluster in {folder}"
+    finally:
+        server.stop()
+
+
+def new_schema_name() -> str:
+    return f"t_{uuid.uuid4().hex[:16]}"
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

@@ -1,0 +1,273 @@
+"""The worker: claims runs, executes handlers in threads, keeps leases alive.
+
+Threads of one worker:
+- the claimer: claims due runs in batches (`FOR UPDATE SKIP LOCKED`) when
+  slots are free, woken by LISTEN/NOTIFY or a jittered poll;
+- the listener: holds a LISTEN connection and wakes the claimer;
+- the heartbeat: extends the leases of every run held, and learns of cancels;
+- the journal writer (journal.py): group-commits steps and run transitions;
+- N executors: run handlers, one run at a time each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+from tenacity import Retrying, retry_if_exception_type, stop_never, wait_random_exponential
+
+from . import serde
+from .context import Context
+from .errors import NonRetriableError, RetryAfterError, SerializationError, StepError
+from .functions import FunctionDef
+from .journal import Journal
+from .steps import Backoff, Cancelled, RunState, Suspend, error_json, retry_time
+from .store import ClaimedRow, Finish, Store
+
+if TYPE_CHECKING:
+    from .app import Durable
+
+log = logging.getLogger("pgdurable.worker")
+
+_FINAL_HANDLER_ERRORS = (StepError, NonRetriableError, SerializationError)
+
+
+class Worker:
+    """Executes runs of the app's registered functions in this process."""
+
+    def __init__(
+        self, app: Durable, *, threads: int, prefetch: int, poll_interval: float,
+    ) -> None:
+        self._app = app
+        self._store: Store = app.store
+        self._pool: ConnectionPool[Any] = app.pool
+        self._functions: dict[str, FunctionDef] = dict(app.functions)
+        self._threads = threads
+        self._capacity = threads + prefetch
+        self._poll_interval = poll_interval
+        self._lease: timedelta = app.lease
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._journal = Journal(self._pool, self._store)
+        self._ready: queue.SimpleQueue[RunState | None] = queue.SimpleQueue()
+        self._held: dict[str, RunState] = {}
+        self._held_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._next_due = float("inf")  # monotonic time of the earliest retry this worker scheduled
+        self._stopping = threading.Event()
+        self._draining = threading.Event()
+        self._backoff = Backoff(app.retry_backoff[0], app.retry_backoff[1])
+        self._workers: list[threading.Thread] = []
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        self._journal.start()
+        loops: list[tuple[str, Callable[[], None]]] = [
+            ("claimer", self._claim_loop), ("listener", self._listen_loop),
+            ("heartbeat", self._heartbeat_loop),
+        ]
+        loops += [(f"executor-{n}", self._execute_loop) for n in range(self._threads)]
+        for name, target in loops:
+            thread = threading.Thread(target=target, name=f"pgdurable-{name}", daemon=True)
+            thread.start()
+            self._workers.append(thread)
+        log.info("worker %s started: %d threads, functions %s", self.id, self._threads,
+                 ", ".join(sorted(self._functions)) or "(none)")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, let running handlers finish (up to `timeout`), release the rest."""
+        deadline = time.monotonic() + timeout
+        self._draining.set()
+        self._wake.set()
+        for _ in range(self._threads):
+            self._ready.put(None)
+        for thread in self._workers:
+            if thread.name.startswith("pgdurable-executor"):
+                thread.join(max(0.0, deadline - time.monotonic()))
+        self._stopping.set()
+        self._release_held()
+        self._journal.stop(max(1.0, deadline - time.monotonic()))
+        for thread in self._workers:
+            thread.join(1.0)
+        log.info("worker %s stopped", self.id)
+
+    @property
+    def in_flight(self) -> int:
+        with self._held_lock:
+            return len(self._held)
+
+    def _release_held(self) -> None:
+        """Queue again every run this worker holds but did not finish."""
+        with self._held_lock:
+            held = [state for state in self._held.values() if not state.finished]
+            self._held.clear()
+        now = datetime.now(UTC)
+        releases = [Finish(s.claimed.id, s.claimed.token, "queued", available_at=now) for s in held]
+        if releases:
+            log.warning("releasing %d unfinished runs", len(releases))
+            self._journal.submit([], releases)
+
+    # -- claiming ---------------------------------------------------------
+
+    def _claim_loop(self) -> None:
+        function_ids = sorted(self._functions)
+        while not self._draining.is_set():
+            free = self._capacity - self.in_flight
+            if time.monotonic() >= self._next_due:
+                self._next_due = float("inf")  # this claim picks the retry up
+            claimed_all = False
+            if free > 0 and self._ready.qsize() < self._threads:
+                rows = self._with_db("claim runs", partial(
+                    self._store.claim_runs, worker_id=self.id, function_ids=function_ids,
+                    limit=free, lease=self._lease))
+                states = [self._new_state(row) for row in rows or ()]
+                with self._held_lock:
+                    self._held.update((state.claimed.id, state) for state in states)
+                for state in states:
+                    self._ready.put(state)
+                claimed_all = rows is not None and len(rows) == free
+            if not claimed_all:
+                self._wake.wait(self._wait_time())
+            self._wake.clear()
+
+    def _wait_time(self) -> float:
+        """A jittered poll, cut short when a retry this worker scheduled comes due."""
+        poll = self._poll_interval * random.uniform(0.5, 1.0)
+        return max(0.0, min(poll, self._next_due - time.monotonic()))
+
+    def _with_db(self, what: str, action: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        """Run `action` on a pooled connection, retrying while Postgres is unreachable."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(psycopg.OperationalError),
+            wait=wait_random_exponential(multiplier=0.1, max=5.0),
+            stop=stop_never,
+            before_sleep=lambda s: log.warning(
+                "worker cannot %s: Postgres unreachable (%s); retrying", what,
+                s.outcome.exception() if s.outcome else "?"),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                if self._stopping.is_set():
+                    return None
+                with self._pool.connection() as conn:
+                    return action(conn)
+        return None
+
+    def _listen_loop(self) -> None:
+        while not self._draining.is_set():
+            try:
+                with psycopg.connect(self._app.conninfo, autocommit=True) as conn:
+                    self._store.listen(conn)
+                    self._wake.set()  # notifications may have been missed while away
+                    while not self._draining.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._wake.set()
+            except psycopg.OperationalError as exc:
+                log.warning("worker cannot LISTEN: Postgres unreachable (%s); retrying", exc)
+                self._draining.wait(1.0)
+
+    def _heartbeat_loop(self) -> None:
+        interval = self._lease.total_seconds() / 3
+        while not self._stopping.wait(interval):
+            with self._held_lock:
+                leases = [(s.claimed.id, s.claimed.token) for s in self._held.values()]
+            if not leases:
+                continue
+            cancelled = self._with_db("extend leases", partial(
+                self._store.heartbeat, leases=leases, lease=self._lease))
+            with self._held_lock:
+                for run_id in cancelled or ():
+                    if (state := self._held.get(run_id)) is not None:
+                        state.cancel_requested = True
+
+    # -- executing --------------------------------------------------------
+
+    def _execute_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            while (state := self._ready.get()) is not None:
+                if self._draining.is_set():
+                    continue  # released by stop()
+                self._execute(state, loop)
+        finally:
+            loop.close()
+
+    def _new_state(self, claimed: ClaimedRow) -> RunState:
+        return RunState(claimed, self._journal, max_output_bytes=self._app.max_output_bytes,
+                        backoff=self._backoff)
+
+    def _execute(self, state: RunState, loop: asyncio.AbstractEventLoop) -> None:
+        claimed = state.claimed
+        outcome = self._outcome(self._functions[claimed.function_id], state, loop)
+        steps = []
+        if isinstance(outcome, Suspend):
+            steps = [outcome.record]
+            outcome = Finish(claimed.id, claimed.token, "queued", error_json=outcome.record.error_json,
+                             available_at=outcome.retry_at, retry=True)
+        state.finished = True
+        if outcome.available_at is not None:
+            due = time.monotonic() + (outcome.available_at - datetime.now(UTC)).total_seconds()
+            if due < self._next_due:
+                self._next_due = due
+                self._wake.set()  # let the claimer shorten its wait
+        future = self._journal.submit(steps, [outcome])
+        future.add_done_callback(lambda _: self._forget(claimed.id))
+
+    def _forget(self, run_id: str) -> None:
+        with self._held_lock:
+            self._held.pop(run_id, None)
+        if self._ready.qsize() < self._threads:
+            self._wake.set()
+
+    def _outcome(
+        self, fdef: FunctionDef, state: RunState, loop: asyncio.AbstractEventLoop
+    ) -> Finish | Suspend:
+        """Run the handler; turn what it returns or raises into the run's transition."""
+        claimed = state.claimed
+        try:
+            ctx = Context(state, is_async=fdef.is_async)
+            result = fdef.handler(ctx)
+            if fdef.is_async:
+                result = loop.run_until_complete(result)
+            output = serde.dumps(result, what=f"output of function {fdef.id!r}",
+                                 limit=self._app.max_output_bytes)
+            return Finish(claimed.id, claimed.token, "completed", output_json=output)
+        except Suspend as suspend:
+            return suspend
+        except Cancelled:
+            return Finish(claimed.id, claimed.token, "cancelled", error_json=serde.dumps(
+                {"type": "Cancelled", "message": "cancelled by request", "traceback": None},
+                what="an error"))
+        except (KeyboardInterrupt, SystemExit):
+            log.warning("run %s: handler asked the process to stop; releasing the run", claimed.id)
+            return Finish(claimed.id, claimed.token, "queued", available_at=datetime.now(UTC))
+        except BaseException as exc:  # anything a handler raises is the run's failure
+            return self._handler_failure(state, exc)
+
+    def _handler_failure(self, state: RunState, exc: BaseException) -> Finish:
+        claimed = state.claimed
+        failures = claimed.handler_attempts + 1
+        if isinstance(exc, _FINAL_HANDLER_ERRORS) or failures > claimed.retries:
+            log.warning("run %s of %s failed: %s: %s", claimed.id, claimed.function_id,
+                        type(exc).__name__, exc)
+            return Finish(claimed.id, claimed.token, "failed", error_json=error_json(exc))
+        retry_at = retry_time(exc, failures, self._backoff)
+        if not isinstance(exc, RetryAfterError):
+            log.info("run %s: handler raised %s; retry %d at %s", claimed.id,
+                     type(exc).__name__, failures, retry_at)
+        return Finish(claimed.id, claimed.token, "queued", error_json=error_json(exc),
+                      available_at=retry_at, retry=True, handler_failed=True)

@@ -1,0 +1,76 @@
+-- Every statement pgdurable runs, by name; pgdurable/store.py loads them.
+-- `{schema}` is replaced by the quoted schema name; parameters use psycopg's
+-- %s / %(name)s placeholders.
+
+-- name: migration_lock
+SELECT pg_advisory_xact_lock(hashtext('pgdurable.migrate'), hashtext(%s));
+
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+-- name: create_version_table
+CREATE TABLE IF NOT EXISTS {schema}.schema_version (
+    version    int PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: applied_versions
+SELECT version FROM {schema}.schema_version ORDER BY version;
+
+-- name: record_version
+INSERT INTO {schema}.schema_version (version, name) VALUES (%s, %s);
+
+-- name: schema_exists
+SELECT to_regclass(%s) IS NOT NULL;
+
+-- name: send_events
+SELECT {schema}.send_events(%s::text[], %s::text[], %s::jsonb[], %s::timestamptz[],
+                            %s::int[], %s::text[], %s::int[], %s::interval);
+
+-- name: claim_runs
+SELECT * FROM {schema}.claim_runs(%s, %s::text[], %s, %s::interval);
+
+-- name: flush
+SELECT * FROM {schema}.flush(
+    %s::uuid[], %s::bigint[], %s::text[], %s::int[], %s::text[], %s::jsonb[],
+    %s::jsonb[], %s::int[], %s::timestamptz[],
+    %s::uuid[], %s::bigint[], %s::text[], %s::jsonb[], %s::jsonb[],
+    %s::timestamptz[], %s::boolean[], %s::boolean[]);
+
+-- name: heartbeat
+SELECT * FROM {schema}.heartbeat(%s::uuid[], %s::bigint[], %s::interval);
+
+-- name: cancel_run
+SELECT {schema}.cancel_run(%s::uuid);
+
+-- name: get_run
+SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
+       created_at, started_at, finished_at
+FROM {schema}.runs WHERE id = %s::uuid;
+
+-- name: runs_for_event
+SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
+       created_at, started_at, finished_at
+FROM {schema}.runs WHERE event_ids @> ARRAY[%s::text]
+ORDER BY created_at, id;
+
+-- name: list_runs
+SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
+       created_at, started_at, finished_at
+FROM {schema}.runs
+WHERE (%(function)s::text IS NULL OR function_id = %(function)s)
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: replay_run
+WITH new_run AS (
+    INSERT INTO {schema}.runs (function_id, event_ids, parent_run_id, retries)
+    SELECT function_id, event_ids, parent_run_id, %s FROM {schema}.runs WHERE id = %s::uuid
+    RETURNING id
+)
+SELECT id, pg_notify('{channel}', '') FROM new_run;
+
+-- name: listen
+LISTEN {channel_ident};

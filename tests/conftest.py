@@ -1,0 +1,132 @@
+"""Fixtures: one PostgreSQL server per session, one fresh schema per test.
+
+The server is PGDURABLE_TEST_DSN if set, else 127.0.0.1:5432 if it answers,
+else a throwaway cluster started here and stopped at the end; the header
+of the test report says which.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgdurable import Durable
+from pgdurable.testing import drop_schema, new_schema_name, test_server
+
+_server = ExitStack()
+_found: dict[str, str] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    dsn, how = _server.enter_context(test_server())
+    _found.update(dsn=dsn, how=how)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"pgdurable: PostgreSQL from {_found.get('how', '(not started)')}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _server.close()
+
+
+@pytest.fixture(scope="session")
+def dsn() -> str:
+    return _found["dsn"]
+
+
+@pytest.fixture
+def schema(dsn: str) -> Iterator[str]:
+    name = new_schema_name()
+    yield name
+    drop_schema(dsn, name)
+
+
+@pytest.fixture
+def make_app(dsn: str, schema: str) -> Iterator[Callable[..., Durable]]:
+    """Apps on the test's schema, with fast retries; all stopped at teardown."""
+    apps: list[Durable] = []
+
+    def make(**options: Any) -> Durable:
+        options.setdefault("retry_backoff", ("20ms", "200ms"))
+        options.setdefault("lease", "2s")
+        app = Durable(options.pop("dsn", dsn), schema=schema, **options)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.stop(timeout=5)
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Durable]) -> Durable:
+    app = make_app()
+    app.migrate()
+    return app
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection for the test's own queries."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield conn
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+class WorkerProcess:
+    """A `pgdurable worker` subprocess running tests/procapp.py."""
+
+    def __init__(self, dsn: str, schema: str, threads: int = 4, **env: str) -> None:
+        environment = {**os.environ, "PGDURABLE_DSN": dsn, "PGDURABLE_SCHEMA": schema, **env}
+        environment["PYTHONPATH"] = os.pathsep.join(
+            [os.path.dirname(__file__), environment.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pgdurable", "--log-level", "WARNING", "worker",
+             "procapp:app", "--threads", str(threads)],
+            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def output(self) -> str:
+        out, _ = self.proc.communicate(timeout=30)
+        return out
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def worker_process(dsn: str, schema: str) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(threads: int = 4, **env: str) -> WorkerProcess:
+        process = WorkerProcess(dsn, schema, threads, **env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

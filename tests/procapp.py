@@ -1,0 +1,54 @@
+"""The app run by worker subprocesses in tests (see conftest.WorkerProcess).
+
+Side effects go to the `effects` table of the test's schema, so tests can
+count how often each step really executed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from psycopg import sql
+
+from pgdurable import Context, Durable
+
+app = Durable(os.environ["PGDURABLE_DSN"], schema=os.environ["PGDURABLE_SCHEMA"],
+              lease="2s", retry_backoff=("20ms", "200ms"))
+
+
+def effect(run_id: str, what: str) -> None:
+    with app.connection() as conn:
+        conn.execute(
+            sql.SQL("INSERT INTO {}.effects (run_id, what) VALUES (%s, %s)").format(
+                sql.Identifier(app.schema)),
+            (run_id, what),
+        )
+
+
+def flag_is_set(name: str) -> bool:
+    with app.connection() as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.flags WHERE name = %s").format(
+                sql.Identifier(app.schema)), (name,)).fetchone()
+        return bool(row and row[0])
+
+
+@app.function(id="two-steps", event="test/two-steps")
+def two_steps(ctx: Context) -> str:
+    ctx.step.run("one", effect, ctx.run_id, "one")
+
+    def second() -> str:
+        effect(ctx.run_id, "two-start")
+        while not flag_is_set("release"):  # blocks until the test releases it
+            time.sleep(0.05)
+        effect(ctx.run_id, "two-end")
+        return "done"
+
+    return str(ctx.step.run("two", second))
+
+
+@app.function(id="count-once", event="test/count-once")
+def count_once(ctx: Context) -> int:
+    ctx.step.run("effect", effect, ctx.run_id, "ran")
+    return int(ctx.event.data["n"])
