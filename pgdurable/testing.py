@@ -7,6 +7,7 @@ answers; else a throwaway cluster in a temporary folder (see embedded.py).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ def test_server() -> Iterator[tuple[str, str]]:
         yield server.start(), f"a throwaway cluster in {folder}"
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def new_schema_name() -> str:

@@ -1,0 +1,93 @@
+"""The examples run as documented, against the test server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import clips  # noqa: E402
+import context_files  # noqa: E402
+import receipts  # noqa: E402
+
+
+def test_receipts_fan_out_and_retry_ocr(dsn: str, schema: str) -> None:
+    app = receipts.build(dsn, schema, failure_rate=0.5)
+    try:
+        app.migrate()
+        event_ids = receipts.upload(app, "u1", 12)
+        app.start(threads=4, poll_interval=0.2)
+        runs = [app.wait_for_run(r.id, 120) for e in event_ids for r in app.runs_for_event(e)]
+    finally:
+        app.stop()
+    assert len(runs) == 12
+    assert {r.status for r in runs} <= {"completed", "failed"}
+    completed = [r for r in runs if r.status == "completed"]
+    assert len(completed) >= 6  # at 50% failure and 4 retries, nearly all complete
+    assert {r.output["file"] for r in completed} <= {f"receipt-{n:02}.jpg" for n in range(1, 13)}
+
+
+def test_receipts_reject_bad_uploads(dsn: str, schema: str) -> None:
+    app = receipts.build(dsn, schema)
+    try:
+        app.migrate()
+        with pytest.raises(ValueError, match="original_name"):
+            app.send("receipt/process", {"user_id": "u", "file_key": "k"})
+    finally:
+        app.stop()
+
+
+def test_context_file_is_parsed_and_stored(dsn: str, schema: str) -> None:
+    app = context_files.build(dsn, schema)
+    try:
+        app.migrate()
+        context_files.create_tables(app)
+        file_id = context_files.upload_file(app, "notes.md", "First point. Second point.", "c", "u")
+        app.start(threads=1, poll_interval=0.2)
+        [run] = app.list_runs(function="process-context-file")
+        assert app.wait_for_run(run.id, 60).output == {"success": True, "file_id": file_id}
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(f"SELECT summary, key_points FROM {schema}.context_files").fetchone()
+        assert row == ("notes.md: First point", ["First point", "Second point"])
+    finally:
+        app.stop()
+
+
+def test_clips_call_the_api_and_save_results(dsn: str, schema: str) -> None:
+    api = clips.start_fake_api()
+    app = clips.build(dsn, f"http://127.0.0.1:{api.server_port}/identify", schema)
+    try:
+        app.migrate()
+        clips.create_tables(app)
+        [event_id] = app.send("video/identify.clips", {"user_id": "u", "youtube_url": "https://x"})
+        [run] = app.runs_for_event(event_id)
+        assert clips.video_status(app, run.id) == {"status": "queued"}
+        app.start(threads=2, poll_interval=0.2)
+        app.wait_for_run(run.id, 60)
+        status: dict[str, Any] = clips.video_status(app, run.id)
+        assert status["status"] == "completed" and status["total_clips"] == 3
+        with psycopg.connect(dsn) as conn:
+            videos = conn.execute(f"SELECT count(*) FROM {schema}.videos").fetchone()
+            saved = conn.execute(f"SELECT count(*) FROM {schema}.clips").fetchone()
+        assert (videos, saved) == ((1,), (3,))  # steps ran once despite 503 retries
+    finally:
+        app.stop()
+        api.shutdown()
+
+
+def test_receipts_demo_runs_from_the_command_line(dsn: str, schema: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "receipts.py"), "3"],
+        env={"PGDURABLE_DSN": dsn, "PGDURABLE_SCHEMA": schema, "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "uploaded 3 receipts" in result.stdout
+    assert "/3 completed" in result.stdout

@@ -1,0 +1,85 @@
+"""Worker processes: killed mid-step, several at once, stopped by signals."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import wait_until
+
+from pgdurable import Durable, Event
+
+
+@pytest.fixture
+def tables(app: Durable, db: psycopg.Connection[Any]) -> Durable:
+    db.execute(f"CREATE TABLE {app.schema}.effects (run_id uuid, what text)")
+    db.execute(f"CREATE TABLE {app.schema}.flags (name text)")
+    # The sender must know the functions to fan out; register the same ids.
+    for fid, event in (("two-steps", "test/two-steps"), ("count-once", "test/count-once")):
+        app.function(id=fid, event=event)(lambda ctx: None)
+    return app
+
+
+def effects(db: psycopg.Connection[Any], schema: str, run_id: str | None = None) -> dict[str, int]:
+    rows = db.execute(
+        f"SELECT what, count(*) FROM {schema}.effects "
+        "WHERE %s::uuid IS NULL OR run_id = %s::uuid GROUP BY what", (run_id, run_id))
+    return dict(rows.fetchall())
+
+
+def test_run_survives_sigkill_mid_step(
+    tables: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = tables
+    [event_id] = app.send("test/two-steps", {})
+    [run] = app.runs_for_event(event_id)
+    doomed = worker_process()
+    wait_until(lambda: effects(db, app.schema, run.id).get("two-start"), what="step two to start")
+    doomed.proc.send_signal(signal.SIGKILL)
+    doomed.proc.wait(10)
+    db.execute(f"INSERT INTO {app.schema}.flags VALUES ('release')")
+    worker_process()
+    done = app.wait_for_run(run.id, timeout=60)
+    assert (done.status, done.output) == ("completed", "done")
+    counts = effects(db, app.schema, run.id)
+    assert counts["one"] == 1  # completed before the kill: never again
+    assert counts["two-start"] == 2  # interrupted: executed again
+    assert counts["two-end"] == 1
+
+
+def test_three_processes_complete_each_run_exactly_once(
+    tables: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = tables
+    app.send([Event("test/count-once", {"n": i}) for i in range(2000)])
+    for _ in range(3):
+        worker_process(threads=4)
+    wait_until(
+        lambda: not app.list_runs(status="queued", limit=1) and not app.list_runs(status="running", limit=1),
+        timeout=180, what="all runs to finish")
+    statuses = db.execute(f"SELECT status, count(*) FROM {app.schema}.runs GROUP BY status").fetchall()
+    assert statuses == [("completed", 2000)]
+    row = db.execute(
+        f"SELECT count(*), count(DISTINCT run_id) FROM {app.schema}.effects").fetchone()
+    assert row == (2000, 2000)
+    workers = db.execute(f"SELECT count(DISTINCT worker_id) FROM {app.schema}.runs").fetchone()
+    assert workers is not None and workers[0] >= 2  # the work was shared
+
+
+def test_sigterm_drains_the_worker(
+    tables: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = tables
+    [event_id] = app.send("test/two-steps", {})
+    [run] = app.runs_for_event(event_id)
+    worker = worker_process()
+    wait_until(lambda: effects(db, app.schema, run.id).get("two-start"), what="step two to start")
+    worker.proc.send_signal(signal.SIGTERM)
+    db.execute(f"INSERT INTO {app.schema}.flags VALUES ('release')")
+    worker.proc.wait(60)
+    assert worker.proc.returncode == 0
+    done = app.get_run(run.id)
+    assert done is not None and done.status == "completed"
+    assert effects(db, app.schema, run.id)["two-start"] == 1
