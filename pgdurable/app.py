@@ -259,7 +259,7 @@ class Durable:
         """Cancel a run: at once if it is not running, else at its next step
         boundary. False if it is unknown or already finished."""
         with self.connection() as conn:
-            return self.store.cancel_run(conn, _run_id(run_id)) is not None
+            return self.store.cancel_run(conn, _run_id(run_id))
 
     def replay(self, run_id: str) -> str:
         """Start a new run of the same function with the same event(s); return its id."""

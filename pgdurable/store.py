@@ -222,16 +222,16 @@ class Store:
 
     # -- management -------------------------------------------------------
 
-    def cancel_run(self, conn: psycopg.Connection[Any], run_id: str) -> str | None:
+    def cancel_run(self, conn: psycopg.Connection[Any], run_id: str) -> bool:
         row = self._run(conn, "cancel_run", (run_id,)).fetchone()
-        return None if row is None else row[0]
+        return bool(row and row[0])
 
     def get_run(self, conn: psycopg.Connection[Any], run_id: str) -> Run | None:
         row = self._run(conn, "get_run", (run_id,)).fetchone()
         return None if row is None else Run.from_row(row)
 
     def runs_for_event(self, conn: psycopg.Connection[Any], event_id: str) -> list[Run]:
-        return [Run.from_row(r) for r in self._run(conn, "runs_for_event", (event_id,))]
+        return [Run.from_row(r) for r in self._run(conn, "runs_for_event", {"event": event_id})]
 
     def list_runs(
         self, conn: psycopg.Connection[Any], function: str | None, status: str | None, limit: int
@@ -240,5 +240,5 @@ class Store:
         return [Run.from_row(r) for r in self._run(conn, "list_runs", params)]
 
     def replay_run(self, conn: psycopg.Connection[Any], run_id: str, retries: int) -> str | None:
-        row = self._run(conn, "replay_run", (retries, run_id)).fetchone()
+        row = self._run(conn, "replay_run", {"run": run_id, "retries": retries}).fetchone()
         return None if row is None else str(row[0])

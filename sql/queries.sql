@@ -25,7 +25,7 @@ INSERT INTO {schema}.schema_version (version, name) VALUES (%s, %s);
 SELECT to_regclass(%s) IS NOT NULL;
 
 -- name: send_events
-SELECT {schema}.send_events(%s::text[], %s::text[], %s::jsonb[], %s::timestamptz[],
+SELECT FROM {schema}.send_events(%s::text[], %s::text[], %s::jsonb[], %s::timestamptz[],
                             %s::int[], %s::text[], %s::int[], %s::interval);
 
 -- name: claim_runs
@@ -47,18 +47,19 @@ SELECT {schema}.cancel_run(%s::uuid);
 -- name: get_run
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
        created_at, started_at, finished_at
-FROM {schema}.runs WHERE id = %s::uuid;
+FROM {schema}.run_state WHERE id = %s::uuid;
 
 -- name: runs_for_event
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
        created_at, started_at, finished_at
-FROM {schema}.runs WHERE event_ids @> ARRAY[%s::text]
+FROM {schema}.run_state
+WHERE event_ids[1] = %(event)s OR (cardinality(event_ids) > 1 AND event_ids @> ARRAY[%(event)s])
 ORDER BY created_at, id;
 
 -- name: list_runs
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
        created_at, started_at, finished_at
-FROM {schema}.runs
+FROM {schema}.run_state
 WHERE (%(function)s::text IS NULL OR function_id = %(function)s)
   AND (%(status)s::text IS NULL OR status = %(status)s)
 ORDER BY created_at DESC, id DESC
@@ -66,9 +67,13 @@ LIMIT %(limit)s;
 
 -- name: replay_run
 WITH new_run AS (
-    INSERT INTO {schema}.runs (function_id, event_ids, parent_run_id, retries)
-    SELECT function_id, event_ids, parent_run_id, %s FROM {schema}.runs WHERE id = %s::uuid
-    RETURNING id
+    INSERT INTO {schema}.runs (id, function_id, event_ids, parent_run_id)
+    SELECT gen_random_uuid(), function_id, event_ids, parent_run_id
+    FROM {schema}.runs WHERE id = %(run)s::uuid
+    RETURNING id, function_id
+), queued AS (
+    INSERT INTO {schema}.queue (run_id, function_id, available_at, retries)
+    SELECT id, function_id, now(), %(retries)s FROM new_run
 )
 SELECT id, pg_notify('{channel}', '') FROM new_run;
 

@@ -28,10 +28,9 @@ _found: dict[str, str] = {}
 def pytest_sessionstart(session: pytest.Session) -> None:
     dsn, how = _server.enter_context(test_server())
     _found.update(dsn=dsn, how=how)
-
-
-def pytest_report_header(config: pytest.Config) -> str:
-    return f"pgdurable: PostgreSQL from {_found.get('how', '(not started)')}"
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"pgdurable tests: PostgreSQL from {how}")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

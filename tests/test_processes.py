@@ -59,12 +59,12 @@ def test_three_processes_complete_each_run_exactly_once(
     wait_until(
         lambda: not app.list_runs(status="queued", limit=1) and not app.list_runs(status="running", limit=1),
         timeout=180, what="all runs to finish")
-    statuses = db.execute(f"SELECT status, count(*) FROM {app.schema}.runs GROUP BY status").fetchall()
+    statuses = db.execute(f"SELECT status, count(*) FROM {app.schema}.run_state GROUP BY status").fetchall()
     assert statuses == [("completed", 2000)]
     row = db.execute(
         f"SELECT count(*), count(DISTINCT run_id) FROM {app.schema}.effects").fetchone()
     assert row == (2000, 2000)
-    workers = db.execute(f"SELECT count(DISTINCT worker_id) FROM {app.schema}.runs").fetchone()
+    workers = db.execute(f"SELECT count(DISTINCT worker_id) FROM {app.schema}.results").fetchone()
     assert workers is not None and workers[0] >= 2  # the work was shared
 
 

@@ -167,7 +167,7 @@ def test_a_lost_lease_is_claimed_again_and_the_stale_worker_changes_nothing(
     first.start(threads=1, poll_interval=0.1)
     assert entered.wait(20)
     # The lease expires as if the first worker had died.
-    db.execute(f"UPDATE {first.schema}.runs SET available_at = now() WHERE id = %s", (run_id,))
+    db.execute(f"UPDATE {first.schema}.queue SET available_at = now() WHERE run_id = %s", (run_id,))
     second.start(threads=1, poll_interval=0.1)
     assert second.wait_for_run(run_id, 20).output == "fresh"
     release.set()

@@ -1,6 +1,7 @@
--- pgdurable core schema: events, runs, the step journal, and the state
--- machine's transitions as SQL functions. `{schema}` is replaced by the
--- configured (validated, quoted) schema name before this file runs.
+-- pgdurable core schema: events, runs, the queue, the step journal, and the
+-- state machine's transitions as SQL functions. `{schema}` is replaced by the
+-- configured (validated, quoted) schema name, `{channel}` by the NOTIFY
+-- channel, before this file runs.
 
 CREATE TABLE {schema}.events (
     id          text PRIMARY KEY,
@@ -11,41 +12,57 @@ CREATE TABLE {schema}.events (
 );
 CREATE INDEX events_name_received ON {schema}.events (name, received_at DESC);
 
--- One row per function run. `available_at` is when the run may next be
--- claimed: its start time while queued, its lease expiry while running.
--- Only unfinished runs are in the claim index, so finished ones cost the
--- hot path nothing however many there are.
+-- A run is three rows, each written by one transition, so that no hot-path
+-- write rewrites a wide row or its indexes: `runs` when it is created (never
+-- updated), `queue` while it is unfinished (small, deleted when it ends),
+-- and `results` when it ends (inserted once).
 CREATE TABLE {schema}.runs (
-    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id            uuid PRIMARY KEY,
+    function_id   text NOT NULL,
+    event_ids     text[] NOT NULL,
+    parent_run_id uuid,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX runs_first_event ON {schema}.runs ((event_ids[1]));
+CREATE INDEX runs_many_events ON {schema}.runs USING gin (event_ids)
+    WHERE cardinality(event_ids) > 1;
+CREATE INDEX runs_function_created ON {schema}.runs (function_id, created_at DESC);
+
+CREATE TABLE {schema}.results (
+    run_id      uuid PRIMARY KEY,
+    status      text NOT NULL CHECK (status IN ('completed', 'failed', 'cancelled', 'skipped')),
+    output      jsonb,
+    error       jsonb,
+    attempt     int NOT NULL,
+    worker_id   text,                   -- the worker that finished it
+    started_at  timestamptz,
+    finished_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Unfinished runs only: the claimable set stays as small as the backlog,
+-- however many runs have finished. `available_at` is when the row may next
+-- be claimed: its start time while queued, its lease expiry while running.
+CREATE TABLE {schema}.queue (
+    run_id           uuid PRIMARY KEY,
     function_id      text NOT NULL,
     status           text NOT NULL DEFAULT 'queued' CHECK (status IN
-                         ('queued', 'running', 'sleeping', 'waiting',
-                          'completed', 'failed', 'cancelled', 'skipped')),
-    event_ids        text[] NOT NULL,
-    parent_run_id    uuid,
-    retries          int NOT NULL,          -- retry budget, per step and for the handler
+                         ('queued', 'running', 'sleeping', 'waiting')),
+    available_at     timestamptz NOT NULL,
+    retries          int NOT NULL,            -- retry budget, per step and for the handler
     attempt          int NOT NULL DEFAULT 0,  -- retries scheduled so far
     handler_attempts int NOT NULL DEFAULT 0,  -- failures outside any step, or lost workers
-    available_at     timestamptz NOT NULL DEFAULT now(),
-    worker_id        text,
     lease_token      bigint NOT NULL DEFAULT 0,  -- bumped by every claim; stale writers are ignored
+    worker_id        text,
     cancel_requested boolean NOT NULL DEFAULT false,
-    output           jsonb,
-    error            jsonb,
-    created_at       timestamptz NOT NULL DEFAULT now(),
     started_at       timestamptz,
-    finished_at      timestamptz
+    error            jsonb                     -- the last error, while retrying
 );
-CREATE INDEX runs_claimable ON {schema}.runs (available_at)
-    WHERE status IN ('queued', 'running');
-CREATE INDEX runs_event_ids ON {schema}.runs USING gin (event_ids);
-CREATE INDEX runs_function_created ON {schema}.runs (function_id, created_at DESC);
-CREATE INDEX runs_failed ON {schema}.runs (finished_at DESC) WHERE status = 'failed';
+CREATE INDEX queue_available ON {schema}.queue (available_at);
 
 -- The journal: one row per step reached. `completed` and `failed` rows are
 -- final and never overwritten; `retrying` rows count the attempts so far.
 CREATE TABLE {schema}.steps (
-    run_id      uuid NOT NULL REFERENCES {schema}.runs (id) ON DELETE CASCADE,
+    run_id      uuid NOT NULL,
     step_key    text NOT NULL,
     position    int NOT NULL,
     status      text NOT NULL CHECK (status IN ('completed', 'failed', 'retrying')),
@@ -63,7 +80,7 @@ CREATE FUNCTION {schema}.send_events(
     p_ids text[], p_names text[], p_datas jsonb[], p_tss timestamptz[],
     p_run_events int[], p_run_functions text[], p_run_retries int[],
     p_dedupe interval
-) RETURNS SETOF text LANGUAGE plpgsql AS $$
+) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_due boolean;
 BEGIN
@@ -78,25 +95,31 @@ BEGIN
                 received_at = now()
             WHERE e.received_at < now() - p_dedupe
         RETURNING e.id, e.ts
-    ), runs AS (
-        INSERT INTO {schema}.runs (function_id, event_ids, retries, available_at)
-        SELECT r.fn, ARRAY[input.id], r.retries, greatest(inserted.ts, now())
+    ), planned AS MATERIALIZED (
+        SELECT gen_random_uuid() AS id, r.fn, r.retries, inserted.id AS event_id,
+               greatest(inserted.ts, now()) AS available_at
         FROM unnest(p_run_events, p_run_functions, p_run_retries) AS r(idx, fn, retries)
         JOIN input ON input.idx = r.idx
         JOIN inserted ON inserted.id = input.id
+    ), new_runs AS (
+        INSERT INTO {schema}.runs (id, function_id, event_ids)
+        SELECT id, fn, ARRAY[event_id] FROM planned
+    ), queued AS (
+        INSERT INTO {schema}.queue (run_id, function_id, available_at, retries)
+        SELECT id, fn, available_at, retries FROM planned
         RETURNING available_at
     )
-    SELECT coalesce(bool_or(available_at <= now()), false) INTO v_due FROM runs;
+    SELECT coalesce(bool_or(available_at <= now()), false) INTO v_due FROM queued;
     IF v_due THEN
         PERFORM pg_notify('{channel}', '');
     END IF;
-    RETURN;
 END
 $$;
 
 -- claim_runs: lease up to p_limit due runs of the given functions, including
 -- runs whose previous worker's lease expired. A run that lost its worker more
 -- often than its retry budget allows is failed instead of handed out again.
+-- The journal is read only for runs that ran before.
 CREATE FUNCTION {schema}.claim_runs(
     p_worker text, p_functions text[], p_limit int, p_lease interval
 ) RETURNS TABLE (
@@ -106,55 +129,66 @@ CREATE FUNCTION {schema}.claim_runs(
 ) LANGUAGE plpgsql AS $$
 BEGIN
     RETURN QUERY
-    WITH candidates AS (
-        SELECT r.id, (r.status = 'running') AS lost
-        FROM {schema}.runs r
-        WHERE r.status IN ('queued', 'running') AND r.available_at <= now()
-          AND r.function_id = ANY(p_functions)
-        ORDER BY r.available_at
+    WITH candidates AS MATERIALIZED (
+        SELECT q.run_id, q.status = 'running' AS lost, q.started_at IS NOT NULL AS resumed,
+               q.status = 'running' AND q.handler_attempts >= q.retries AS exhausted
+        FROM {schema}.queue q
+        WHERE q.available_at <= now() AND q.function_id = ANY(p_functions)
+        ORDER BY q.available_at
         LIMIT p_limit
         FOR UPDATE SKIP LOCKED
     ), claimed AS (
-        UPDATE {schema}.runs r
-        SET status = CASE WHEN c.lost AND r.handler_attempts >= r.retries
-                          THEN 'failed' ELSE 'running' END,
-            handler_attempts = r.handler_attempts + c.lost::int,
+        UPDATE {schema}.queue q
+        SET status = 'running',
+            handler_attempts = q.handler_attempts + c.lost::int,
             worker_id = p_worker,
-            lease_token = r.lease_token + 1,
+            lease_token = q.lease_token + 1,
             available_at = now() + p_lease,
-            started_at = coalesce(r.started_at, now()),
-            finished_at = CASE WHEN c.lost AND r.handler_attempts >= r.retries
-                               THEN now() END,
-            error = CASE WHEN c.lost AND r.handler_attempts >= r.retries
-                         THEN jsonb_build_object(
-                             'type', 'WorkerLostError',
-                             'message', format('the worker running this run stopped responding %s times', r.handler_attempts + 1),
-                             'traceback', null)
-                         ELSE r.error END
+            started_at = coalesce(q.started_at, now())
         FROM candidates c
-        WHERE r.id = c.id
-        RETURNING r.*
+        WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE NOT exhausted))
+          AND q.run_id = c.run_id
+        RETURNING q.*, c.resumed
+    ), dead AS (
+        DELETE FROM {schema}.queue q
+        WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE exhausted))
+        RETURNING q.*
+    ), failed AS (
+        INSERT INTO {schema}.results (run_id, status, error, attempt, worker_id, started_at)
+        SELECT d.run_id, 'failed', jsonb_build_object(
+                   'type', 'WorkerLostError',
+                   'message', format('the worker running this run stopped responding %s times',
+                                     d.handler_attempts + 1),
+                   'traceback', null),
+               d.attempt, d.worker_id, d.started_at
+        FROM dead d
     )
-    SELECT c.id, c.lease_token, c.function_id, c.attempt, c.handler_attempts,
+    SELECT c.run_id, c.lease_token, c.function_id, c.attempt, c.handler_attempts,
            c.retries, c.cancel_requested,
-           (SELECT jsonb_agg(jsonb_build_object('id', e.id, 'name', e.name,
-                                                'data', e.data, 'ts', e.ts)
-                             ORDER BY k.ord)
-            FROM unnest(c.event_ids) WITH ORDINALITY AS k(eid, ord)
-            JOIN {schema}.events e ON e.id = k.eid),
-           (SELECT jsonb_object_agg(s.step_key, jsonb_build_object(
-                       'status', s.status, 'output', s.output,
-                       'error', s.error, 'attempts', s.attempts))
-            FROM {schema}.steps s WHERE s.run_id = c.id)
+           CASE WHEN cardinality(r.event_ids) = 1
+                THEN jsonb_build_array(jsonb_build_object(
+                         'id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts))
+                ELSE (SELECT jsonb_agg(jsonb_build_object('id', m.id, 'name', m.name,
+                                                          'data', m.data, 'ts', m.ts)
+                                       ORDER BY k.ord)
+                      FROM unnest(r.event_ids) WITH ORDINALITY AS k(eid, ord)
+                      JOIN {schema}.events m ON m.id = k.eid) END,
+           CASE WHEN c.resumed THEN
+               (SELECT jsonb_object_agg(s.step_key, jsonb_build_object(
+                           'status', s.status, 'output', s.output,
+                           'error', s.error, 'attempts', s.attempts))
+                FROM {schema}.steps s WHERE s.run_id = c.run_id) END
     FROM claimed c
-    WHERE c.status = 'running';
+    JOIN {schema}.runs r ON r.id = c.run_id
+    LEFT JOIN {schema}.events e ON e.id = r.event_ids[1];
 END
 $$;
 
 -- flush: write a batch of journal entries and run transitions from one
--- worker in one round trip. Entries and transitions carry the lease token of
--- the claim they belong to, so a worker that lost its lease changes nothing.
--- Returns the runs, among those touched, that someone asked to cancel.
+-- worker in one round trip. Both carry the lease token of the claim they
+-- belong to, so a worker that lost its lease changes nothing. A finished run
+-- leaves the queue; a retried or released one goes back to 'queued'.
+-- Returns the runs, among those journaled, that someone asked to cancel.
 CREATE FUNCTION {schema}.flush(
     p_step_runs uuid[], p_step_tokens bigint[], p_step_keys text[],
     p_step_positions int[], p_step_statuses text[], p_step_outputs jsonb[],
@@ -162,45 +196,63 @@ CREATE FUNCTION {schema}.flush(
     p_fin_runs uuid[], p_fin_tokens bigint[], p_fin_statuses text[],
     p_fin_outputs jsonb[], p_fin_errors jsonb[], p_fin_available timestamptz[],
     p_fin_retry boolean[], p_fin_handler_failed boolean[]
-) RETURNS SETOF uuid LANGUAGE plpgsql AS $$
+) RETURNS SETOF uuid LANGUAGE plpgsql
+-- Every access is by key, in sets: index scans and hash joins are right
+-- whatever the (often stale) statistics of the churning queue say.
+SET enable_seqscan = off SET enable_nestloop = off AS $$
 BEGIN
-    INSERT INTO {schema}.steps AS s
-        (run_id, step_key, position, status, output, error, attempts, started_at)
-    SELECT i.run_id, i.key, i.pos, i.status, i.output, i.error, i.attempts, i.started
-    FROM unnest(p_step_runs, p_step_tokens, p_step_keys, p_step_positions,
-                p_step_statuses, p_step_outputs, p_step_errors, p_step_attempts,
-                p_step_started)
-         AS i(run_id, token, key, pos, status, output, error, attempts, started)
-    JOIN {schema}.runs r ON r.id = i.run_id AND r.lease_token = i.token
-                        AND r.status = 'running'
-    ON CONFLICT (run_id, step_key) DO UPDATE
-        SET status = excluded.status, output = excluded.output,
-            error = excluded.error, attempts = excluded.attempts,
-            started_at = excluded.started_at, finished_at = now()
-        WHERE s.status = 'retrying';
+    IF cardinality(p_step_runs) > 0 THEN
+        INSERT INTO {schema}.steps AS s
+            (run_id, step_key, position, status, output, error, attempts, started_at)
+        SELECT i.run_id, i.key, i.pos, i.status, i.output, i.error, i.attempts, i.started
+        FROM unnest(p_step_runs, p_step_tokens, p_step_keys, p_step_positions,
+                    p_step_statuses, p_step_outputs, p_step_errors, p_step_attempts,
+                    p_step_started)
+             AS i(run_id, token, key, pos, status, output, error, attempts, started)
+        JOIN {schema}.queue q ON q.run_id = i.run_id AND q.lease_token = i.token
+                             AND q.status = 'running'
+        WHERE q.run_id = ANY(p_step_runs)
+        ON CONFLICT (run_id, step_key) DO UPDATE
+            SET status = excluded.status, output = excluded.output,
+                error = excluded.error, attempts = excluded.attempts,
+                started_at = excluded.started_at, finished_at = now()
+            WHERE s.status = 'retrying';
+    END IF;
 
-    UPDATE {schema}.runs r
-    SET status = f.status,
-        output = f.output,
-        error = f.error,
-        available_at = coalesce(f.available, r.available_at),
-        attempt = r.attempt + f.retry::int,
-        handler_attempts = r.handler_attempts + f.handler_failed::int,
-        worker_id = CASE WHEN f.status = 'queued' THEN NULL ELSE r.worker_id END,
-        finished_at = CASE WHEN f.status = 'queued' THEN NULL ELSE now() END
-    FROM unnest(p_fin_runs, p_fin_tokens, p_fin_statuses, p_fin_outputs,
-                p_fin_errors, p_fin_available, p_fin_retry, p_fin_handler_failed)
-         AS f(run_id, token, status, output, error, available, retry, handler_failed)
-    WHERE r.id = f.run_id AND r.lease_token = f.token AND r.status = 'running';
+    IF cardinality(p_fin_runs) > 0 THEN
+        WITH fin AS (
+            SELECT * FROM unnest(p_fin_runs, p_fin_tokens, p_fin_statuses, p_fin_outputs,
+                                 p_fin_errors, p_fin_available, p_fin_retry,
+                                 p_fin_handler_failed)
+                AS f(run_id, token, status, output, error, available, retry, handler_failed)
+        ), done AS (
+            DELETE FROM {schema}.queue q USING fin f
+            WHERE q.run_id = ANY(p_fin_runs) AND q.run_id = f.run_id
+              AND q.lease_token = f.token AND q.status = 'running' AND f.status <> 'queued'
+            RETURNING q.run_id, q.attempt, q.started_at, q.worker_id, f.status, f.output, f.error
+        ), finished AS (
+            INSERT INTO {schema}.results
+                (run_id, status, output, error, attempt, worker_id, started_at)
+            SELECT run_id, status, output, error, attempt, worker_id, started_at FROM done
+        )
+        UPDATE {schema}.queue q
+        SET status = 'queued', available_at = f.available, worker_id = NULL,
+            attempt = q.attempt + f.retry::int,
+            handler_attempts = q.handler_attempts + f.handler_failed::int,
+            error = coalesce(f.error, q.error)
+        FROM fin f
+        WHERE q.run_id = ANY(p_fin_runs) AND q.run_id = f.run_id
+          AND q.lease_token = f.token AND q.status = 'running' AND f.status = 'queued';
 
-    IF EXISTS (SELECT 1 FROM unnest(p_fin_statuses, p_fin_available) AS f(status, available)
-               WHERE f.status = 'queued' AND f.available <= now()) THEN
-        PERFORM pg_notify('{channel}', '');
+        IF EXISTS (SELECT FROM unnest(p_fin_statuses, p_fin_available) AS f(status, available)
+                   WHERE f.status = 'queued' AND f.available <= now()) THEN
+            PERFORM pg_notify('{channel}', '');
+        END IF;
     END IF;
 
     RETURN QUERY
-    SELECT r.id FROM {schema}.runs r
-    WHERE r.id = ANY(p_step_runs) AND r.cancel_requested AND r.status = 'running';
+    SELECT q.run_id FROM {schema}.queue q
+    WHERE q.run_id = ANY(p_step_runs) AND q.cancel_requested AND q.status = 'running';
 END
 $$;
 
@@ -208,36 +260,61 @@ $$;
 -- them that someone asked to cancel.
 CREATE FUNCTION {schema}.heartbeat(
     p_runs uuid[], p_tokens bigint[], p_lease interval
-) RETURNS SETOF uuid LANGUAGE sql AS $$
+) RETURNS SETOF uuid LANGUAGE plpgsql
+-- Every access is by key, in sets: index scans and hash joins are right
+-- whatever the (often stale) statistics of the churning queue say.
+SET enable_seqscan = off SET enable_nestloop = off AS $$
+BEGIN
+    RETURN QUERY
     WITH extended AS (
-        UPDATE {schema}.runs r SET available_at = now() + p_lease
+        UPDATE {schema}.queue q SET available_at = now() + p_lease
         FROM unnest(p_runs, p_tokens) AS h(run_id, token)
-        WHERE r.id = h.run_id AND r.lease_token = h.token AND r.status = 'running'
-        RETURNING r.id, r.cancel_requested
+        WHERE q.run_id = ANY(p_runs) AND q.run_id = h.run_id AND q.lease_token = h.token
+          AND q.status = 'running'
+        RETURNING q.run_id, q.cancel_requested
     )
-    SELECT id FROM extended WHERE cancel_requested;
+    SELECT x.run_id FROM extended x WHERE x.cancel_requested;
+END
 $$;
 
--- cancel_run: a run not yet running is cancelled at once; a running one at
--- its next step boundary. Returns the status after the call (NULL: unknown).
-CREATE FUNCTION {schema}.cancel_run(p_run uuid) RETURNS text LANGUAGE sql AS $$
-    UPDATE {schema}.runs r
-    SET status = CASE WHEN r.status = 'running' THEN r.status ELSE 'cancelled' END,
-        cancel_requested = true,
-        finished_at = CASE WHEN r.status = 'running' THEN NULL ELSE now() END,
-        error = CASE WHEN r.status = 'running' THEN r.error
-                     ELSE jsonb_build_object('type', 'Cancelled',
-                                             'message', 'cancelled by request',
-                                             'traceback', null) END
-    WHERE r.id = p_run AND r.status IN ('queued', 'running', 'sleeping', 'waiting')
-    RETURNING r.status;
+-- cancel_run: a run not running is cancelled at once; a running one at its
+-- next step boundary. Returns true if the run was cancelled or will be.
+CREATE FUNCTION {schema}.cancel_run(p_run uuid) RETURNS boolean LANGUAGE sql AS $$
+    WITH flagged AS (
+        UPDATE {schema}.queue SET cancel_requested = true
+        WHERE run_id = p_run AND status = 'running'
+        RETURNING run_id
+    ), removed AS (
+        DELETE FROM {schema}.queue WHERE run_id = p_run AND status <> 'running'
+        RETURNING run_id, attempt, started_at
+    ), cancelled AS (
+        INSERT INTO {schema}.results (run_id, status, attempt, started_at, error)
+        SELECT run_id, 'cancelled', attempt, started_at,
+               jsonb_build_object('type', 'Cancelled', 'message', 'cancelled by request',
+                                  'traceback', null)
+        FROM removed
+        RETURNING run_id
+    )
+    SELECT EXISTS (SELECT FROM flagged) OR EXISTS (SELECT FROM cancelled);
 $$;
+
+-- A run as the management API and the views see it: live state from the
+-- queue while unfinished, the permanent record otherwise.
+CREATE VIEW {schema}.run_state AS
+SELECT r.id, r.function_id, coalesce(res.status, q.status, 'queued') AS status, res.output,
+       coalesce(res.error, q.error) AS error, coalesce(res.attempt, q.attempt, 0) AS attempt,
+       r.event_ids, r.parent_run_id, r.created_at,
+       coalesce(res.started_at, q.started_at) AS started_at, res.finished_at,
+       res.worker_id
+FROM {schema}.runs r
+LEFT JOIN {schema}.queue q ON q.run_id = r.id
+LEFT JOIN {schema}.results res ON res.run_id = r.id;
 
 -- Monitoring views: a public interface, documented in the README.
 
 CREATE VIEW {schema}.function_status AS
 SELECT function_id, status, count(*) AS runs
-FROM {schema}.runs GROUP BY function_id, status;
+FROM {schema}.run_state GROUP BY function_id, status;
 
 CREATE VIEW {schema}.queue_depth AS
 SELECT function_id,
@@ -246,17 +323,16 @@ SELECT function_id,
        count(*) FILTER (WHERE status = 'running') AS running,
        now() - min(available_at) FILTER (WHERE status = 'queued' AND available_at <= now())
            AS oldest_ready_age
-FROM {schema}.runs
-WHERE status IN ('queued', 'running')
+FROM {schema}.queue
 GROUP BY function_id;
 
 CREATE VIEW {schema}.recent_failures AS
-SELECT id AS run_id, function_id, event_ids, attempt, finished_at,
-       error ->> 'type' AS error_type, error ->> 'message' AS error_message,
-       error ->> 'traceback' AS traceback
-FROM {schema}.runs
-WHERE status = 'failed'
-ORDER BY finished_at DESC;
+SELECT res.run_id, r.function_id, r.event_ids, res.attempt, res.finished_at,
+       res.error ->> 'type' AS error_type, res.error ->> 'message' AS error_message,
+       res.error ->> 'traceback' AS traceback
+FROM {schema}.results res JOIN {schema}.runs r ON r.id = res.run_id
+WHERE res.status = 'failed'
+ORDER BY res.finished_at DESC;
 
 CREATE VIEW {schema}.step_timeline AS
 SELECT s.run_id, r.function_id, s.position, s.step_key, s.status, s.attempts,
@@ -267,4 +343,6 @@ FROM {schema}.steps s JOIN {schema}.runs r ON r.id = s.run_id;
 CREATE VIEW {schema}.unmatched_events AS
 SELECT e.id, e.name, e.received_at
 FROM {schema}.events e
-WHERE NOT EXISTS (SELECT 1 FROM {schema}.runs r WHERE r.event_ids @> ARRAY[e.id]);
+WHERE NOT EXISTS (SELECT FROM {schema}.runs r
+                  WHERE r.event_ids[1] = e.id OR (cardinality(r.event_ids) > 1
+                                                  AND r.event_ids @> ARRAY[e.id]));
