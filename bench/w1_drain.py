@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import argparse
-import psycopg
 
+import psycopg
 from common import DSN, describe, fresh_schema, wait_for
+
 from pgdurable import Context, Durable, Event
 
 

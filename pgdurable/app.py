@@ -197,7 +197,7 @@ class Durable:
               poll_interval: float = 1.0) -> None:
         """Start worker threads in this process and return.
 
-        `prefetch` runs beyond `threads` are claimed ahead (default: `threads`).
+        `prefetch` runs beyond `threads` are claimed ahead (default: 4 x `threads`).
         """
         if self._worker is not None:
             raise DurableError("this app's worker is already started")
@@ -209,7 +209,7 @@ class Durable:
                     f"schema {self.schema!r} is not migrated; call app.migrate() "
                     "or run `pgdurable migrate`")
         self._worker = Worker(self, threads=threads,
-                              prefetch=threads if prefetch is None else prefetch,
+                              prefetch=4 * threads if prefetch is None else prefetch,
                               poll_interval=poll_interval)
         self._worker.start()
 

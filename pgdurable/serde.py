@@ -62,6 +62,8 @@ def _adapter_for(fn: Callable[..., Any]) -> TypeAdapter[Any] | None:
 
 def revive(fn: Callable[..., Any], value: Any) -> Any:
     """Turn a journaled JSON value back into `fn`'s annotated return type."""
+    if "return" not in getattr(fn, "__annotations__", {"return": None}):
+        return value  # the common case (lambdas, unannotated functions): no lookup
     try:
         adapter = _adapter_for(fn)
     except TypeError:  # unhashable callables are not cached: no annotation used

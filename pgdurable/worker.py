@@ -62,7 +62,8 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._journal = Journal(self._pool, self._store)
         self._ready: queue.SimpleQueue[RunState | None] = queue.SimpleQueue()
-        self._held: dict[str, RunState] = {}
+        self._held: dict[str, RunState] = {}  # claimed, until their outcome is written
+        self._unfinished = 0  # held runs whose handler has not returned yet
         self._held_lock = threading.Lock()
         self._wake = threading.Event()
         self._next_due = float("inf")  # monotonic time of the earliest retry this worker scheduled
@@ -106,14 +107,16 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
+        """Runs claimed whose handler has not finished: what occupies capacity."""
         with self._held_lock:
-            return len(self._held)
+            return self._unfinished
 
     def _release_held(self) -> None:
         """Queue again every run this worker holds but did not finish."""
         with self._held_lock:
             held = [state for state in self._held.values() if not state.finished]
             self._held.clear()
+            self._unfinished = 0
         now = datetime.now(UTC)
         releases = [Finish(s.claimed.id, s.claimed.token, "queued", available_at=now) for s in held]
         if releases:
@@ -129,13 +132,16 @@ class Worker:
             if time.monotonic() >= self._next_due:
                 self._next_due = float("inf")  # this claim picks the retry up
             claimed_all = False
-            if free > 0 and self._ready.qsize() < self._threads:
+            # Claim in large batches: when half the capacity is free, or when
+            # the executors are about to run dry.
+            if free > 0 and (free * 2 >= self._capacity or self._ready.qsize() < self._threads):
                 rows = self._with_db("claim runs", partial(
                     self._store.claim_runs, worker_id=self.id, function_ids=function_ids,
                     limit=free, lease=self._lease))
                 states = [self._new_state(row) for row in rows or ()]
                 with self._held_lock:
                     self._held.update((state.claimed.id, state) for state in states)
+                    self._unfinished += len(states)
                 for state in states:
                     self._ready.put(state)
                 claimed_all = rows is not None and len(rows) == free
@@ -218,7 +224,11 @@ class Worker:
             steps = [outcome.record]
             outcome = Finish(claimed.id, claimed.token, "queued", error_json=outcome.record.error_json,
                              available_at=outcome.retry_at, retry=True)
-        state.finished = True
+        with self._held_lock:
+            state.finished = True
+            self._unfinished -= 1
+        if self._ready.qsize() < self._threads:
+            self._wake.set()  # room to claim more
         if outcome.available_at is not None:
             due = time.monotonic() + (outcome.available_at - datetime.now(UTC)).total_seconds()
             if due < self._next_due:
@@ -230,8 +240,6 @@ class Worker:
     def _forget(self, run_id: str) -> None:
         with self._held_lock:
             self._held.pop(run_id, None)
-        if self._ready.qsize() < self._threads:
-            self._wake.set()
 
     def _outcome(
         self, fdef: FunctionDef, state: RunState, loop: asyncio.AbstractEventLoop
