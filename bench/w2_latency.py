@@ -14,6 +14,7 @@ import threading
 import time
 
 from common import DSN, describe, fresh_schema, percentiles
+
 from pgdurable import Context, Durable
 
 

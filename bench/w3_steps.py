@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 
 import psycopg
-
 from common import DSN, describe, fresh_schema, wait_for
+
 from pgdurable import Context, Durable, Event
 
 STEPS = 5
