@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -67,15 +67,20 @@ class Durable:
         )
         self.connect_timeout = connect_timeout
         self._owns_pool = pool is None
-        self.pool: ConnectionPool[Any] = pool or ConnectionPool(
-            _dsn_from_env(dsn), open=False, min_size=1, max_size=_positive(pool_size, "pool_size"),
-            name=f"pgdurable-{schema}",
-        )
+        self._dsn = None if pool is not None else _dsn_from_env(dsn)
+        self._pool_size = _positive(pool_size, "pool_size")
+        self.pool: ConnectionPool[Any] = pool or self._new_pool()
+        self._pool_opened = False
         self.functions: dict[str, FunctionDef] = {}
         self._triggers: dict[str, list[FunctionDef]] = {}
         self._schemas: dict[str, type[BaseModel]] = {}
         self._worker: Worker | None = None
         self._open_lock = threading.Lock()
+
+    def _new_pool(self) -> ConnectionPool[Any]:
+        assert self._dsn is not None
+        return ConnectionPool(self._dsn, open=False, min_size=1, max_size=self._pool_size,
+                              name=f"pgdurable-{self.schema}")
 
     @property
     def conninfo(self) -> str:
@@ -88,22 +93,21 @@ class Durable:
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection in a transaction that commits when the block exits."""
-        if self._owns_pool and self.pool.closed:
+        if self._owns_pool and not self._pool_opened:
             with self._open_lock:
-                if self.pool.closed:
-                    self._open_pool()
-        with self.pool.connection() as conn, _translated_errors(self.schema):
-            yield conn
-
-    def _open_pool(self) -> None:
-        self.pool.open(wait=False)
+                if not self._pool_opened:
+                    self.pool.open(wait=False)  # connects in the background, retrying
+                    self._pool_opened = True
+        stack = ExitStack()
         try:
-            self.pool.wait(timeout=self.connect_timeout)
+            conn = stack.enter_context(self.pool.connection(timeout=self.connect_timeout))
         except PoolTimeout:
-            self.pool.close()
             raise DurableError(
-                f"cannot connect to Postgres at {_redacted(self.conninfo)} "
-                f"within {self.connect_timeout} s") from None
+                f"cannot connect to Postgres at {_redacted(self.conninfo)} within "
+                f"{self.connect_timeout} s (unreachable, or all {self.pool.max_size} "
+                "pooled connections busy)") from None
+        with stack, _translated_errors(self.schema):
+            yield conn
 
     # -- schema -----------------------------------------------------------
 
@@ -215,12 +219,15 @@ class Durable:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Drain the worker (running handlers get `timeout` seconds), then close
-        the pool if this app created it."""
+        the pool if this app created it (a new one opens if the app is used again)."""
         if self._worker is not None:
             self._worker.stop(timeout)
             self._worker = None
-        if self._owns_pool and not self.pool.closed:
-            self.pool.close()
+        if self._owns_pool and self._pool_opened:
+            with self._open_lock:
+                self.pool.close()
+                self.pool = self._new_pool()  # the app stays usable: it reopens on demand
+                self._pool_opened = False
 
     # -- management -------------------------------------------------------
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from .app import Durable
-from .errors import DurableError, MigrationError
+from .errors import DurableError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,9 +72,7 @@ def _run_worker(app: Durable, threads: int, prefetch: int | None, timeout: float
         try:
             app.start(threads=threads, prefetch=prefetch)
             break
-        except MigrationError:
-            raise
-        except DurableError as exc:  # Postgres not reachable yet: keep trying
+        except DurableError as exc:  # Postgres not reachable or not migrated yet: keep trying
             logging.getLogger("pgdurable.worker").warning("%s; retrying in 2 s", exc)
             stop.wait(2.0)
     stop.wait()

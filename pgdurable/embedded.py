@@ -44,8 +44,9 @@ def _free_port() -> int:
 class EmbeddedPostgres:
     """Start (creating if needed) a server whose data lives in `data_dir`."""
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.port = port  # a free one when None (system binaries only)
         self._pgserver: Any = None
         self._bindir: Path | None = None
         self.dsn: str | None = None
@@ -89,7 +90,7 @@ class EmbeddedPostgres:
         if not (pgdata / "PG_VERSION").exists():
             self._as_owner([str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
                             "--auth=trust", "-E", "UTF8", "--no-sync"])
-        port = _free_port()
+        port = self.port or _free_port()
         options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1"
         self._as_owner([str(bindir / "pg_ctl"), "-D", str(pgdata), "-l",
                         str(self.data_dir / "server.log"), "-o", options, "-w", "start"])

@@ -14,7 +14,8 @@ from psycopg import sql
 from pgdurable import Context, Durable
 
 app = Durable(os.environ["PGDURABLE_DSN"], schema=os.environ["PGDURABLE_SCHEMA"],
-              lease="2s", retry_backoff=("20ms", "200ms"))
+              lease="2s", retry_backoff=("20ms", "200ms"),
+              connect_timeout=float(os.environ.get("PGDURABLE_CONNECT_TIMEOUT", "10")))
 
 
 def effect(run_id: str, what: str) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import tempfile
+import threading
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_until
+from conftest import WorkerProcess, wait_until
 
 from pgdurable import Durable, Event
+from pgdurable.embedded import EmbeddedPostgres, _free_port, _system_bindir
 
 
 @pytest.fixture
@@ -83,3 +88,33 @@ def test_sigterm_drains_the_worker(
     done = app.get_run(run.id)
     assert done is not None and done.status == "completed"
     assert effects(db, app.schema, run.id)["two-start"] == 1
+
+
+@pytest.mark.skipif(_system_bindir() is None, reason="needs the system's PostgreSQL binaries")
+def test_worker_waits_for_postgres_and_recovers(worker_process: Any, schema: str) -> None:
+    folder = tempfile.mkdtemp(prefix="pgdurable-late-")
+    os.chmod(folder, 0o755)
+    port = _free_port()
+    dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    worker = WorkerProcess(dsn, schema, threads=2, PGDURABLE_CONNECT_TIMEOUT="1")
+    server = EmbeddedPostgres(folder, port=port)
+    try:
+        assert worker.proc.stdout is not None
+        lines = iter(worker.proc.stdout.readline, "")  # it logs as it retries
+        assert any("cannot connect to Postgres" in line for line, _ in zip(lines, range(50), strict=False))
+        threading.Thread(target=lambda: all(lines), daemon=True).start()  # keep the pipe drained
+        server.start()
+        app = Durable(dsn, schema=schema)
+        app.migrate()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE {schema}.effects (run_id uuid, what text)")
+        app.function(id="count-once", event="test/count-once")(lambda ctx: None)
+        [event_id] = app.send("test/count-once", {"n": 7})
+        [run] = app.runs_for_event(event_id)
+        done = app.wait_for_run(run.id, timeout=60)
+        assert (done.status, done.output) == ("completed", 7)
+        app.stop()
+    finally:
+        worker.kill()
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 
 from common_peers import drop_database, fresh_database, percentiles
@@ -49,10 +50,8 @@ async def w2(app: App, events: int, gap: float) -> dict[str, float]:
         await asyncio.sleep(gap)
     await asyncio.wait_for(done.wait(), 60)
     worker.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await worker
-    except asyncio.CancelledError:
-        pass
     return percentiles([(started[i] - sent[i]) * 1000 for i in range(events)])
 
 
