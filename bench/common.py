@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import time
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 
 import psycopg
 
+from pgdurable import Durable, Event
 from pgdurable.testing import LOCAL_DSN, drop_schema, new_schema_name
 
 DSN = os.environ.get("PGDURABLE_BENCH_DSN", LOCAL_DSN)
@@ -45,3 +47,49 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     cuts = statistics.quantiles(ordered, n=100, method="inclusive")
     return {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98], "max": ordered[-1]}
+
+
+def drain_arguments(runs: int, threads: int, prefetch: int) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--prefetch", type=int, default=prefetch)
+    parser.add_argument("--finished", type=int, default=0,
+                        help="finished runs (with events, results, journal) to load first")
+    return parser.parse_args()
+
+
+def queue_backlog(app: Durable, event: str, runs: int) -> None:
+    for start in range(0, runs, 1000):
+        app.send([Event(event, {"i": i}) for i in range(start, min(start + 1000, runs))])
+
+
+def load_finished(schema: str, function_id: str, count: int) -> None:
+    """Fill the tables with `count` finished runs, as months of history would."""
+    statements = [
+        "INSERT INTO {s}.events (id, name, data, ts) SELECT 'old-' || g, 'old', "
+        "jsonb_build_object('i', g), now() FROM generate_series(1, %(n)s) g",
+        "INSERT INTO {s}.runs (id, function_id, event_ids) SELECT "
+        "('01000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, %(fn)s, ARRAY['old-' || g] FROM generate_series(1, %(n)s) g",
+        "INSERT INTO {s}.results (run_id, status, output, attempt) SELECT "
+        "('01000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'completed', to_jsonb(g), 0 FROM generate_series(1, %(n)s) g",
+        "INSERT INTO {s}.steps (run_id, step_key, position, status, output, started_at) SELECT "
+        "('01000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'work', 1, 'completed', to_jsonb(g), now() "
+        "FROM generate_series(1, %(n)s) g",
+        "VACUUM ANALYZE {s}.events, {s}.runs, {s}.results, {s}.steps",
+        "CHECKPOINT",  # measure the drain, not the flush of the load
+    ]
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement.format(s=schema).encode(), {"n": count, "fn": function_id})
+
+
+def drain(app: Durable, schema: str, threads: int, prefetch: int) -> float:
+    """Start the worker and return the seconds until the queue is empty."""
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        def done() -> bool:
+            row = conn.execute(f"SELECT NOT EXISTS (SELECT FROM {schema}.queue)").fetchone()
+            return bool(row and row[0])
+
+        app.start(threads=threads, prefetch=prefetch)
+        return wait_for(done, timeout=600, interval=0.05)

@@ -93,17 +93,21 @@ class Worker:
         deadline = time.monotonic() + timeout
         self._draining.set()
         self._wake.set()
+        self._join("claimer", deadline)  # no claim may land after the release below
         for _ in range(self._threads):
             self._ready.put(None)
-        for thread in self._workers:
-            if thread.name.startswith("pgdurable-executor"):
-                thread.join(max(0.0, deadline - time.monotonic()))
+        self._join("executor", deadline)
         self._stopping.set()
         self._release_held()
         self._journal.stop(max(1.0, deadline - time.monotonic()))
         for thread in self._workers:
             thread.join(1.0)
         log.info("worker %s stopped", self.id)
+
+    def _join(self, kind: str, deadline: float) -> None:
+        for thread in self._workers:
+            if thread.name.startswith(f"pgdurable-{kind}"):
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def in_flight(self) -> int:
@@ -137,7 +141,7 @@ class Worker:
             if free > 0 and (free * 2 >= self._capacity or self._ready.qsize() < self._threads):
                 rows = self._with_db("claim runs", partial(
                     self._store.claim_runs, worker_id=self.id, function_ids=function_ids,
-                    limit=free, lease=self._lease))
+                    limit=free, lease=self._lease), until=self._draining)
                 states = [self._new_state(row) for row in rows or ()]
                 with self._held_lock:
                     self._held.update((state.claimed.id, state) for state in states)
@@ -154,24 +158,34 @@ class Worker:
         poll = self._poll_interval * random.uniform(0.5, 1.0)
         return max(0.0, min(poll, self._next_due - time.monotonic()))
 
-    def _with_db(self, what: str, action: Callable[[psycopg.Connection[Any]], Any]) -> Any:
-        """Run `action` on a pooled connection, retrying while Postgres is unreachable."""
+    def _with_db(
+        self, what: str, action: Callable[[psycopg.Connection[Any]], Any],
+        until: threading.Event | None = None,
+    ) -> Any:
+        """Run `action` on a pooled connection, retrying with backoff until it
+        works or `until` (default: the worker stopping) is set; None then."""
+        until = until or self._stopping
         retrying = Retrying(
-            retry=retry_if_exception_type(psycopg.OperationalError),
+            retry=retry_if_exception_type(Exception),
             wait=wait_random_exponential(multiplier=0.1, max=5.0),
             stop=stop_never,
-            before_sleep=lambda s: log.warning(
-                "worker cannot %s: Postgres unreachable (%s); retrying", what,
-                s.outcome.exception() if s.outcome else "?"),
-            reraise=True,
+            before_sleep=lambda state: self._log_db_error(what, state.outcome),
         )
         for attempt in retrying:
             with attempt:
-                if self._stopping.is_set():
+                if until.is_set():
                     return None
                 with self._pool.connection() as conn:
                     return action(conn)
         return None
+
+    @staticmethod
+    def _log_db_error(what: str, outcome: Any) -> None:
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, psycopg.OperationalError):
+            log.warning("worker cannot %s: Postgres unreachable (%s); retrying", what, exc)
+        else:  # a bug or a broken schema: say so loudly, but keep the worker alive
+            log.error("worker cannot %s: %r; retrying", what, exc)
 
     def _listen_loop(self) -> None:
         while not self._draining.is_set():

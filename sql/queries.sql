@@ -68,7 +68,7 @@ LIMIT %(limit)s;
 -- name: replay_run
 WITH new_run AS (
     INSERT INTO {schema}.runs (id, function_id, event_ids, parent_run_id)
-    SELECT gen_random_uuid(), function_id, event_ids, parent_run_id
+    SELECT {schema}.uuid_v7(), function_id, event_ids, parent_run_id
     FROM {schema}.runs WHERE id = %(run)s::uuid
     RETURNING id, function_id
 ), queued AS (

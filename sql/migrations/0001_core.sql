@@ -12,6 +12,15 @@ CREATE TABLE {schema}.events (
 );
 CREATE INDEX events_name_received ON {schema}.events (name, received_at DESC);
 
+-- Run ids are UUIDv7: time-ordered, so the primary keys of runs, queue,
+-- results and steps grow at their right edge instead of touching random
+-- pages of indexes that hold every run ever made.
+CREATE FUNCTION {schema}.uuid_v7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
+    SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
+        substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+        FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid;
+$$;
+
 -- A run is three rows, each written by one transition, so that no hot-path
 -- write rewrites a wide row or its indexes: `runs` when it is created (never
 -- updated), `queue` while it is unfinished (small, deleted when it ends),
@@ -96,7 +105,7 @@ BEGIN
             WHERE e.received_at < now() - p_dedupe
         RETURNING e.id, e.ts
     ), planned AS MATERIALIZED (
-        SELECT gen_random_uuid() AS id, r.fn, r.retries, inserted.id AS event_id,
+        SELECT {schema}.uuid_v7() AS id, r.fn, r.retries, inserted.id AS event_id,
                greatest(inserted.ts, now()) AS available_at
         FROM unnest(p_run_events, p_run_functions, p_run_retries) AS r(idx, fn, retries)
         JOIN input ON input.idx = r.idx
