@@ -64,24 +64,29 @@ def queue_backlog(app: Durable, event: str, runs: int) -> None:
         app.send([Event(event, {"i": i}) for i in range(start, min(start + 1000, runs))])
 
 
+# UUIDv7-shaped ids dated 2005: older than any run the benchmark creates.
+OLD_RUN_ID = "('01000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid"
+
+
 def load_finished(schema: str, function_id: str, count: int) -> None:
     """Fill the tables with `count` finished runs, as months of history would."""
     statements = [
         "INSERT INTO {s}.events (id, name, data, ts) SELECT 'old-' || g, 'old', "
         "jsonb_build_object('i', g), now() FROM generate_series(1, %(n)s) g",
         "INSERT INTO {s}.runs (id, function_id, event_ids) SELECT "
-        "('01000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, %(fn)s, ARRAY['old-' || g] FROM generate_series(1, %(n)s) g",
+        "{old}, %(fn)s, ARRAY['old-' || g] FROM generate_series(1, %(n)s) g",
         "INSERT INTO {s}.results (run_id, status, output, attempt) SELECT "
-        "('01000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'completed', to_jsonb(g), 0 FROM generate_series(1, %(n)s) g",
+        "{old}, 'completed', to_jsonb(g), 0 FROM generate_series(1, %(n)s) g",
         "INSERT INTO {s}.steps (run_id, step_key, position, status, output, started_at) SELECT "
-        "('01000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 'work', 1, 'completed', to_jsonb(g), now() "
+        "{old}, 'work', 1, 'completed', to_jsonb(g), now() "
         "FROM generate_series(1, %(n)s) g",
         "VACUUM ANALYZE {s}.events, {s}.runs, {s}.results, {s}.steps",
         "CHECKPOINT",  # measure the drain, not the flush of the load
     ]
     with psycopg.connect(DSN, autocommit=True) as conn:
         for statement in statements:
-            conn.execute(statement.format(s=schema).encode(), {"n": count, "fn": function_id})
+            conn.execute(statement.format(s=schema, old=OLD_RUN_ID).encode(),
+                         {"n": count, "fn": function_id})
 
 
 def drain(app: Durable, schema: str, threads: int, prefetch: int) -> float:

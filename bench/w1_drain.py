@@ -9,6 +9,7 @@ does not slow the hot path.
 from __future__ import annotations
 
 from common import DSN, describe, drain, drain_arguments, fresh_schema, load_finished, queue_backlog
+
 from pgdurable import Context, Durable
 
 

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import psycopg
-
 from common import DSN, describe, drain, drain_arguments, fresh_schema, load_finished, queue_backlog
+
 from pgdurable import Context, Durable
 
 STEPS = 5

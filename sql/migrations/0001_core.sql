@@ -149,6 +149,8 @@ BEGIN
                q.status = 'running' AND q.handler_attempts >= q.retries AS exhausted
         FROM {schema}.queue q
         WHERE q.available_at <= now() AND q.function_id = ANY(p_functions)
+          -- a live worker whose lease lapsed still holds the run in memory
+          AND (q.worker_id IS NULL OR q.worker_id <> p_worker)
         ORDER BY q.available_at
         LIMIT p_limit
         FOR UPDATE SKIP LOCKED
