@@ -29,6 +29,10 @@ H = TypeVar("H", bound=Handler)
 
 MiB = 1024 * 1024
 
+# Keyword arguments of psycopg.connect() that are not libpq parameters.
+_PSYCOPG_CONNECT_ARGS = frozenset({"autocommit", "prepare_threshold", "context", "row_factory",
+                                   "cursor_factory"})
+
 
 class Durable:
     """A pgdurable app bound to one Postgres database and schema.
@@ -80,19 +84,29 @@ class Durable:
     def _new_pool(self) -> ConnectionPool[Any]:
         assert self._dsn is not None
         return ConnectionPool(self._dsn, open=False, min_size=1, max_size=self._pool_size,
-                              name=f"pgdurable-{self.schema}")
+                              kwargs={"autocommit": True}, name=f"pgdurable-{self.schema}")
 
     @property
     def conninfo(self) -> str:
         """The connection string of the pool, for connections of our own (LISTEN)."""
         conninfo = self.pool.conninfo() if callable(self.pool.conninfo) else self.pool.conninfo
         kwargs = self.pool.kwargs() if callable(self.pool.kwargs) else self.pool.kwargs
-        extra = {k: v for k, v in (kwargs or {}).items() if isinstance(v, str | int)}
+        extra = {k: v for k, v in (kwargs or {}).items()  # libpq parameters only
+                 if isinstance(v, str | int) and not isinstance(v, bool)
+                 and k not in _PSYCOPG_CONNECT_ARGS}
         return make_conninfo(conninfo, **extra)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection in a transaction that commits when the block exits."""
+        """A pooled connection in a transaction that commits when the block exits
+        (and rolls back if it raises)."""
+        with self._pooled() as conn, conn.transaction():
+            yield conn
+
+    @contextmanager
+    def _pooled(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection as it is: in autocommit if the pool is ours, so a
+        single statement (all pgdurable needs, mostly) is one round trip."""
         if self._owns_pool and not self._pool_opened:
             with self._open_lock:
                 if not self._pool_opened:
@@ -170,7 +184,7 @@ class Durable:
             with _translated_errors(self.schema):
                 self._send(conn, unique, runs)
         else:
-            with self.connection() as own:
+            with self._pooled() as own:
                 self._send(own, unique, runs)
         return [p.id for p in prepared]
 
@@ -233,7 +247,7 @@ class Durable:
 
     def get_run(self, run_id: str) -> Run | None:
         """The run with this id, or None."""
-        with self.connection() as conn:
+        with self._pooled() as conn:
             return self.store.get_run(conn, _run_id(run_id))
 
     def wait_for_run(self, run_id: str, timeout: float = 60.0) -> Run:
@@ -253,19 +267,19 @@ class Durable:
 
     def runs_for_event(self, event_id: str) -> list[Run]:
         """The runs an event triggered, oldest first."""
-        with self.connection() as conn:
+        with self._pooled() as conn:
             return self.store.runs_for_event(conn, event_id)
 
     def list_runs(self, *, function: str | None = None, status: str | None = None,
                   limit: int = 100) -> list[Run]:
         """Runs, newest first, optionally of one function and/or status."""
-        with self.connection() as conn:
+        with self._pooled() as conn:
             return self.store.list_runs(conn, function, status, _positive(limit, "limit"))
 
     def cancel(self, run_id: str) -> bool:
         """Cancel a run: at once if it is not running, else at its next step
         boundary. False if it is unknown or already finished."""
-        with self.connection() as conn:
+        with self._pooled() as conn:
             return self.store.cancel_run(conn, _run_id(run_id))
 
     def replay(self, run_id: str) -> str:

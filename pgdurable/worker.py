@@ -196,8 +196,8 @@ class Worker:
                     while not self._draining.is_set():
                         for _ in conn.notifies(timeout=0.5, stop_after=1):
                             self._wake.set()
-            except psycopg.OperationalError as exc:
-                log.warning("worker cannot LISTEN: Postgres unreachable (%s); retrying", exc)
+            except Exception as exc:  # the poll still claims meanwhile
+                log.warning("worker cannot LISTEN (%r); retrying", exc)
                 self._draining.wait(1.0)
 
     def _heartbeat_loop(self) -> None:
