@@ -8,6 +8,7 @@ their transactions.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,6 +73,22 @@ class Finish:
     available_at: datetime | None = None
     retry: bool = False  # counts as a retry in the run's `attempt`
     handler_failed: bool = False  # a failure outside any step
+
+
+def _step_json(s: StepRecord) -> str:
+    """A journal entry as the JSON row `flush` reads (outputs are JSON already)."""
+    return (f'["{s.run_id}",{s.token},{json.dumps(s.key)},{s.position},"{s.status}",'
+            f'{s.output_json or "null"},{s.error_json or "null"},{s.attempts},'
+            f'"{s.started_at.isoformat()}"]')
+
+
+def _finish_json(f: Finish) -> str:
+    available = "null" if f.available_at is None else f'"{f.available_at.isoformat()}"'
+    return (f'["{f.run_id}",{f.token},"{f.status}",{f.output_json or "null"},'
+            f'{f.error_json or "null"},{available},{_BOOL[f.retry]},{_BOOL[f.handler_failed]}]')
+
+
+_BOOL = {True: "true", False: "false"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,14 +220,8 @@ class Store:
         """Write journal entries and run transitions; return the ids of runs
         among the journaled ones that were asked to cancel."""
         rows = self._run(conn, "flush", (
-            [s.run_id for s in steps], [s.token for s in steps], [s.key for s in steps],
-            [s.position for s in steps], [s.status for s in steps],
-            [s.output_json for s in steps], [s.error_json for s in steps],
-            [s.attempts for s in steps], [s.started_at for s in steps],
-            [f.run_id for f in finishes], [f.token for f in finishes],
-            [f.status for f in finishes], [f.output_json for f in finishes],
-            [f.error_json for f in finishes], [f.available_at for f in finishes],
-            [f.retry for f in finishes], [f.handler_failed for f in finishes],
+            "[" + ",".join(map(_step_json, steps)) + "]",
+            "[" + ",".join(map(_finish_json, finishes)) + "]",
         ))
         return {str(r[0]) for r in rows}
 

@@ -32,11 +32,7 @@ SELECT FROM {schema}.send_events(%s::text[], %s::text[], %s::jsonb[], %s::timest
 SELECT * FROM {schema}.claim_runs(%s, %s::text[], %s, %s::interval);
 
 -- name: flush
-SELECT * FROM {schema}.flush(
-    %s::uuid[], %s::bigint[], %s::text[], %s::int[], %s::text[], %s::jsonb[],
-    %s::jsonb[], %s::int[], %s::timestamptz[],
-    %s::uuid[], %s::bigint[], %s::text[], %s::jsonb[], %s::jsonb[],
-    %s::timestamptz[], %s::boolean[], %s::boolean[]);
+SELECT * FROM {schema}.flush(%s::jsonb, %s::jsonb);
 
 -- name: heartbeat
 SELECT * FROM {schema}.heartbeat(%s::uuid[], %s::bigint[], %s::interval);

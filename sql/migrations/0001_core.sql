@@ -206,29 +206,33 @@ $$;
 -- belong to, so a worker that lost its lease changes nothing. A finished run
 -- leaves the queue; a retried or released one goes back to 'queued'.
 -- Returns the runs, among those journaled, that someone asked to cancel.
-CREATE FUNCTION {schema}.flush(
-    p_step_runs uuid[], p_step_tokens bigint[], p_step_keys text[],
-    p_step_positions int[], p_step_statuses text[], p_step_outputs jsonb[],
-    p_step_errors jsonb[], p_step_attempts int[], p_step_started timestamptz[],
-    p_fin_runs uuid[], p_fin_tokens bigint[], p_fin_statuses text[],
-    p_fin_outputs jsonb[], p_fin_errors jsonb[], p_fin_available timestamptz[],
-    p_fin_retry boolean[], p_fin_handler_failed boolean[]
-) RETURNS SETOF uuid LANGUAGE plpgsql
+--
+-- Batches come as JSON arrays of arrays (one document each: far cheaper to
+-- send from Python than a dozen typed arrays):
+--   p_steps:    [run_id, token, key, position, status, output, error, attempts, started_at]
+--   p_finishes: [run_id, token, status, output, error, available_at, retry, handler_failed]
+CREATE FUNCTION {schema}.flush(p_steps jsonb, p_finishes jsonb) RETURNS SETOF uuid
+LANGUAGE plpgsql
 -- Every access is by key, in sets: index scans and hash joins are right
 -- whatever the (often stale) statistics of the churning queue say.
 SET enable_seqscan = off SET enable_nestloop = off AS $$
+DECLARE
+    v_step_runs uuid[] := ARRAY(SELECT (e ->> 0)::uuid FROM jsonb_array_elements(p_steps) e);
+    v_fin_runs uuid[] := ARRAY(SELECT (e ->> 0)::uuid FROM jsonb_array_elements(p_finishes) e);
+    v_due boolean;
 BEGIN
-    IF cardinality(p_step_runs) > 0 THEN
+    IF cardinality(v_step_runs) > 0 THEN
         INSERT INTO {schema}.steps AS s
             (run_id, step_key, position, status, output, error, attempts, started_at)
         SELECT i.run_id, i.key, i.pos, i.status, i.output, i.error, i.attempts, i.started
-        FROM unnest(p_step_runs, p_step_tokens, p_step_keys, p_step_positions,
-                    p_step_statuses, p_step_outputs, p_step_errors, p_step_attempts,
-                    p_step_started)
-             AS i(run_id, token, key, pos, status, output, error, attempts, started)
+        FROM (SELECT (e ->> 0)::uuid AS run_id, (e ->> 1)::bigint AS token, e ->> 2 AS key,
+                     (e ->> 3)::int AS pos, e ->> 4 AS status, e -> 5 AS output,
+                     nullif(e -> 6, 'null') AS error, (e ->> 7)::int AS attempts,
+                     (e ->> 8)::timestamptz AS started
+              FROM jsonb_array_elements(p_steps) e) i
         JOIN {schema}.queue q ON q.run_id = i.run_id AND q.lease_token = i.token
                              AND q.status = 'running'
-        WHERE q.run_id = ANY(p_step_runs)
+        WHERE q.run_id = ANY(v_step_runs)
         ON CONFLICT (run_id, step_key) DO UPDATE
             SET status = excluded.status, output = excluded.output,
                 error = excluded.error, attempts = excluded.attempts,
@@ -236,40 +240,42 @@ BEGIN
             WHERE s.status = 'retrying';
     END IF;
 
-    IF cardinality(p_fin_runs) > 0 THEN
-        WITH fin AS (
-            SELECT * FROM unnest(p_fin_runs, p_fin_tokens, p_fin_statuses, p_fin_outputs,
-                                 p_fin_errors, p_fin_available, p_fin_retry,
-                                 p_fin_handler_failed)
-                AS f(run_id, token, status, output, error, available, retry, handler_failed)
+    IF cardinality(v_fin_runs) > 0 THEN
+        WITH fin AS MATERIALIZED (
+            SELECT (e ->> 0)::uuid AS run_id, (e ->> 1)::bigint AS token, e ->> 2 AS status,
+                   e -> 3 AS output, nullif(e -> 4, 'null') AS error,
+                   (e ->> 5)::timestamptz AS available, (e ->> 6)::boolean AS retry,
+                   (e ->> 7)::boolean AS handler_failed
+            FROM jsonb_array_elements(p_finishes) e
         ), done AS (
             DELETE FROM {schema}.queue q USING fin f
-            WHERE q.run_id = ANY(p_fin_runs) AND q.run_id = f.run_id
+            WHERE q.run_id = ANY(v_fin_runs) AND q.run_id = f.run_id
               AND q.lease_token = f.token AND q.status = 'running' AND f.status <> 'queued'
             RETURNING q.run_id, q.attempt, q.started_at, q.worker_id, f.status, f.output, f.error
         ), finished AS (
             INSERT INTO {schema}.results
                 (run_id, status, output, error, attempt, worker_id, started_at)
             SELECT run_id, status, output, error, attempt, worker_id, started_at FROM done
+        ), requeued AS (
+            UPDATE {schema}.queue q
+            SET status = 'queued', available_at = f.available, worker_id = NULL,
+                attempt = q.attempt + f.retry::int,
+                handler_attempts = q.handler_attempts + f.handler_failed::int,
+                error = coalesce(f.error, q.error)
+            FROM fin f
+            WHERE q.run_id = ANY(v_fin_runs) AND q.run_id = f.run_id
+              AND q.lease_token = f.token AND q.status = 'running' AND f.status = 'queued'
+            RETURNING q.available_at
         )
-        UPDATE {schema}.queue q
-        SET status = 'queued', available_at = f.available, worker_id = NULL,
-            attempt = q.attempt + f.retry::int,
-            handler_attempts = q.handler_attempts + f.handler_failed::int,
-            error = coalesce(f.error, q.error)
-        FROM fin f
-        WHERE q.run_id = ANY(p_fin_runs) AND q.run_id = f.run_id
-          AND q.lease_token = f.token AND q.status = 'running' AND f.status = 'queued';
-
-        IF EXISTS (SELECT FROM unnest(p_fin_statuses, p_fin_available) AS f(status, available)
-                   WHERE f.status = 'queued' AND f.available <= now()) THEN
+        SELECT coalesce(bool_or(available_at <= now()), false) INTO v_due FROM requeued;
+        IF v_due THEN
             PERFORM pg_notify('{channel}', '');
         END IF;
     END IF;
 
     RETURN QUERY
     SELECT q.run_id FROM {schema}.queue q
-    WHERE q.run_id = ANY(p_step_runs) AND q.cancel_requested AND q.status = 'running';
+    WHERE q.run_id = ANY(v_step_runs) AND q.cancel_requested AND q.status = 'running';
 END
 $$;
 
