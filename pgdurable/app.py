@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
+from . import serde
 from .durations import Duration, parse_duration
 from .errors import ConfigurationError, DurableError, InvalidEventError, MigrationError
 from .events import Event, PreparedEvent, check_name, prepare
@@ -84,7 +86,8 @@ class Durable:
     def _new_pool(self) -> ConnectionPool[Any]:
         assert self._dsn is not None
         return ConnectionPool(self._dsn, open=False, min_size=1, max_size=self._pool_size,
-                              kwargs={"autocommit": True}, name=f"pgdurable-{self.schema}")
+                              kwargs={"autocommit": True}, configure=_configure,
+                              name=f"pgdurable-{self.schema}")
 
     @property
     def conninfo(self) -> str:
@@ -299,6 +302,11 @@ class Durable:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """Setup of the connections of pools pgdurable creates: fast jsonb parsing."""
+    set_json_loads(serde.loads, conn)
 
 
 def _positive(value: int, what: str) -> int:

@@ -43,7 +43,8 @@ def _has_non_finite(text: str) -> bool:
 
 
 def loads(text: str | bytes) -> Any:
-    return json.loads(text)
+    """Parse JSON (pydantic-core's parser: several times faster than `json`)."""
+    return pydantic_core.from_json(text)
 
 
 @lru_cache(maxsize=1024)

@@ -46,7 +46,7 @@ def check_schema_name(schema: object) -> str:
     return schema
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepRecord:
     """A journal entry to write: a step's final or retrying state."""
 
@@ -61,7 +61,7 @@ class StepRecord:
     started_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finish:
     """A run transition to write: completed, failed, cancelled, or queued again."""
 
@@ -91,7 +91,7 @@ def _finish_json(f: Finish) -> str:
 _BOOL = {True: "true", False: "false"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClaimedRow:
     id: str
     token: int
