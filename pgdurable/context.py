@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Any
 
 from .events import Event
 from .steps import AsyncStep, RunState, Step
 
 logger = logging.getLogger("pgdurable.run")
-
-
-def event_from_json(value: dict[str, Any]) -> Event:
-    return Event(
-        name=value["name"], data=value["data"], id=value["id"],
-        ts=datetime.fromisoformat(value["ts"]),
-    )
 
 
 class Context:
@@ -31,7 +22,7 @@ class Context:
     def __init__(self, state: RunState, *, is_async: bool) -> None:
         claimed = state.claimed
         self._state = state
-        self.events: list[Event] = [event_from_json(e) for e in claimed.events]
+        self.events: list[Event] = claimed.events
         self.event: Event = self.events[0]
         self.run_id: str = claimed.id
         self.function_id: str = claimed.function_id

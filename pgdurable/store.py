@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from .errors import ConfigurationError
-from .events import PreparedEvent
+from .events import Event, PreparedEvent
 from .runs import Run
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
@@ -75,6 +75,12 @@ class Finish:
     handler_failed: bool = False  # a failure outside any step
 
 
+def _events(more: list[dict[str, Any]] | None) -> list[Event]:
+    if not more:
+        return []
+    return [Event(e["name"], e["data"], e["id"], datetime.fromisoformat(e["ts"])) for e in more]
+
+
 def _step_json(s: StepRecord) -> str:
     """A journal entry as the JSON row `flush` reads (outputs are JSON already)."""
     return (f'["{s.run_id}",{s.token},{json.dumps(s.key)},{s.position},"{s.status}",'
@@ -100,7 +106,7 @@ class ClaimedRow:
     handler_attempts: int
     retries: int
     cancel_requested: bool
-    events: list[dict[str, Any]]
+    events: list[Event]
     journal: dict[str, dict[str, Any]]
 
 
@@ -209,7 +215,8 @@ class Store:
     ) -> list[ClaimedRow]:
         rows = self._run(conn, "claim_runs", (worker_id, list(function_ids), limit, lease))
         return [
-            ClaimedRow(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7] or [], r[8] or {})
+            ClaimedRow(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6],
+                       [Event(r[8], r[9], r[7], r[10]), *_events(r[11])], r[12] or {})
             for r in rows
         ]
 

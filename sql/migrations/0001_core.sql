@@ -128,7 +128,8 @@ $$;
 -- claim_runs: lease up to p_limit due runs of the given functions, including
 -- runs whose previous worker's lease expired. A run that lost its worker more
 -- often than its retry budget allows is failed instead of handed out again.
--- The journal is read only for runs that ran before.
+-- The first event comes as columns; any more (batches) as JSON. The journal
+-- is read only for runs that ran before.
 --
 -- The claim commits without waiting for its WAL flush: losing it in a crash
 -- only leaves the runs queued, and any journal entry written under it is
@@ -139,7 +140,8 @@ CREATE FUNCTION {schema}.claim_runs(
 ) RETURNS TABLE (
     id uuid, lease_token bigint, function_id text, attempt int,
     handler_attempts int, retries int, cancel_requested boolean,
-    events jsonb, journal jsonb
+    event_id text, event_name text, event_data jsonb, event_ts timestamptz,
+    more_events jsonb, journal jsonb
 ) LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
@@ -182,14 +184,13 @@ BEGIN
     )
     SELECT c.run_id, c.lease_token, c.function_id, c.attempt, c.handler_attempts,
            c.retries, c.cancel_requested,
-           CASE WHEN cardinality(r.event_ids) = 1
-                THEN jsonb_build_array(jsonb_build_object(
-                         'id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts))
-                ELSE (SELECT jsonb_agg(jsonb_build_object('id', m.id, 'name', m.name,
-                                                          'data', m.data, 'ts', m.ts)
-                                       ORDER BY k.ord)
-                      FROM unnest(r.event_ids) WITH ORDINALITY AS k(eid, ord)
-                      JOIN {schema}.events m ON m.id = k.eid) END,
+           e.id, e.name, e.data, e.ts,
+           CASE WHEN cardinality(r.event_ids) > 1 THEN
+               (SELECT jsonb_agg(jsonb_build_object('id', m.id, 'name', m.name,
+                                                    'data', m.data, 'ts', m.ts)
+                                 ORDER BY k.ord)
+                FROM unnest(r.event_ids[2:]) WITH ORDINALITY AS k(eid, ord)
+                JOIN {schema}.events m ON m.id = k.eid) END,
            CASE WHEN c.resumed THEN
                (SELECT jsonb_object_agg(s.step_key, jsonb_build_object(
                            'status', s.status, 'output', s.output,
