@@ -81,6 +81,11 @@ def _events(more: list[dict[str, Any]] | None) -> list[Event]:
     return [Event(e["name"], e["data"], e["id"], datetime.fromisoformat(e["ts"])) for e in more]
 
 
+def _event_json(e: PreparedEvent) -> str:
+    ts = "null" if e.ts is None else f'"{e.ts.isoformat()}"'
+    return f"[{json.dumps(e.id)},{json.dumps(e.name)},{e.data_json},{ts}]"
+
+
 def _step_json(s: StepRecord) -> str:
     """A journal entry as the JSON row `flush` reads (outputs are JSON already)."""
     return (f'["{s.run_id}",{s.token},{json.dumps(s.key)},{s.position},"{s.status}",'
@@ -198,9 +203,8 @@ class Store:
         """Insert events and the runs they trigger; `runs` holds
         (1-based event index, function id, retries)."""
         self._run(conn, "send_events", (
-            [e.id for e in events], [e.name for e in events],
-            [e.data_json for e in events], [e.ts for e in events],
-            [r[0] for r in runs], [r[1] for r in runs], [r[2] for r in runs],
+            "[" + ",".join(map(_event_json, events)) + "]",
+            json.dumps(runs),
             dedupe_window,
         ))
 

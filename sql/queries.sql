@@ -25,8 +25,7 @@ INSERT INTO {schema}.schema_version (version, name) VALUES (%s, %s);
 SELECT to_regclass(%s) IS NOT NULL;
 
 -- name: send_events
-SELECT FROM {schema}.send_events(%s::text[], %s::text[], %s::jsonb[], %s::timestamptz[],
-                            %s::int[], %s::text[], %s::int[], %s::interval);
+SELECT FROM {schema}.send_events(%s::jsonb, %s::jsonb, %s::interval);
 
 -- name: claim_runs
 SELECT * FROM {schema}.claim_runs(%s, %s::text[], %s, %s::interval);

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from pgdurable import (
     InvalidEventError,
     PayloadTooLargeError,
 )
+from pgdurable.events import new_event_id
 
 
 class ReceiptProcess(BaseModel):
@@ -48,6 +50,13 @@ def test_event_ids_are_time_ordered(app: Durable) -> None:
     ids = [app.send("x", {"i": i})[0] for i in range(20)]
     assert ids == sorted(ids)
     assert len(set(ids)) == 20
+
+
+def test_generated_ids_increase_within_a_millisecond() -> None:
+    ids = [new_event_id() for _ in range(10_000)]  # many per millisecond
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 7 for i in ids[:10])
 
 
 def test_same_id_is_acted_on_once(app: Durable, db: psycopg.Connection[Any]) -> None:

@@ -85,17 +85,17 @@ CREATE TABLE {schema}.steps (
 
 -- send_events: insert events (skipping ids seen within the dedupe window)
 -- and the runs they trigger, in one statement; NOTIFY once if any run is due.
-CREATE FUNCTION {schema}.send_events(
-    p_ids text[], p_names text[], p_datas jsonb[], p_tss timestamptz[],
-    p_run_events int[], p_run_functions text[], p_run_retries int[],
-    p_dedupe interval
-) RETURNS void LANGUAGE plpgsql AS $$
+--   p_events: [[id, name, data, ts or null], ...]
+--   p_runs:   [[1-based index of the event, function id, retries], ...]
+CREATE FUNCTION {schema}.send_events(p_events jsonb, p_runs jsonb, p_dedupe interval)
+RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_due boolean;
 BEGIN
     WITH input AS (
-        SELECT * FROM unnest(p_ids, p_names, p_datas, p_tss)
-            WITH ORDINALITY AS i(id, name, data, ts, idx)
+        SELECT x.e ->> 0 AS id, x.e ->> 1 AS name, x.e -> 2 AS data,
+               (x.e ->> 3)::timestamptz AS ts, x.idx
+        FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x(e, idx)
     ), inserted AS (
         INSERT INTO {schema}.events AS e (id, name, data, ts)
         SELECT id, name, data, coalesce(ts, now()) FROM input
@@ -105,10 +105,10 @@ BEGIN
             WHERE e.received_at < now() - p_dedupe
         RETURNING e.id, e.ts
     ), planned AS MATERIALIZED (
-        SELECT {schema}.uuid_v7() AS id, r.fn, r.retries, inserted.id AS event_id,
-               greatest(inserted.ts, now()) AS available_at
-        FROM unnest(p_run_events, p_run_functions, p_run_retries) AS r(idx, fn, retries)
-        JOIN input ON input.idx = r.idx
+        SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
+               inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at
+        FROM jsonb_array_elements(p_runs) AS r
+        JOIN input ON input.idx = (r ->> 0)::int
         JOIN inserted ON inserted.id = input.id
     ), new_runs AS (
         INSERT INTO {schema}.runs (id, function_id, event_ids)
