@@ -60,10 +60,14 @@ def _run_worker(app: Durable, threads: int, prefetch: int | None, timeout: float
     """Run until SIGTERM or SIGINT (drain), or a second SIGINT (stop at once)."""
     stop = threading.Event()
 
+    log = logging.getLogger("pgdurable.worker")
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set() and signum == signal.SIGINT:
-            logging.getLogger("pgdurable.worker").warning("second interrupt: exiting now")
+            log.warning("second interrupt: exiting now")
             os._exit(130)
+        log.warning("%s: draining, running handlers may finish (interrupt again to exit now)",
+                    signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -73,7 +77,7 @@ def _run_worker(app: Durable, threads: int, prefetch: int | None, timeout: float
             app.start(threads=threads, prefetch=prefetch)
             break
         except DurableError as exc:  # Postgres not reachable or not migrated yet: keep trying
-            logging.getLogger("pgdurable.worker").warning("%s; retrying in 2 s", exc)
+            log.warning("%s; retrying in 2 s", exc)
             stop.wait(2.0)
     stop.wait()
     app.stop(timeout)

@@ -118,3 +118,21 @@ def test_worker_waits_for_postgres_and_recovers(worker_process: Any, schema: str
         worker.kill()
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_second_sigint_exits_at_once(
+    tables: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = tables
+    [event_id] = app.send("test/two-steps", {})
+    [run] = app.runs_for_event(event_id)
+    worker = worker_process()
+    wait_until(lambda: effects(db, app.schema, run.id).get("two-start"), what="step two to start")
+    worker.proc.send_signal(signal.SIGINT)  # drain: would wait for the blocked step...
+    assert worker.proc.stdout is not None
+    lines = iter(worker.proc.stdout.readline, "")
+    assert any("interrupt again to exit now" in line for line, _ in zip(lines, range(50), strict=False))
+    worker.proc.send_signal(signal.SIGINT)  # ...but a second interrupt exits now
+    assert worker.proc.wait(20) == 130
+    still = app.get_run(run.id)
+    assert still is not None and still.status == "running"  # its lease expires; nothing is lost

@@ -268,6 +268,21 @@ def test_worker_survives_anything_a_handler_does(app: Durable) -> None:
     assert run_one(app, "healthy").output == "fine"
 
 
+def test_system_exit_from_a_handler_releases_the_run(app: Durable) -> None:
+    calls: Counter[str] = Counter()
+
+    @app.function(id="exits", event="exits", retries=0)
+    def exits(ctx: Context) -> str:
+        calls["handler"] += 1
+        if calls["handler"] == 1:
+            raise SystemExit(3)  # the worker survives; the run is attempted again
+        return "second try"
+
+    run = run_one(app, "exits")
+    assert (run.status, run.output, run.attempt) == ("completed", "second try", 0)
+    assert calls["handler"] == 2
+
+
 def test_async_handlers_and_steps(app: Durable) -> None:
     async def fetch(key: str) -> str:
         await asyncio.sleep(0)
