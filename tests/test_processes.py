@@ -34,14 +34,22 @@ def effects(db: psycopg.Connection[Any], schema: str, run_id: str | None = None)
     return dict(rows.fetchall())
 
 
+def start_in_step_two(
+    app: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> tuple[Any, Any]:
+    """A worker process running a two-step run, blocked inside step two."""
+    [event_id] = app.send("test/two-steps", {})
+    [run] = app.runs_for_event(event_id)
+    worker = worker_process()
+    wait_until(lambda: effects(db, app.schema, run.id).get("two-start"), what="step two to start")
+    return run, worker
+
+
 def test_run_survives_sigkill_mid_step(
     tables: Durable, db: psycopg.Connection[Any], worker_process: Any
 ) -> None:
     app = tables
-    [event_id] = app.send("test/two-steps", {})
-    [run] = app.runs_for_event(event_id)
-    doomed = worker_process()
-    wait_until(lambda: effects(db, app.schema, run.id).get("two-start"), what="step two to start")
+    run, doomed = start_in_step_two(app, db, worker_process)
     doomed.proc.send_signal(signal.SIGKILL)
     doomed.proc.wait(10)
     db.execute(f"INSERT INTO {app.schema}.flags VALUES ('release')")
@@ -77,10 +85,7 @@ def test_sigterm_drains_the_worker(
     tables: Durable, db: psycopg.Connection[Any], worker_process: Any
 ) -> None:
     app = tables
-    [event_id] = app.send("test/two-steps", {})
-    [run] = app.runs_for_event(event_id)
-    worker = worker_process()
-    wait_until(lambda: effects(db, app.schema, run.id).get("two-start"), what="step two to start")
+    run, worker = start_in_step_two(app, db, worker_process)
     worker.proc.send_signal(signal.SIGTERM)
     db.execute(f"INSERT INTO {app.schema}.flags VALUES ('release')")
     worker.proc.wait(60)
@@ -124,10 +129,7 @@ def test_second_sigint_exits_at_once(
     tables: Durable, db: psycopg.Connection[Any], worker_process: Any
 ) -> None:
     app = tables
-    [event_id] = app.send("test/two-steps", {})
-    [run] = app.runs_for_event(event_id)
-    worker = worker_process()
-    wait_until(lambda: effects(db, app.schema, run.id).get("two-start"), what="step two to start")
+    run, worker = start_in_step_two(app, db, worker_process)
     worker.proc.send_signal(signal.SIGINT)  # drain: would wait for the blocked step...
     assert worker.proc.stdout is not None
     lines = iter(worker.proc.stdout.readline, "")
