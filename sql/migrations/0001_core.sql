@@ -142,7 +142,11 @@ CREATE FUNCTION {schema}.claim_runs(
     handler_attempts int, retries int, cancel_requested boolean,
     event_id text, event_name text, event_data jsonb, event_ts timestamptz,
     more_events jsonb, journal jsonb
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql
+-- The oldest due rows must come from walking the index in order and
+-- stopping at p_limit. With the stale statistics of a churning queue the
+-- planner may instead fetch every due row and sort them: O(backlog) per claim.
+SET enable_bitmapscan = off SET enable_sort = off AS $$
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     RETURN QUERY
