@@ -246,3 +246,26 @@ def test_monitoring_views(app: Durable, db: psycopg.Connection[Any]) -> None:
     assert depth == [("idle", 1, 1, True)]
     steps = db.execute(f"SELECT function_id, step_key, status FROM {app.schema}.step_timeline").fetchall()
     assert steps == [("ok", "one", "completed")]
+
+
+def test_a_callers_pool_is_used_and_never_closed(dsn: str, schema: str) -> None:
+    from psycopg_pool import ConnectionPool
+
+    with ConnectionPool(dsn, min_size=1, max_size=6) as pool:  # not autocommit: transactions
+        app = Durable(pool=pool, schema=schema, lease="2s")
+        app.migrate()
+
+        @app.function(id="pooled", event="p")
+        def pooled(ctx: Context) -> int:
+            return int(ctx.step.run("double", lambda: ctx.event.data["n"] * 2))
+
+        app.start(threads=2, poll_interval=0.2)
+        run_id = send_one(app, "p", {"n": 21})
+        assert app.wait_for_run(run_id, 20).output == 42
+        with pool.connection() as conn:  # the caller's own transaction
+            [event_id] = app.send("p", {"n": 1}, conn=conn)
+        assert app.wait_for_run(app.runs_for_event(event_id)[0].id, 20).output == 2
+        app.stop()
+        assert not pool.closed
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
