@@ -63,9 +63,9 @@ def _run_worker(app: Durable, threads: int, prefetch: int | None, timeout: float
     log = logging.getLogger("pgdurable.worker")
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            log.warning("second interrupt: exiting now")
-            os._exit(130)
+        # The next interrupt takes the default action, ending the process at
+        # once: no Python code has to run for it, however busy the process is.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         log.warning("%s: draining, running handlers may finish (interrupt again to exit now)",
                     signal.Signals(signum).name)
         stop.set()
