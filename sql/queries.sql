@@ -65,10 +65,10 @@ WITH new_run AS (
     INSERT INTO {schema}.runs (id, function_id, event_ids, parent_run_id)
     SELECT {schema}.uuid_v7(), function_id, event_ids, parent_run_id
     FROM {schema}.runs WHERE id = %(run)s::uuid
-    RETURNING id, function_id
+    RETURNING id, function_id, event_ids
 ), queued AS (
-    INSERT INTO {schema}.queue (run_id, function_id, available_at, retries)
-    SELECT id, function_id, now(), %(retries)s FROM new_run
+    INSERT INTO {schema}.queue (run_id, function_id, event_id, event_count, available_at, retries)
+    SELECT id, function_id, event_ids[1], cardinality(event_ids), now(), %(retries)s FROM new_run
 )
 SELECT id, pg_notify('{channel}', '') FROM new_run;
 

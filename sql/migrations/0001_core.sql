@@ -54,6 +54,8 @@ CREATE TABLE {schema}.results (
 CREATE TABLE {schema}.queue (
     run_id           uuid PRIMARY KEY,
     function_id      text NOT NULL,
+    event_id         text NOT NULL,           -- the first event, so a claim need not read `runs`
+    event_count      int NOT NULL DEFAULT 1,
     status           text NOT NULL DEFAULT 'queued' CHECK (status IN
                          ('queued', 'running', 'sleeping', 'waiting')),
     available_at     timestamptz NOT NULL,
@@ -114,8 +116,8 @@ BEGIN
         INSERT INTO {schema}.runs (id, function_id, event_ids)
         SELECT id, fn, ARRAY[event_id] FROM planned
     ), queued AS (
-        INSERT INTO {schema}.queue (run_id, function_id, available_at, retries)
-        SELECT id, fn, available_at, retries FROM planned
+        INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
+        SELECT id, fn, event_id, available_at, retries FROM planned
         RETURNING available_at
     )
     SELECT coalesce(bool_or(available_at <= now()), false) INTO v_due FROM queued;
@@ -189,20 +191,21 @@ BEGIN
     SELECT c.run_id, c.lease_token, c.function_id, c.attempt, c.handler_attempts,
            c.retries, c.cancel_requested,
            e.id, e.name, e.data, e.ts,
-           CASE WHEN cardinality(r.event_ids) > 1 THEN
+           CASE WHEN c.event_count > 1 THEN
                (SELECT jsonb_agg(jsonb_build_object('id', m.id, 'name', m.name,
                                                     'data', m.data, 'ts', m.ts)
                                  ORDER BY k.ord)
-                FROM unnest(r.event_ids[2:]) WITH ORDINALITY AS k(eid, ord)
-                JOIN {schema}.events m ON m.id = k.eid) END,
+                FROM {schema}.runs r,
+                     unnest(r.event_ids[2:]) WITH ORDINALITY AS k(eid, ord)
+                JOIN {schema}.events m ON m.id = k.eid
+                WHERE r.id = c.run_id) END,
            CASE WHEN c.resumed THEN
                (SELECT jsonb_object_agg(s.step_key, jsonb_build_object(
                            'status', s.status, 'output', s.output,
                            'error', s.error, 'attempts', s.attempts))
                 FROM {schema}.steps s WHERE s.run_id = c.run_id) END
     FROM claimed c
-    JOIN {schema}.runs r ON r.id = c.run_id
-    LEFT JOIN {schema}.events e ON e.id = r.event_ids[1];
+    LEFT JOIN {schema}.events e ON e.id = c.event_id;
 END
 $$;
 
