@@ -228,24 +228,31 @@ DECLARE
     v_step_runs uuid[] := ARRAY(SELECT (e ->> 0)::uuid FROM jsonb_array_elements(p_steps) e);
     v_fin_runs uuid[] := ARRAY(SELECT (e ->> 0)::uuid FROM jsonb_array_elements(p_finishes) e);
     v_due boolean;
+    v_cancelled uuid[];
 BEGIN
     IF cardinality(v_step_runs) > 0 THEN
-        INSERT INTO {schema}.steps AS s
-            (run_id, step_key, position, status, output, error, attempts, started_at)
-        SELECT i.run_id, i.key, i.pos, i.status, i.output, i.error, i.attempts, i.started
-        FROM (SELECT (e ->> 0)::uuid AS run_id, (e ->> 1)::bigint AS token, e ->> 2 AS key,
-                     (e ->> 3)::int AS pos, e ->> 4 AS status, e -> 5 AS output,
-                     nullif(e -> 6, 'null') AS error, (e ->> 7)::int AS attempts,
-                     (e ->> 8)::timestamptz AS started
-              FROM jsonb_array_elements(p_steps) e) i
-        JOIN {schema}.queue q ON q.run_id = i.run_id AND q.lease_token = i.token
-                             AND q.status = 'running'
-        WHERE q.run_id = ANY(v_step_runs)
-        ON CONFLICT (run_id, step_key) DO UPDATE
-            SET status = excluded.status, output = excluded.output,
-                error = excluded.error, attempts = excluded.attempts,
-                started_at = excluded.started_at, finished_at = now()
-            WHERE s.status = 'retrying';
+        -- One pass over the queue both checks the leases and reads the
+        -- cancel requests that the next steps of these runs must honour.
+        WITH valid AS MATERIALIZED (
+            SELECT q.run_id, q.lease_token, q.cancel_requested FROM {schema}.queue q
+            WHERE q.run_id = ANY(v_step_runs) AND q.status = 'running'
+        ), journaled AS (
+            INSERT INTO {schema}.steps AS s
+                (run_id, step_key, position, status, output, error, attempts, started_at)
+            SELECT i.run_id, i.key, i.pos, i.status, i.output, i.error, i.attempts, i.started
+            FROM (SELECT (e ->> 0)::uuid AS run_id, (e ->> 1)::bigint AS token, e ->> 2 AS key,
+                         (e ->> 3)::int AS pos, e ->> 4 AS status, e -> 5 AS output,
+                         nullif(e -> 6, 'null') AS error, (e ->> 7)::int AS attempts,
+                         (e ->> 8)::timestamptz AS started
+                  FROM jsonb_array_elements(p_steps) e) i
+            JOIN valid v ON v.run_id = i.run_id AND v.lease_token = i.token
+            ON CONFLICT (run_id, step_key) DO UPDATE
+                SET status = excluded.status, output = excluded.output,
+                    error = excluded.error, attempts = excluded.attempts,
+                    started_at = excluded.started_at, finished_at = now()
+                WHERE s.status = 'retrying'
+        )
+        SELECT array_agg(run_id) INTO v_cancelled FROM valid WHERE cancel_requested;
     END IF;
 
     IF cardinality(v_fin_runs) > 0 THEN
@@ -281,9 +288,7 @@ BEGIN
         END IF;
     END IF;
 
-    RETURN QUERY
-    SELECT q.run_id FROM {schema}.queue q
-    WHERE q.run_id = ANY(v_step_runs) AND q.cancel_requested AND q.status = 'running';
+    RETURN QUERY SELECT unnest(v_cancelled);
 END
 $$;
 
