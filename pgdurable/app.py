@@ -68,9 +68,12 @@ class Durable:
         self.dedupe_window = parse_duration(dedupe_window, what="dedupe_window")
         self.max_event_bytes = _positive(max_event_bytes, "max_event_bytes")
         self.max_output_bytes = _positive(max_output_bytes, "max_output_bytes")
-        self.retry_backoff = tuple(
-            parse_duration(v, what="retry_backoff").total_seconds() for v in retry_backoff
-        )
+        if not isinstance(retry_backoff, tuple | list) or len(retry_backoff) != 2:
+            raise ConfigurationError("retry_backoff must be (base, cap), e.g. ('1s', '10m')")
+        base, cap = (parse_duration(v, what="retry_backoff").total_seconds() for v in retry_backoff)
+        if base <= 0 or cap < base:
+            raise ConfigurationError("retry_backoff must have 0 < base <= cap")
+        self.retry_backoff = (base, cap)
         self.connect_timeout = connect_timeout
         self._owns_pool = pool is None
         self._dsn = None if pool is not None else _dsn_from_env(dsn)
