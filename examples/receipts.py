@@ -110,6 +110,9 @@ def report(runs: list[Run]) -> None:
 
 
 def main(count: int = 10) -> None:
+    configured = os.environ.get("PGDURABLE_DSN") or os.environ.get("DATABASE_URL")
+    say("database: " + ("PGDURABLE_DSN / DATABASE_URL" if configured else
+                        "a private PostgreSQL in ./.pgdurable (set PGDURABLE_DSN to use yours)"))
     app = build(dsn_or_embedded(), os.environ.get("PGDURABLE_SCHEMA", "receipts"))
     app.migrate()
     started = time.monotonic()
