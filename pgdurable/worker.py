@@ -60,7 +60,7 @@ class Worker:
         self._poll_interval = poll_interval
         self._lease: timedelta = app.lease
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._journal = Journal(self._pool, self._store)
+        self._journal = Journal(self._pool, self._store, on_written=self._forget)
         self._ready: queue.SimpleQueue[RunState | None] = queue.SimpleQueue()
         self._held: dict[str, RunState] = {}  # claimed, until their outcome is written
         self._unfinished = 0  # held runs whose handler has not returned yet
@@ -248,12 +248,13 @@ class Worker:
             if due < self._next_due:
                 self._next_due = due
                 self._wake.set()  # let the claimer shorten its wait
-        future = self._journal.submit(steps, [outcome])
-        future.add_done_callback(lambda _: self._forget(claimed.id))
+        self._journal.submit(steps, [outcome])
 
-    def _forget(self, run_id: str) -> None:
+    def _forget(self, run_ids: list[str]) -> None:
+        """Drop runs whose outcome is written: no more heartbeats for them."""
         with self._held_lock:
-            self._held.pop(run_id, None)
+            for run_id in run_ids:
+                self._held.pop(run_id, None)
 
     def _outcome(
         self, fdef: FunctionDef, state: RunState, loop: asyncio.AbstractEventLoop
