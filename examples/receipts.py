@@ -22,6 +22,7 @@ import time
 from pydantic import BaseModel
 
 from pgdurable import Context, Durable, Event, Run
+from pgdurable.app import env_dsn
 from pgdurable.embedded import dsn_or_embedded
 
 
@@ -110,8 +111,7 @@ def report(runs: list[Run]) -> None:
 
 
 def main(count: int = 10) -> None:
-    configured = os.environ.get("PGDURABLE_DSN") or os.environ.get("DATABASE_URL")
-    say("database: " + ("PGDURABLE_DSN / DATABASE_URL" if configured else
+    say("database: " + ("PGDURABLE_DSN / DATABASE_URL" if env_dsn() else
                         "a private PostgreSQL in ./.pgdurable (set PGDURABLE_DSN to use yours)"))
     app = build(dsn_or_embedded(), os.environ.get("PGDURABLE_SCHEMA", "receipts"))
     app.migrate()

@@ -325,8 +325,13 @@ def _run_id(run_id: str) -> str:
         raise ConfigurationError(f"{run_id!r} is not a run id (a UUID)") from None
 
 
+def env_dsn() -> str | None:
+    """The DSN the environment gives: `PGDURABLE_DSN`, else `DATABASE_URL`."""
+    return os.environ.get("PGDURABLE_DSN") or os.environ.get("DATABASE_URL")
+
+
 def _dsn_from_env(dsn: str | None) -> str:
-    found = dsn or os.environ.get("PGDURABLE_DSN") or os.environ.get("DATABASE_URL")
+    found = dsn or env_dsn()
     if not found:
         raise ConfigurationError(
             "no database given: pass a DSN or pool=, or set PGDURABLE_DSN or DATABASE_URL")

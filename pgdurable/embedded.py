@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from .app import env_dsn
 from .errors import DurableError
 
 log = logging.getLogger("pgdurable.embedded")
@@ -132,7 +133,7 @@ class EmbeddedPostgres:
 def dsn_or_embedded(data_dir: str | os.PathLike[str] = ".pgdurable") -> str:
     """`PGDURABLE_DSN` or `DATABASE_URL` if set; else start a private server
     in `data_dir` (kept between runs, stopped when this process exits)."""
-    found = os.environ.get("PGDURABLE_DSN") or os.environ.get("DATABASE_URL")
+    found = env_dsn()
     if found:
         return found
     server = EmbeddedPostgres(data_dir)
