@@ -21,8 +21,8 @@ from pydantic import BaseModel
 from . import serde
 from .durations import Duration, parse_duration
 from .errors import ConfigurationError, DurableError, InvalidEventError, MigrationError
-from .events import Event, PreparedEvent, check_name, prepare
-from .functions import FunctionDef, Handler, define
+from .events import Event, check_name, prepare
+from .functions import DEFAULT_RETRIES, FunctionDef, Handler, define
 from .runs import Run
 from .store import Store
 from .worker import Worker
@@ -147,7 +147,7 @@ class Durable:
         self._schemas[name] = schema
 
     def function(
-        self, *, id: str, event: str | list[str] | None = None, retries: int = 3, **options: Any
+        self, *, id: str, event: str | list[str] | None = None, retries: int = DEFAULT_RETRIES, **options: Any
     ) -> Callable[[H], H]:
         """Register the decorated `def` or `async def` handler as a function."""
 
@@ -188,15 +188,11 @@ class Durable:
                 for fdef in self._triggers.get(event.name, ())]
         if conn is not None:
             with _translated_errors(self.schema):
-                self._send(conn, unique, runs)
+                self.store.send_events(conn, unique, runs, self.dedupe_window)
         else:
             with self._pooled() as own:
-                self._send(own, unique, runs)
+                self.store.send_events(own, unique, runs, self.dedupe_window)
         return [p.id for p in prepared]
-
-    def _send(self, conn: psycopg.Connection[Any], events: list[PreparedEvent],
-              runs: list[tuple[int, str, int]]) -> None:
-        self.store.send_events(conn, events, runs, self.dedupe_window)
 
     @staticmethod
     def _events_of(
@@ -295,7 +291,7 @@ class Durable:
             if run is None:
                 raise DurableError(f"no run with id {run_id!r}")
             fdef = self.functions.get(run.function_id)
-            retries = fdef.retries if fdef else 3
+            retries = fdef.retries if fdef else DEFAULT_RETRIES
             new_id = self.store.replay_run(conn, run.id, retries)
         assert new_id is not None
         return new_id

@@ -23,6 +23,9 @@ UNSUPPORTED_OPTIONS = (
 )
 
 
+DEFAULT_RETRIES = 3  # retries after the first attempt, as in Inngest
+
+
 @dataclass(frozen=True, slots=True)
 class FunctionDef:
     """A registered function: its id, triggers, retry budget and handler."""

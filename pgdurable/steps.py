@@ -70,6 +70,12 @@ def error_json(exc: BaseException) -> str:
     )
 
 
+def gives_up(exc: BaseException, failures: int, retries: int) -> bool:
+    """Whether a failure ends retrying: a kind that retrying cannot mend, or
+    `failures` (this one included) over the budget of `retries`."""
+    return isinstance(exc, NonRetriableError | SerializationError) or failures > retries
+
+
 def retry_time(exc: BaseException, failures: int, backoff: Backoff) -> datetime:
     now = datetime.now(UTC)
     if isinstance(exc, RetryAfterError):
@@ -138,7 +144,7 @@ class RunState:
     def failed(self, key: str, exc: BaseException, started: datetime) -> BaseException:
         """Journal a step's failure; return what to raise in the handler."""
         failures = self.attempt + 1
-        final = isinstance(exc, NonRetriableError | SerializationError) or failures > self.claimed.retries
+        final = gives_up(exc, failures, self.claimed.retries)
         record = StepRecord(
             self.claimed.id, self.claimed.token, key, self._position,
             "failed" if final else "retrying", None, error_json(exc), failures, started,

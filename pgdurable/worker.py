@@ -31,18 +31,16 @@ from tenacity import Retrying, retry_if_exception_type, stop_never, wait_random_
 
 from . import serde
 from .context import Context
-from .errors import NonRetriableError, RetryAfterError, SerializationError, StepError
+from .errors import RetryAfterError, StepError
 from .functions import FunctionDef
 from .journal import Journal
-from .steps import Backoff, Cancelled, RunState, Suspend, error_json, retry_time
+from .steps import Backoff, Cancelled, RunState, Suspend, error_json, gives_up, retry_time
 from .store import ClaimedRow, Finish, Store
 
 if TYPE_CHECKING:
     from .app import Durable
 
 log = logging.getLogger("pgdurable.worker")
-
-_FINAL_HANDLER_ERRORS = (StepError, NonRetriableError, SerializationError)
 
 
 class Worker:
@@ -284,7 +282,8 @@ class Worker:
     def _handler_failure(self, state: RunState, exc: BaseException) -> Finish:
         claimed = state.claimed
         failures = claimed.handler_attempts + 1
-        if isinstance(exc, _FINAL_HANDLER_ERRORS) or failures > claimed.retries:
+        # A StepError escaping the handler is final: replay would raise it again.
+        if isinstance(exc, StepError) or gives_up(exc, failures, claimed.retries):
             log.warning("run %s of %s failed: %s: %s", claimed.id, claimed.function_id,
                         type(exc).__name__, exc)
             return Finish(claimed.id, claimed.token, "failed", error_json=error_json(exc))
