@@ -59,11 +59,6 @@ def drain_arguments(runs: int, threads: int, prefetch: int) -> argparse.Namespac
     return parser.parse_args()
 
 
-def queue_backlog(app: Durable, event: str, runs: int) -> None:
-    for start in range(0, runs, 1000):
-        app.send([Event(event, {"i": i}) for i in range(start, min(start + 1000, runs))])
-
-
 # UUIDv7-shaped ids dated 2005: older than any run the benchmark creates.
 OLD_RUN_ID = "('01000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid"
 
@@ -89,12 +84,29 @@ def load_finished(schema: str, function_id: str, count: int) -> None:
                          {"n": count, "fn": function_id})
 
 
-def drain(app: Durable, schema: str, threads: int, prefetch: int) -> float:
-    """Start the worker and return the seconds until the queue is empty."""
+@contextmanager
+def drain_app() -> Iterator[tuple[Durable, str]]:
+    """An app on a fresh, migrated schema, stopped (and the schema dropped) after."""
+    with fresh_schema() as schema:
+        app = Durable(DSN, schema=schema, pool_size=4)
+        app.migrate()
+        try:
+            yield app, schema
+        finally:
+            app.stop()
+
+
+def drain(app: Durable, schema: str, args: argparse.Namespace, event: str, function_id: str) -> float:
+    """Load history if asked, queue `args.runs` events, start the worker and
+    return the seconds until the queue is empty."""
+    if args.finished:
+        load_finished(schema, function_id, args.finished)
+    for start in range(0, args.runs, 1000):
+        app.send([Event(event, {"i": i}) for i in range(start, min(start + 1000, args.runs))])
     with psycopg.connect(DSN, autocommit=True) as conn:
         def done() -> bool:
             row = conn.execute(f"SELECT NOT EXISTS (SELECT FROM {schema}.queue)").fetchone()
             return bool(row and row[0])
 
-        app.start(threads=threads, prefetch=prefetch)
+        app.start(threads=args.threads, prefetch=args.prefetch)
         return wait_for(done, timeout=600, interval=0.05)

@@ -6,28 +6,21 @@
 from __future__ import annotations
 
 import psycopg
-from common import DSN, describe, drain, drain_arguments, fresh_schema, load_finished, queue_backlog
+from common import DSN, describe, drain, drain_app, drain_arguments
 
-from pgdurable import Context, Durable
+from pgdurable import Context
 
 STEPS = 5
 
 
 def main() -> None:
     args = drain_arguments(runs=5000, threads=64, prefetch=1000)
-    with fresh_schema() as schema:
-        app = Durable(DSN, schema=schema, pool_size=4)
-        app.migrate()
-
+    with drain_app() as (app, schema):
         @app.function(id="five-steps", event="bench/w3")
         def five_steps(ctx: Context) -> int:
             return sum(ctx.step.run(f"step-{n}", lambda n=n: n) for n in range(STEPS))
 
-        if args.finished:
-            load_finished(schema, "five-steps", args.finished)
-        queue_backlog(app, "bench/w3", args.runs)
-        elapsed = drain(app, schema, args.threads, args.prefetch)
-        app.stop()
+        elapsed = drain(app, schema, args, "bench/w3", "five-steps")
         with psycopg.connect(DSN) as conn:
             row = conn.execute(f"SELECT count(*) FROM {schema}.steps WHERE run_id IN "
                                f"(SELECT id FROM {schema}.runs WHERE function_id = 'five-steps')").fetchone()
