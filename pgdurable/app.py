@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
 from . import serde
-from .durations import Duration, parse_duration
+from .durations import Duration, parse_duration, require_aware
 from .errors import ConfigurationError, DurableError, InvalidEventError, MigrationError
 from .events import Event, check_name, prepare
 from .functions import DEFAULT_RETRIES, FunctionDef, Handler, define
@@ -284,6 +284,20 @@ class Durable:
         with self._pooled() as conn:
             return self.store.cancel_run(conn, _run_id(run_id))
 
+    def cancel_runs(
+        self, function: str, *, created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> int:
+        """Cancel every unfinished run of `function` created in
+        [created_after, created_before) (open-ended where omitted), as
+        `cancel` does each. Returns how many were cancelled or will be."""
+        if function not in self.functions:
+            raise ConfigurationError(f"cancel_runs: no function {function!r} is registered")
+        start = _aware(created_after, "created_after", datetime.min)
+        end = _aware(created_before, "created_before", datetime.max)
+        with self._pooled() as conn:
+            return self.store.cancel_runs(conn, function, start, end)
+
     def replay(self, run_id: str) -> str:
         """Start a new run of the same function with the same event(s); return its id."""
         with self.connection() as conn:
@@ -312,6 +326,12 @@ def _positive(value: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"{what} must be a positive int, not {value!r}")
     return value
+
+
+def _aware(value: datetime | None, what: str, default: datetime) -> datetime:
+    if value is None:
+        return default.replace(tzinfo=UTC)
+    return require_aware(value, what=what)
 
 
 def _run_id(run_id: str) -> str:

@@ -21,18 +21,40 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from . import serde
-from .durations import parse_duration
+from .durations import Duration, parse_duration, require_aware
 from .errors import NonRetriableError, RetryAfterError, SerializationError, StepError
-from .store import ClaimedRow, Finish, StepRecord
+from .events import Event
+from .expressions import compile_condition, field_path, lookup
+from .store import ClaimedRow, Finish, StepRecord, WaitSpec
 
 
 class JournalWriter(Protocol):
     def submit(self, steps: list[StepRecord], finishes: list[Finish]) -> Future[set[str]]: ...
+
+
+class Runtime(Protocol):
+    """What steps need from the worker beyond the journal: database calls
+    that park a run, and the app's registry and sending."""
+
+    def register_wait(
+        self, state: RunState, key: str, position: int, wait: WaitSpec
+    ) -> tuple[str, dict[str, Any] | None]: ...
+
+    def resolve(self, function: object) -> tuple[str, int]:
+        """A registered function's id and retry budget, from its id or handler."""
+        ...
+
+    def invoke(
+        self, state: RunState, key: str, position: int, function_id: str, retries: int,
+        data_json: str, expires: datetime | None,
+    ) -> bool: ...
+
+    def send(self, events: list[Event]) -> list[str]: ...
 
 
 class Suspend(BaseException):
@@ -49,6 +71,20 @@ class Suspend(BaseException):
 
 class Cancelled(BaseException):
     """Unwinds the handler of a run that was cancelled, at a step boundary."""
+
+
+class Park(BaseException):
+    """Unwinds the handler of a run that leaves its thread to sleep or wait.
+
+    `record` is the sleeping step's journal entry, to write with the run's
+    move to `sleeping` until `until`; None when the run is parked in the
+    database already (a wait or an invoke), or was lost to another worker.
+    """
+
+    def __init__(self, record: StepRecord | None = None, until: datetime | None = None) -> None:
+        super().__init__(record.key if record else "parked")
+        self.record = record
+        self.until = until
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +126,12 @@ class RunState:
     """What one execution of a run knows: journal, step numbering, checkpoints."""
 
     def __init__(
-        self, claimed: ClaimedRow, writer: JournalWriter, *, max_output_bytes: int,
-        backoff: Backoff,
+        self, claimed: ClaimedRow, writer: JournalWriter, runtime: Runtime, *,
+        max_output_bytes: int, backoff: Backoff,
     ) -> None:
         self.claimed = claimed
         self.writer = writer
+        self.runtime = runtime
         self.max_output_bytes = max_output_bytes
         self.backoff = backoff
         self.attempt = claimed.handler_attempts
@@ -106,12 +143,22 @@ class RunState:
 
     def key_for(self, step_id: object) -> str:
         """The journal key of a step id: repeats are numbered in order, `id:1`, `id:2`..."""
+        key = self.peek_key(step_id)
+        assert isinstance(step_id, str)  # peek_key checked it
+        self._seen[step_id] += 1
+        self._position += 1
+        return key
+
+    def peek_key(self, step_id: object) -> str:
+        """The key the next step called `step_id` will get."""
         if not isinstance(step_id, str) or not step_id:
             raise TypeError(f"step id must be a non-empty str, not {step_id!r}")
         count = self._seen[step_id]
-        self._seen[step_id] += 1
-        self._position += 1
         return step_id if count == 0 else f"{step_id}:{count}"
+
+    @property
+    def position(self) -> int:
+        return self._position
 
     def replayed(self, key: str) -> dict[str, Any] | None:
         return self.claimed.journal.get(key)
@@ -182,9 +229,148 @@ def _finish(state: RunState, key: str, fn: Callable[..., Any], value: Any, start
         raise state.failed(key, exc, started) from exc
 
 
+
+@dataclass(slots=True)
+class _Plan:
+    """A parking step looked up in the journal: its value if it is done, else
+    what to do once the run's earlier checkpoints are durable."""
+
+    value: Any = None
+    then: Callable[[], Any] | None = None
+
+
+def _completed(state: RunState, key: str) -> dict[str, Any] | None:
+    entry = state.replayed(key)
+    return entry if entry is not None and entry["status"] == "completed" else None
+
+
+def _plan_sleep(state: RunState, step_id: str, until: datetime) -> _Plan:
+    key = state.key_for(step_id)
+    if _completed(state, key):
+        return _Plan()
+    position, now = state.position, datetime.now(UTC)
+    status = "sleeping" if until > now else "completed"
+    record = StepRecord(state.claimed.id, state.claimed.token, key, position, status,
+                        serde.dumps(until.isoformat(), what="a time"), None, 1, now)
+
+    def park() -> None:
+        if status == "completed":  # nothing left to sleep
+            state.writer.submit([record], [])
+            return
+        raise Park(record, until)
+
+    return _Plan(then=park)
+
+
+def _wake_time(duration: Duration) -> datetime:
+    return datetime.now(UTC) + parse_duration(duration, what="sleep duration")
+
+
+def _wait_spec(
+    state: RunState, event: str | list[str], timeout: Duration | None, match: str | None,
+    if_: str | None,
+) -> WaitSpec:
+    names = _one_or_many(event, str)
+    if not names or not all(names):
+        raise TypeError(f"wait_for_event: event must be a name or a list of names, not {event!r}")
+    trigger = _event_doc(state.claimed.events[0])
+    path, value = [], None
+    if match is not None:
+        path = field_path(match, what="match")
+        value = lookup(trigger, path, what=f"match={match!r}")
+    condition = None if if_ is None else compile_condition(if_, trigger)
+    expires = None
+    if timeout is not None:
+        expires = datetime.now(UTC) + parse_duration(timeout, what="wait_for_event timeout")
+    return WaitSpec(
+        names=sorted(set(names)), match_path=path,
+        match_value_json=serde.dumps(value, what="the match value"),
+        condition=condition.jsonpath if condition else None,
+        condition_vars_json=serde.dumps(condition.variables, what="the if_ values")
+        if condition else None,
+        expires=expires,
+    )
+
+
+def _one_or_many(value: object, kind: type) -> list[Any]:
+    """`value` as a list if it is one `kind` or a list/tuple of them; else []."""
+    items = [value] if isinstance(value, kind) else value if isinstance(value, list | tuple) else []
+    return list(items) if all(isinstance(item, kind) for item in items) else []
+
+
+def _event_doc(event: Event) -> dict[str, Any]:
+    data = serde.loads(serde.dumps(event.data, what="event data"))
+    return {"id": event.id, "name": event.name, "data": data,
+            "ts": event.ts.isoformat() if event.ts else None}
+
+
+def _event_of(doc: dict[str, Any] | None) -> Event | None:
+    if doc is None:
+        return None
+    return Event(doc["name"], doc["data"], doc["id"], datetime.fromisoformat(doc["ts"]))
+
+
+def _plan_wait(state: RunState, step_id: str, wait: WaitSpec) -> _Plan:
+    key = state.key_for(step_id)
+    if (entry := _completed(state, key)) is not None:
+        return _Plan(value=_event_of(entry["output"]))
+    position = state.position
+
+    def register() -> Event | None:
+        outcome, doc = state.runtime.register_wait(state, key, position, wait)
+        if outcome == "matched":
+            return _event_of(doc)
+        raise Park()  # parked until an event or the timeout; or lost to another worker
+
+    return _Plan(then=register)
+
+
+def _plan_invoke(
+    state: RunState, step_id: str, function: object, data: Any, timeout: Duration | None
+) -> _Plan:
+    function_id, retries = state.runtime.resolve(function)
+    data_json = serde.dumps({} if data is None else data, what=f"data for {function_id!r}")
+    expires = None
+    if timeout is not None:
+        expires = datetime.now(UTC) + parse_duration(timeout, what="invoke timeout")
+    key = state.key_for(step_id)
+    if (entry := _completed(state, key)) is not None:
+        return _Plan(value=_child_result(key, entry["output"]))
+    position = state.position
+
+    def start() -> None:
+        state.runtime.invoke(state, key, position, function_id, retries, data_json, expires)
+        raise Park()
+
+    return _Plan(then=start)
+
+
+def _child_result(key: str, doc: dict[str, Any] | None) -> Any:
+    """The invoked run's output, or StepError if it failed, was cancelled or timed out."""
+    if doc is None:
+        raise StepError(key, "TimeoutError", "the invoked run did not finish within the timeout")
+    child = doc["data"]
+    if child["status"] == "completed":
+        return child["output"]
+    error = child.get("error") or {}
+    raise StepError(key, str(error.get("type") or child["status"]),
+                    str(error.get("message") or f"the invoked run {child['status']}"))
+
+
+def _with_ids(state: RunState, step_id: str, events: Event | list[Event]) -> list[Event]:
+    """Events to send from a step, with ids derived from the run and step
+    (kept if given), so a replayed send is recognised as a duplicate."""
+    items = _one_or_many(events, Event)
+    if not items:
+        raise TypeError(f"send_event takes an Event or a non-empty list of Events, not {events!r}")
+    key = state.peek_key(step_id)
+    return [e if e.id is not None else replace(e, id=f"{state.claimed.id}/{key}/{n}")
+            for n, e in enumerate(items)]
+
+
 # Exceptions that unwind through a step untouched: pgdurable's own control
 # flow, and the two that ask the process to stop.
-_PASS_THROUGH = (Suspend, Cancelled, KeyboardInterrupt, SystemExit)
+_PASS_THROUGH = (Suspend, Park, Cancelled, KeyboardInterrupt, SystemExit)
 
 
 class Step:
@@ -211,6 +397,47 @@ class Step:
             raise self._state.failed(key, exc, started) from exc
         return _finish(self._state, key, fn, value, started)
 
+    def sleep(self, step_id: str, duration: Duration) -> None:
+        """Pause the run for `duration` ("30s", "5m", "1h30m", seconds or a
+        timedelta), holding no thread, lease or connection meanwhile."""
+        self._follow(_plan_sleep(self._state, step_id, _wake_time(duration)))
+
+    def sleep_until(self, step_id: str, when: datetime) -> None:
+        """Pause the run until `when`, a timezone-aware datetime."""
+        until = require_aware(when, what="sleep_until time").astimezone(UTC)
+        self._follow(_plan_sleep(self._state, step_id, until))
+
+    def wait_for_event(
+        self, step_id: str, *, event: str | list[str], timeout: Duration | None = None,
+        match: str | None = None, if_: str | None = None,
+    ) -> Event | None:
+        """The first matching event received since the step before this one
+        began, or None once `timeout` passes; the run holds nothing meanwhile."""
+        wait = _wait_spec(self._state, event, timeout, match, if_)
+        result: Event | None = self._follow(_plan_wait(self._state, step_id, wait))
+        return result
+
+    def invoke(
+        self, step_id: str, *, function: str | Callable[..., Any], data: Any = None,
+        timeout: Duration | None = None,
+    ) -> Any:
+        """Run another function as a child run and return its output; a failed,
+        cancelled or timed-out child raises StepError."""
+        return self._follow(_plan_invoke(self._state, step_id, function, data, timeout))
+
+    def send_event(self, step_id: str, events: Event | list[Event]) -> list[str]:
+        """Send events once, however often the run is replayed; returns their ids."""
+        to_send = _with_ids(self._state, step_id, events)
+        ids: list[str] = self.run(step_id, self._state.runtime.send, to_send)
+        return ids
+
+    def _follow(self, plan: _Plan) -> Any:
+        if plan.then is None:
+            return plan.value
+        if (pending := self._state.before_execute(0)) is not None:
+            self._state.after_wait(pending.result())
+        return plan.then()
+
 
 class AsyncStep:
     """`ctx.step` for `async def` handlers: the same steps, awaited."""
@@ -235,3 +462,41 @@ class AsyncStep:
         except BaseException as exc:  # a bad step must not take the worker down
             raise self._state.failed(key, exc, started) from exc
         return _finish(self._state, key, fn, value, started)
+
+    async def sleep(self, step_id: str, duration: Duration) -> None:
+        """Pause the run for `duration`, holding nothing meanwhile."""
+        await self._follow(_plan_sleep(self._state, step_id, _wake_time(duration)))
+
+    async def sleep_until(self, step_id: str, when: datetime) -> None:
+        """Pause the run until `when`, a timezone-aware datetime."""
+        until = require_aware(when, what="sleep_until time").astimezone(UTC)
+        await self._follow(_plan_sleep(self._state, step_id, until))
+
+    async def wait_for_event(
+        self, step_id: str, *, event: str | list[str], timeout: Duration | None = None,
+        match: str | None = None, if_: str | None = None,
+    ) -> Event | None:
+        """The first matching event, or None once `timeout` passes."""
+        wait = _wait_spec(self._state, event, timeout, match, if_)
+        result: Event | None = await self._follow(_plan_wait(self._state, step_id, wait))
+        return result
+
+    async def invoke(
+        self, step_id: str, *, function: str | Callable[..., Any], data: Any = None,
+        timeout: Duration | None = None,
+    ) -> Any:
+        """Run another function as a child run and return its output."""
+        return await self._follow(_plan_invoke(self._state, step_id, function, data, timeout))
+
+    async def send_event(self, step_id: str, events: Event | list[Event]) -> list[str]:
+        """Send events once, however often the run is replayed; returns their ids."""
+        to_send = _with_ids(self._state, step_id, events)
+        ids: list[str] = await self.run(step_id, self._state.runtime.send, to_send)
+        return ids
+
+    async def _follow(self, plan: _Plan) -> Any:
+        if plan.then is None:
+            return plan.value
+        if (pending := self._state.before_execute(0)) is not None:
+            self._state.after_wait(await asyncio.wrap_future(pending))
+        return plan.then()

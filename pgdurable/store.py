@@ -8,6 +8,7 @@ their transactions.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
@@ -102,6 +103,19 @@ def _finish_json(f: Finish) -> str:
 _BOOL = {True: "true", False: "false"}
 
 
+@dataclass(frozen=True, slots=True)
+class WaitSpec:
+    """What a waiting step accepts: event names, an optional field that must
+    equal the triggering event's, an optional jsonpath condition, a timeout."""
+
+    names: list[str]
+    match_path: list[str]
+    match_value_json: str
+    condition: str | None
+    condition_vars_json: str | None
+    expires: datetime | None
+
+
 @dataclass(slots=True)
 class ClaimedRow:
     id: str
@@ -130,6 +144,11 @@ def _query_texts() -> dict[str, str]:
         name, _, body = block.partition("\n")
         queries[name.strip()] = body.strip()
     return queries
+
+
+def _function_files() -> str:
+    """sql/functions/*.sql, in name order, as one script."""
+    return "\n".join(path.read_text() for path in sorted((sql_dir() / "functions").glob("*.sql")))
 
 
 def _migration_files() -> list[tuple[int, str, str]]:
@@ -168,28 +187,45 @@ class Store:
     def migrations(self) -> list[Migration]:
         return [Migration(v, n, self._render(t)) for v, n, t in _migration_files()]
 
+    def functions_script(self) -> str:
+        """The schema's functions, triggers and views, as one script."""
+        return self._render(_function_files())
+
     def migrate(self, conn: psycopg.Connection[Any]) -> list[int]:
-        """Apply missing migrations in the caller's transaction, under a lock
-        that serialises concurrent migrators of the same schema."""
+        """Apply missing migrations, and recreate the functions if they changed,
+        in the caller's transaction, under a lock that serialises concurrent
+        migrators of the same schema. Returns the versions applied."""
         self._run(conn, "migration_lock", (self.schema,))
         self._run(conn, "create_schema")
         self._run(conn, "create_version_table")
+        self._run(conn, "create_functions_table")
         applied = {row[0] for row in self._run(conn, "applied_versions")}
-        done = []
-        for migration in self.migrations():
-            if migration.version in applied:
-                continue
+        pending = [m for m in self.migrations() if m.version not in applied]
+        functions = self.functions_script()
+        checksum = hashlib.sha256(functions.encode()).hexdigest()
+        if not pending and self._functions_checksum(conn) == checksum:
+            return []
+        # Functions may depend on the tables a migration changes: drop them first.
+        conn.execute(self._q["drop_functions"].encode())
+        for migration in pending:
             conn.execute(migration.text.encode())
             self._run(conn, "record_version", (migration.version, migration.name))
-            done.append(migration.version)
-        return done
+        conn.execute(functions.encode())
+        self._run(conn, "record_functions", (checksum,))
+        return [m.version for m in pending]
+
+    def _functions_checksum(self, conn: psycopg.Connection[Any]) -> str | None:
+        row = self._run(conn, "functions_checksum").fetchone()
+        return None if row is None else str(row[0])
 
     def is_migrated(self, conn: psycopg.Connection[Any]) -> bool:
-        row = self._run(conn, "schema_exists", (f"{self.schema}.schema_version",)).fetchone()
+        row = self._run(conn, "schema_exists", (f"{self.schema}.schema_functions",)).fetchone()
         if not row or not row[0]:
             return False
         applied = {r[0] for r in self._run(conn, "applied_versions")}
-        return all(m.version in applied for m in self.migrations())
+        checksum = hashlib.sha256(self.functions_script().encode()).hexdigest()
+        return (all(m.version in applied for m in self.migrations())
+                and self._functions_checksum(conn) == checksum)
 
     # -- events -----------------------------------------------------------
 
@@ -242,11 +278,45 @@ class Store:
         rows = self._run(conn, "heartbeat", ([r for r, _ in leases], [t for _, t in leases], lease))
         return {str(r[0]) for r in rows}
 
+    def next_due(self, conn: psycopg.Connection[Any], function_ids: Sequence[str]) -> datetime | None:
+        row = self._run(conn, "next_due", (list(function_ids),)).fetchone()
+        return None if row is None else row[0]
+
+    # -- parking ----------------------------------------------------------
+
+    def register_wait(
+        self, conn: psycopg.Connection[Any], run_id: str, token: int, key: str, position: int,
+        wait: WaitSpec,
+    ) -> tuple[str, dict[str, Any] | None]:
+        """Start waiting; ('matched', event doc), ('parked', None) or ('lost', None)."""
+        row = self._run(conn, "register_wait", (
+            run_id, token, key, position, wait.names, wait.match_path, wait.match_value_json,
+            wait.condition, wait.condition_vars_json, wait.expires,
+        )).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    def invoke_child(
+        self, conn: psycopg.Connection[Any], run_id: str, token: int, key: str, position: int,
+        function_id: str, retries: int, event_id: str, data_json: str, expires: datetime | None,
+    ) -> bool:
+        """Start a child run and park the parent until it ends; False if the lease is lost."""
+        row = self._run(conn, "invoke_child", (
+            run_id, token, key, position, function_id, retries, event_id, data_json, expires,
+        )).fetchone()
+        return bool(row and row[0])
+
     # -- management -------------------------------------------------------
 
     def cancel_run(self, conn: psycopg.Connection[Any], run_id: str) -> bool:
         row = self._run(conn, "cancel_run", (run_id,)).fetchone()
         return bool(row and row[0])
+
+    def cancel_runs(
+        self, conn: psycopg.Connection[Any], function_id: str, start: datetime, end: datetime
+    ) -> int:
+        row = self._run(conn, "cancel_runs", (function_id, start, end)).fetchone()
+        return int(row[0]) if row else 0
 
     def get_run(self, conn: psycopg.Connection[Any], run_id: str) -> Run | None:
         row = self._run(conn, "get_run", (run_id,)).fetchone()

@@ -31,11 +31,12 @@ from tenacity import Retrying, retry_if_exception_type, stop_never, wait_random_
 
 from . import serde
 from .context import Context
-from .errors import RetryAfterError, StepError
+from .errors import ConfigurationError, RetryAfterError, StepError
+from .events import Event
 from .functions import FunctionDef
 from .journal import Journal
-from .steps import Backoff, Cancelled, RunState, Suspend, error_json, gives_up, retry_time
-from .store import ClaimedRow, Finish, Store
+from .steps import Backoff, Cancelled, Park, RunState, Suspend, error_json, gives_up, retry_time
+from .store import ClaimedRow, Finish, Store, WaitSpec
 
 if TYPE_CHECKING:
     from .app import Durable
@@ -147,9 +148,20 @@ class Worker:
                 for state in states:
                     self._ready.put(state)
                 claimed_all = rows is not None and len(rows) == free
+                if rows is not None and not claimed_all:
+                    self._learn_next_due(function_ids)
             if not claimed_all:
                 self._wake.wait(self._wait_time())
             self._wake.clear()
+
+    def _learn_next_due(self, function_ids: list[str]) -> None:
+        """Idle: ask when the next sleeping, waiting or scheduled run comes due,
+        so the claimer wakes then rather than at its next poll."""
+        due = self._with_db("read the schedule", partial(
+            self._store.next_due, function_ids=function_ids), until=self._draining)
+        if due is not None:
+            at = time.monotonic() + (due - datetime.now(UTC)).total_seconds()
+            self._next_due = min(self._next_due, at)
 
     def _wait_time(self) -> float:
         """A jittered poll, cut short when a retry this worker scheduled comes due."""
@@ -212,6 +224,36 @@ class Worker:
                     if (state := self._held.get(run_id)) is not None:
                         state.cancel_requested = True
 
+    # -- the steps' runtime (steps.Runtime) --------------------------------
+
+    def register_wait(
+        self, state: RunState, key: str, position: int, wait: WaitSpec
+    ) -> tuple[str, dict[str, Any] | None]:
+        claimed = state.claimed
+        found = self._with_db("start a wait", partial(
+            self._store.register_wait, run_id=claimed.id, token=claimed.token, key=key,
+            position=position, wait=wait))
+        return found or ("lost", None)
+
+    def resolve(self, function: object) -> tuple[str, int]:
+        for fdef in self._functions.values():
+            if function == fdef.id or function is fdef.handler:
+                return fdef.id, fdef.retries
+        raise ConfigurationError(f"invoke: {function!r} is not a function registered in this app")
+
+    def invoke(
+        self, state: RunState, key: str, position: int, function_id: str, retries: int,
+        data_json: str, expires: datetime | None,
+    ) -> bool:
+        claimed = state.claimed
+        return bool(self._with_db("invoke a function", partial(
+            self._store.invoke_child, run_id=claimed.id, token=claimed.token, key=key,
+            position=position, function_id=function_id, retries=retries,
+            event_id=f"{claimed.id}/{key}", data_json=data_json, expires=expires)))
+
+    def send(self, events: list[Event]) -> list[str]:
+        return self._app.send(events)
+
     # -- executing --------------------------------------------------------
 
     def _execute_loop(self) -> None:
@@ -225,7 +267,7 @@ class Worker:
             loop.close()
 
     def _new_state(self, claimed: ClaimedRow) -> RunState:
-        return RunState(claimed, self._journal, max_output_bytes=self._app.max_output_bytes,
+        return RunState(claimed, self._journal, self, max_output_bytes=self._app.max_output_bytes,
                         backoff=self._backoff)
 
     def _execute(self, state: RunState, loop: asyncio.AbstractEventLoop) -> None:
@@ -236,9 +278,17 @@ class Worker:
             steps = [outcome.record]
             outcome = Finish(claimed.id, claimed.token, "queued", error_json=outcome.record.error_json,
                              available_at=outcome.retry_at, retry=True)
+        elif isinstance(outcome, Park) and outcome.record is not None:
+            steps = [outcome.record]
+            outcome = Finish(claimed.id, claimed.token, "sleeping", available_at=outcome.until)
         with self._held_lock:
             state.finished = True
             self._unfinished -= 1
+            if isinstance(outcome, Park):  # parked in the database already: nothing to write
+                self._held.pop(claimed.id, None)
+        if isinstance(outcome, Park):
+            self._wake.set()
+            return
         if self._ready.qsize() < self._threads:
             self._wake.set()  # room to claim more
         if outcome.available_at is not None:
@@ -256,7 +306,7 @@ class Worker:
 
     def _outcome(
         self, fdef: FunctionDef, state: RunState, loop: asyncio.AbstractEventLoop
-    ) -> Finish | Suspend:
+    ) -> Finish | Suspend | Park:
         """Run the handler; turn what it returns or raises into the run's transition."""
         claimed = state.claimed
         try:
@@ -267,7 +317,7 @@ class Worker:
             output = serde.dumps(result, what=f"output of function {fdef.id!r}",
                                  limit=self._app.max_output_bytes)
             return Finish(claimed.id, claimed.token, "completed", output_json=output)
-        except Suspend as suspend:
+        except (Suspend, Park) as suspend:
             return suspend
         except Cancelled:
             return Finish(claimed.id, claimed.token, "cancelled", error_json=serde.dumps(

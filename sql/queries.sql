@@ -15,6 +15,36 @@ CREATE TABLE IF NOT EXISTS {schema}.schema_version (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- name: create_functions_table
+CREATE TABLE IF NOT EXISTS {schema}.schema_functions (
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: functions_checksum
+SELECT checksum FROM {schema}.schema_functions;
+
+-- name: record_functions
+WITH gone AS (DELETE FROM {schema}.schema_functions)
+INSERT INTO {schema}.schema_functions (checksum) VALUES (%s);
+
+-- name: drop_functions
+DO $$
+DECLARE
+    v_ddl text;
+BEGIN
+    FOR v_ddl IN
+        SELECT format('DROP VIEW IF EXISTS %s CASCADE', c.oid::regclass) FROM pg_class c
+        WHERE c.relnamespace = '{schema}'::regnamespace AND c.relkind = 'v'
+        UNION ALL
+        SELECT format('DROP FUNCTION IF EXISTS %s CASCADE', p.oid::regprocedure) FROM pg_proc p
+        WHERE p.pronamespace = '{schema}'::regnamespace
+    LOOP
+        EXECUTE v_ddl;
+    END LOOP;
+END
+$$;
+
 -- name: applied_versions
 SELECT version FROM {schema}.schema_version ORDER BY version;
 
@@ -38,6 +68,19 @@ SELECT * FROM {schema}.heartbeat(%s::uuid[], %s::bigint[], %s::interval);
 
 -- name: cancel_run
 SELECT {schema}.cancel_run(%s::uuid);
+
+-- name: cancel_runs
+SELECT {schema}.cancel_runs(%s, %s, %s);
+
+-- name: register_wait
+SELECT * FROM {schema}.register_wait(%s::uuid, %s, %s, %s, %s::text[], %s::text[], %s::jsonb,
+                                     %s::jsonpath, %s::jsonb, %s);
+
+-- name: invoke_child
+SELECT {schema}.invoke_child(%s::uuid, %s, %s, %s, %s, %s, %s, %s::jsonb, %s);
+
+-- name: next_due
+SELECT {schema}.next_due(%s::text[]);
 
 -- name: get_run
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,

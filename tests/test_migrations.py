@@ -7,12 +7,17 @@ import psycopg
 import pytest
 
 from pgdurable import ConfigurationError, Durable, MigrationError
+from pgdurable.store import Store
+
+MIGRATIONS = Store("x").migrations()
+ALL_VERSIONS = [m.version for m in MIGRATIONS]
 
 
 def test_migrate_is_idempotent_and_recorded(app: Durable, db: psycopg.Connection[Any]) -> None:
     assert app.migrate() == []
     rows = db.execute(f"SELECT version, name FROM {app.schema}.schema_version").fetchall()
-    assert rows == [(1, "core")]
+    assert rows[:2] == [(1, "core"), (2, "waits")]
+    assert rows == [(m.version, m.name) for m in MIGRATIONS]
 
 
 def test_concurrent_migrations_apply_once(make_app: Any, db: psycopg.Connection[Any]) -> None:
@@ -29,9 +34,9 @@ def test_concurrent_migrations_apply_once(make_app: Any, db: psycopg.Connection[
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results) == [[], [], [], [1]]
+    assert sorted(results) == [[], [], [], ALL_VERSIONS]
     count = db.execute(f"SELECT count(*) FROM {apps[0].schema}.schema_version").fetchone()
-    assert count == (1,)
+    assert count == (len(ALL_VERSIONS),)
 
 
 @pytest.mark.parametrize("name", ["", "Upper", "1abc", "a-b", "x; DROP TABLE y", "a" * 49, None])
@@ -53,7 +58,7 @@ def test_cli_migrate(dsn: str, schema: str, db: psycopg.Connection[Any]) -> None
 
     assert main(["migrate", "--dsn", dsn, "--schema", schema]) == 0
     assert main(["migrate", "--dsn", dsn, "--schema", schema]) == 0
-    assert db.execute(f"SELECT count(*) FROM {schema}.schema_version").fetchone() == (1,)
+    assert db.execute(f"SELECT count(*) FROM {schema}.schema_version").fetchone() == (len(ALL_VERSIONS),)
 
 
 def test_no_database_configured_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,7 +72,7 @@ def test_dsn_from_environment(monkeypatch: pytest.MonkeyPatch, dsn: str, schema:
     monkeypatch.setenv("DATABASE_URL", dsn)
     app = Durable(schema=schema)
     try:
-        assert app.migrate() == [1]
+        assert app.migrate() == ALL_VERSIONS
     finally:
         app.stop()
 
@@ -76,3 +81,15 @@ def test_unreachable_database_is_a_clear_error(schema: str) -> None:
     app = Durable("postgresql://postgres@127.0.0.1:1/postgres", schema=schema, connect_timeout=1)
     with pytest.raises(Exception, match="cannot connect to Postgres"):
         app.migrate()
+
+
+def test_changed_functions_are_recreated_by_migrate(app: Durable, db: psycopg.Connection[Any]) -> None:
+    """Functions and views are not versioned: `migrate` recreates them all
+    when their text changed (simulated by a stale checksum)."""
+    db.execute(f"UPDATE {app.schema}.schema_functions SET checksum = 'stale'")
+    db.execute(f"DROP VIEW {app.schema}.queue_depth")
+    with pytest.raises(MigrationError, match="not migrated"):
+        app.start()
+    assert app.migrate() == []
+    assert db.execute(f"SELECT count(*) FROM {app.schema}.queue_depth").fetchone() == (0,)
+    app.start(threads=1)

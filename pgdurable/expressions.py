@@ -1,0 +1,164 @@
+"""Event filters of `wait_for_event`: `match=` paths and `if_=` expressions.
+
+An `if_` expression compares fields of the awaited event (`async.data.x`),
+fields of the run's triggering event (`event.data.x`) and literals:
+
+    async.data.user_id == event.data.user_id && async.data.amount >= 100
+
+Operators: `==  !=  <  <=  >  >=`, combined with `&&`/`and`, `||`/`or` and
+parentheses. It compiles to a Postgres jsonpath predicate, evaluated in SQL
+against each incoming event. Only validated field names reach the jsonpath
+text; every value (literals, and the triggering event's fields, known when
+the step starts waiting) is passed as a jsonpath variable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigurationError
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOKEN = re.compile(r"""
+    \s*(?:
+      (?P<op>==|!=|<=|>=|<|>|&&|\|\||\(|\))
+    | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+    | (?P<number>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
+    | (?P<word>[A-Za-z_][A-Za-z0-9_.]*)
+    )""", re.VERBOSE)
+_COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
+_KEYWORDS = {"true": True, "false": False, "null": None}
+
+
+def field_path(path: object, *, what: str) -> list[str]:
+    """Split a dotted path such as "data.user_id" into validated field names."""
+    parts = path.split(".") if isinstance(path, str) else []
+    if not parts or not all(_IDENT.match(p) for p in parts):
+        raise ConfigurationError(
+            f"{what} {path!r} is not a dotted field path such as 'data.user_id'")
+    return parts
+
+
+def lookup(doc: Mapping[str, Any], parts: list[str], *, what: str) -> Any:
+    """The value at `parts` in `doc`; a missing or null field is an error."""
+    value: Any = doc
+    for part in parts:
+        if not isinstance(value, Mapping) or value.get(part) is None:
+            raise ConfigurationError(
+                f"{what}: the triggering event has no value at {'.'.join(parts)!r}")
+        value = value[part]
+    return value
+
+
+@dataclass
+class Condition:
+    """A compiled `if_` expression: jsonpath text and its variables."""
+
+    jsonpath: str
+    variables: dict[str, Any] = field(default_factory=dict)
+
+
+def compile_condition(expression: object, trigger: Mapping[str, Any]) -> Condition:
+    """Compile an `if_` expression against the triggering event document."""
+    if not isinstance(expression, str) or not expression.strip():
+        raise ConfigurationError(f"if_ must be a non-empty expression string, not {expression!r}")
+    parser = _Parser(expression, trigger)
+    text = parser.parse_or()
+    if parser.peek() is not None:
+        parser.fail(f"unexpected {parser.peek()!r}")
+    return Condition(text, parser.variables)
+
+
+class _Parser:
+    def __init__(self, expression: str, trigger: Mapping[str, Any]) -> None:
+        self.expression = expression
+        self.trigger = trigger
+        self.tokens = list(self._tokenize())
+        self.index = 0
+        self.variables: dict[str, Any] = {}
+
+    def _tokenize(self) -> Iterator[str]:
+        position, text = 0, self.expression
+        while position < len(text.rstrip()):
+            match = _TOKEN.match(text, position)
+            if match is None or match.end() == position:
+                self.fail(f"cannot read {text[position:].strip()[:20]!r}")
+            assert match is not None
+            yield match.group().strip()
+            position = match.end()
+
+    def fail(self, reason: str) -> None:
+        raise ConfigurationError(f"if_ expression {self.expression!r}: {reason}")
+
+    def peek(self) -> str | None:
+        return self.tokens[self.index] if self.index < len(self.tokens) else None
+
+    def take(self) -> str:
+        token = self.peek()
+        if token is None:
+            self.fail("ends too early")
+        self.index += 1
+        return token  # type: ignore[return-value]
+
+    def parse_or(self) -> str:
+        return self._chain(("||", "or"), " || ", self.parse_and)
+
+    def parse_and(self) -> str:
+        return self._chain(("&&", "and"), " && ", self.parse_comparison)
+
+    def _chain(self, words: tuple[str, str], joiner: str, operand: Callable[[], str]) -> str:
+        """operand (word operand)*, as one parenthesised jsonpath term."""
+        parts = [operand()]
+        while self.peek() in words:
+            self.take()
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else "(" + joiner.join(parts) + ")"
+
+    def parse_comparison(self) -> str:
+        if self.peek() == "(":
+            self.take()
+            inner = self.parse_or()
+            if self.peek() != ")":
+                self.fail("a '(' is not closed")
+            self.take()
+            return inner
+        left = self.operand()
+        op = self.take()
+        if op not in _COMPARISONS:
+            self.fail(f"expected a comparison (== != < <= > >=) after {left!r}, got {op!r}")
+        return f"({left} {op} {self.operand()})"
+
+    def operand(self) -> str:
+        token = self.take()
+        if token[0] in "\"'":
+            return self.variable(_string(token))
+        if token in _KEYWORDS:
+            return self.variable(_KEYWORDS[token])
+        if token[0].isdigit() or token[0] == "-":
+            return self.variable(json.loads(token))
+        root, _, rest = token.partition(".")
+        if root == "async" and rest:
+            return "$" + "".join(f'."{p}"' for p in field_path(rest, what="field"))
+        if root == "event" and rest:
+            parts = field_path(rest, what="field")
+            return self.variable(lookup(self.trigger, parts, what=f"if_ {self.expression!r}"))
+        self.fail(f"{token!r} is not a literal, async.<field> or event.<field>")
+        return ""
+
+    def variable(self, value: Any) -> str:
+        name = f"v{len(self.variables)}"
+        self.variables[name] = value
+        return f"${name}"
+
+
+def _string(token: str) -> str:
+    body = token[1:-1]
+    if token[0] == "'":
+        body = body.replace('\\"', '"').replace('"', '\\"').replace("\\'", "'")
+    value = json.loads(f'"{body}"')
+    assert isinstance(value, str)
+    return value

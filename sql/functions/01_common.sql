@@ -1,0 +1,28 @@
+-- sql/functions/: the functions, triggers and views of the schema, one file
+-- per concern, run in name order. Unlike the tables (sql/migrations/, one
+-- versioned file per change) they are dropped and recreated as a whole by
+-- any `migrate` that finds them changed, so each has one current text.
+
+-- Helpers shared by the other functions.
+
+-- Run ids are UUIDv7: time-ordered, so the primary keys of runs, queue,
+-- results and steps grow at their right edge instead of touching random
+-- pages of indexes that hold every run ever made.
+CREATE FUNCTION {schema}.uuid_v7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
+    SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
+        substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+        FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid;
+$$;
+
+-- The advisory lock that orders senders of an event name (shared) against
+-- steps starting to wait for it (exclusive). See register_wait.
+CREATE FUNCTION {schema}.event_lock_key(p_name text) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT hashtextextended('{schema}/' || p_name, 0);
+$$;
+
+-- An event as a waiting step receives it.
+CREATE FUNCTION {schema}.event_doc(e {schema}.events) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts);
+$$;

@@ -1,0 +1,95 @@
+-- Sending events: store them, create their runs, wake waiting steps.
+
+-- send_events: insert events (skipping ids seen within the dedupe window)
+-- and the runs they trigger, in one statement; NOTIFY once if any run is due.
+--   p_events: [[id, name, data, ts or null], ...]
+--   p_runs:   [[1-based index of the event, function id, retries], ...]
+-- New events are then delivered to the steps waiting for them. Senders
+-- hold a shared lock per event name until they commit; a step that starts
+-- waiting takes it exclusively (register_wait), so either the sender sees
+-- the new wait or the wait sees the committed event: no lost wake-up.
+CREATE FUNCTION {schema}.send_events(p_events jsonb, p_runs jsonb, p_dedupe interval)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_due boolean;
+    v_inserted text[];
+    v_names text[];
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(k)
+    FROM (SELECT DISTINCT {schema}.event_lock_key(x ->> 1) AS k
+          FROM jsonb_array_elements(p_events) AS x ORDER BY 1) AS keys;
+
+    WITH input AS (
+        SELECT x.e ->> 0 AS id, x.e ->> 1 AS name, x.e -> 2 AS data,
+               (x.e ->> 3)::timestamptz AS ts, x.idx
+        FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x(e, idx)
+    ), inserted AS (
+        INSERT INTO {schema}.events AS e (id, name, data, ts)
+        SELECT id, name, data, coalesce(ts, now()) FROM input
+        ON CONFLICT (id) DO UPDATE
+            SET name = excluded.name, data = excluded.data, ts = excluded.ts,
+                received_at = now()
+            WHERE e.received_at < now() - p_dedupe
+        RETURNING e.id, e.name, e.ts
+    ), planned AS MATERIALIZED (
+        SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
+               inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at
+        FROM jsonb_array_elements(p_runs) AS r
+        JOIN input ON input.idx = (r ->> 0)::int
+        JOIN inserted ON inserted.id = input.id
+    ), new_runs AS (
+        INSERT INTO {schema}.runs (id, function_id, event_ids)
+        SELECT id, fn, ARRAY[event_id] FROM planned
+    ), queued AS (
+        INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
+        SELECT id, fn, event_id, available_at, retries FROM planned
+        RETURNING available_at
+    )
+    SELECT coalesce(bool_or(available_at <= now()), false),
+           (SELECT array_agg(id ORDER BY input.idx) FROM inserted JOIN input USING (id)),
+           (SELECT array_agg(DISTINCT name) FROM inserted)
+    INTO v_due, v_inserted, v_names FROM queued;
+
+    IF EXISTS (SELECT FROM {schema}.wait_paths WHERE event_name = ANY(v_names)) THEN
+        v_due := {schema}.deliver_events(v_inserted) > 0 OR v_due;
+    END IF;
+    IF v_due THEN
+        PERFORM pg_notify('{channel}', '');
+    END IF;
+END
+$$;
+
+-- deliver_events: wake the steps waiting for any of these (committed or
+-- just inserted) events; each step gets the first matching event, in the
+-- order given. Returns how many runs became due.
+CREATE FUNCTION {schema}.deliver_events(p_event_ids text[]) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_runs uuid[];
+    v_keys text[];
+    v_docs jsonb[];
+BEGIN
+    WITH incoming AS (
+        SELECT e.name, {schema}.event_doc(e) AS doc, k.ord
+        FROM unnest(p_event_ids) WITH ORDINALITY AS k(id, ord)
+        JOIN {schema}.events e ON e.id = k.id
+    ), matched AS (
+        SELECT DISTINCT ON (w.run_id, w.step_key) w.run_id, w.step_key, i.doc
+        FROM incoming i
+        JOIN {schema}.wait_paths p ON p.event_name = i.name
+        JOIN {schema}.waits w
+          ON w.event_name = i.name AND w.match_path = p.match_path
+         AND w.match_value = CASE WHEN p.match_path = '{}' THEN 'null'::jsonb
+                                  ELSE i.doc #> p.match_path END
+        WHERE w.condition IS NULL
+           OR jsonb_path_match(i.doc, w.condition, w.condition_vars, true) IS TRUE
+        ORDER BY w.run_id, w.step_key, i.ord
+    )
+    SELECT array_agg(run_id), array_agg(step_key), array_agg(doc)
+    INTO v_runs, v_keys, v_docs FROM matched;
+    IF v_runs IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN {schema}.wake(v_runs, v_keys, v_docs);
+END
+$$;

@@ -1,0 +1,133 @@
+-- Claiming runs and keeping their leases.
+
+-- claim_runs: lease up to p_limit due runs of the given functions, including
+-- runs whose previous worker's lease expired. A run that lost its worker more
+-- often than its retry budget allows is failed instead of handed out again.
+-- The first event comes as columns; any more (batches) as JSON. The journal
+-- is read only for runs that ran before.
+--
+-- The claim commits without waiting for its WAL flush: losing it in a crash
+-- only leaves the runs queued, and any journal entry written under it is
+-- flushed later in the same WAL, so it makes the claim durable too. This
+-- takes an fsync off the path from event to handler.
+--
+-- A parked run (sleeping, or waiting past its timeout) is claimed like any
+-- due run, and its open step completes with null (the sleep is over; the
+-- wait timed out). The journal returned shows those steps completed
+-- already: the statement cannot read its own update.
+CREATE FUNCTION {schema}.claim_runs(
+    p_worker text, p_functions text[], p_limit int, p_lease interval
+) RETURNS TABLE (
+    id uuid, lease_token bigint, function_id text, attempt int,
+    handler_attempts int, retries int, cancel_requested boolean,
+    event_id text, event_name text, event_data jsonb, event_ts timestamptz,
+    more_events jsonb, journal jsonb
+) LANGUAGE plpgsql
+-- The oldest due rows must come from walking the index in order and
+-- stopping at p_limit. With the stale statistics of a churning queue the
+-- planner may instead fetch every due row and sort them: O(backlog) per claim.
+SET enable_bitmapscan = off SET enable_sort = off AS $$
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    RETURN QUERY
+    WITH candidates AS MATERIALIZED (
+        SELECT q.run_id, q.status = 'running' AS lost, q.started_at IS NOT NULL AS resumed,
+               q.status = 'running' AND q.handler_attempts >= q.retries AS exhausted,
+               q.status IN ('sleeping', 'waiting') AS parked
+        FROM {schema}.queue q
+        WHERE q.available_at <= now() AND q.function_id = ANY(p_functions)
+          -- a live worker whose lease lapsed still holds the run in memory
+          AND (q.worker_id IS NULL OR q.worker_id <> p_worker)
+        ORDER BY q.available_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE {schema}.queue q
+        SET status = 'running',
+            handler_attempts = q.handler_attempts + c.lost::int,
+            worker_id = p_worker,
+            lease_token = q.lease_token + 1,
+            available_at = now() + p_lease,
+            started_at = coalesce(q.started_at, now())
+        FROM candidates c
+        WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE NOT exhausted))
+          AND q.run_id = c.run_id
+        RETURNING q.*, c.resumed
+    ), dead AS (
+        DELETE FROM {schema}.queue q
+        WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE exhausted))
+        RETURNING q.*
+    ), failed AS (
+        INSERT INTO {schema}.results (run_id, status, error, attempt, worker_id, started_at)
+        SELECT d.run_id, 'failed', jsonb_build_object(
+                   'type', 'WorkerLostError',
+                   'message', format('the worker running this run stopped responding %s times',
+                                     d.handler_attempts + 1),
+                   'traceback', null),
+               d.attempt, d.worker_id, d.started_at
+        FROM dead d
+    ), unparked AS (
+        UPDATE {schema}.steps s SET status = 'completed', output = NULL, finished_at = now()
+        WHERE s.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE parked))
+          AND s.status IN ('sleeping', 'waiting')
+    ), timed_out AS (
+        DELETE FROM {schema}.waits w
+        WHERE w.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE parked))
+    )
+    SELECT c.run_id, c.lease_token, c.function_id, c.attempt, c.handler_attempts,
+           c.retries, c.cancel_requested,
+           e.id, e.name, e.data, e.ts,
+           CASE WHEN c.event_count > 1 THEN
+               (SELECT jsonb_agg(jsonb_build_object('id', m.id, 'name', m.name,
+                                                    'data', m.data, 'ts', m.ts)
+                                 ORDER BY k.ord)
+                FROM {schema}.runs r,
+                     unnest(r.event_ids[2:]) WITH ORDINALITY AS k(eid, ord)
+                JOIN {schema}.events m ON m.id = k.eid
+                WHERE r.id = c.run_id) END,
+           CASE WHEN c.resumed THEN
+               (SELECT jsonb_object_agg(s.step_key, CASE
+                           WHEN s.status IN ('sleeping', 'waiting') THEN
+                               jsonb_build_object('status', 'completed', 'output', null,
+                                                  'attempts', s.attempts)
+                           ELSE jsonb_build_object('status', s.status, 'output', s.output,
+                                                   'error', s.error, 'attempts', s.attempts)
+                           END)
+                FROM {schema}.steps s WHERE s.run_id = c.run_id) END
+    FROM claimed c
+    LEFT JOIN {schema}.events e ON e.id = c.event_id;
+END
+$$;
+
+-- heartbeat: extend the leases a live worker holds; returns the runs among
+-- them that someone asked to cancel. Like a claim, it need not wait for its
+-- WAL flush: a lost extension only lets the lease expire sooner.
+CREATE FUNCTION {schema}.heartbeat(
+    p_runs uuid[], p_tokens bigint[], p_lease interval
+) RETURNS SETOF uuid LANGUAGE plpgsql
+-- Every access is by key, in sets: index scans and hash joins are right
+-- whatever the (often stale) statistics of the churning queue say.
+SET enable_seqscan = off SET enable_nestloop = off AS $$
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    RETURN QUERY
+    WITH extended AS (
+        UPDATE {schema}.queue q SET available_at = now() + p_lease
+        FROM unnest(p_runs, p_tokens) AS h(run_id, token)
+        WHERE q.run_id = ANY(p_runs) AND q.run_id = h.run_id AND q.lease_token = h.token
+          AND q.status = 'running'
+        RETURNING q.run_id, q.cancel_requested
+    )
+    SELECT x.run_id FROM extended x WHERE x.cancel_requested;
+END
+$$;
+
+-- next_due: when the next parked or scheduled run of these functions comes
+-- due (null if none), so an idle worker wakes for it on time.
+CREATE FUNCTION {schema}.next_due(p_functions text[]) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT q.available_at FROM {schema}.queue q
+    WHERE q.available_at > now() AND q.available_at < 'infinity'
+      AND q.status <> 'running' AND q.function_id = ANY(p_functions)
+    ORDER BY q.available_at LIMIT 1;
+$$;

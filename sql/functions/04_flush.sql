@@ -1,0 +1,87 @@
+-- Writing the journal and run transitions.
+
+-- flush: write a batch of journal entries and run transitions from one
+-- worker in one round trip. Both carry the lease token of the claim they
+-- belong to, so a worker that lost its lease changes nothing. A finished run
+-- leaves the queue; a retried or released one goes back to 'queued', a
+-- sleeping one to 'sleeping' (its journal entry says until when).
+-- Returns the runs, among those journaled, that someone asked to cancel.
+--
+-- Batches come as JSON arrays of arrays (one document each: far cheaper to
+-- send from Python than a dozen typed arrays):
+--   p_steps:    [run_id, token, key, position, status, output, error, attempts, started_at]
+--   p_finishes: [run_id, token, status, output, error, available_at, retry, handler_failed]
+CREATE FUNCTION {schema}.flush(p_steps jsonb, p_finishes jsonb) RETURNS SETOF uuid
+LANGUAGE plpgsql
+-- Every access is by key, in sets: index scans and hash joins are right
+-- whatever the (often stale) statistics of the churning queue say.
+SET enable_seqscan = off SET enable_nestloop = off AS $$
+DECLARE
+    v_step_runs uuid[] := ARRAY(SELECT (e ->> 0)::uuid FROM jsonb_array_elements(p_steps) e);
+    v_fin_runs uuid[] := ARRAY(SELECT (e ->> 0)::uuid FROM jsonb_array_elements(p_finishes) e);
+    v_due boolean;
+    v_cancelled uuid[];
+BEGIN
+    IF cardinality(v_step_runs) > 0 THEN
+        -- One pass over the queue both checks the leases and reads the
+        -- cancel requests that the next steps of these runs must honour.
+        WITH valid AS MATERIALIZED (
+            SELECT q.run_id, q.lease_token, q.cancel_requested FROM {schema}.queue q
+            WHERE q.run_id = ANY(v_step_runs) AND q.status = 'running'
+        ), journaled AS (
+            INSERT INTO {schema}.steps AS s
+                (run_id, step_key, position, status, output, error, attempts, started_at)
+            SELECT i.run_id, i.key, i.pos, i.status, i.output, i.error, i.attempts, i.started
+            FROM (SELECT (e ->> 0)::uuid AS run_id, (e ->> 1)::bigint AS token, e ->> 2 AS key,
+                         (e ->> 3)::int AS pos, e ->> 4 AS status, e -> 5 AS output,
+                         nullif(e -> 6, 'null') AS error, (e ->> 7)::int AS attempts,
+                         (e ->> 8)::timestamptz AS started
+                  FROM jsonb_array_elements(p_steps) e) i
+            JOIN valid v ON v.run_id = i.run_id AND v.lease_token = i.token
+            ON CONFLICT (run_id, step_key) DO UPDATE
+                SET status = excluded.status, output = excluded.output,
+                    error = excluded.error, attempts = excluded.attempts,
+                    started_at = excluded.started_at, finished_at = now()
+                WHERE s.status = 'retrying'
+        )
+        SELECT array_agg(run_id) INTO v_cancelled FROM valid WHERE cancel_requested;
+    END IF;
+
+    IF cardinality(v_fin_runs) > 0 THEN
+        WITH fin AS MATERIALIZED (
+            SELECT (e ->> 0)::uuid AS run_id, (e ->> 1)::bigint AS token, e ->> 2 AS status,
+                   e -> 3 AS output, nullif(e -> 4, 'null') AS error,
+                   (e ->> 5)::timestamptz AS available, (e ->> 6)::boolean AS retry,
+                   (e ->> 7)::boolean AS handler_failed
+            FROM jsonb_array_elements(p_finishes) e
+        ), done AS (
+            DELETE FROM {schema}.queue q USING fin f
+            WHERE q.run_id = ANY(v_fin_runs) AND q.run_id = f.run_id
+              AND q.lease_token = f.token AND q.status = 'running'
+              AND f.status IN ('completed', 'failed', 'cancelled')
+            RETURNING q.run_id, q.attempt, q.started_at, q.worker_id, f.status, f.output, f.error
+        ), finished AS (
+            INSERT INTO {schema}.results
+                (run_id, status, output, error, attempt, worker_id, started_at)
+            SELECT run_id, status, output, error, attempt, worker_id, started_at FROM done
+        ), requeued AS (
+            UPDATE {schema}.queue q
+            SET status = f.status, available_at = f.available, worker_id = NULL,
+                attempt = q.attempt + f.retry::int,
+                handler_attempts = q.handler_attempts + f.handler_failed::int,
+                error = coalesce(f.error, q.error)
+            FROM fin f
+            WHERE q.run_id = ANY(v_fin_runs) AND q.run_id = f.run_id
+              AND q.lease_token = f.token AND q.status = 'running'
+              AND f.status IN ('queued', 'sleeping')
+            RETURNING q.available_at
+        )
+        SELECT coalesce(bool_or(available_at <= now()), false) INTO v_due FROM requeued;
+        IF v_due THEN
+            PERFORM pg_notify('{channel}', '');
+        END IF;
+    END IF;
+
+    RETURN QUERY SELECT unnest(v_cancelled);
+END
+$$;

@@ -1,0 +1,177 @@
+-- Parked runs: waits for events and child runs, and their wake-ups.
+
+-- wake: complete waiting steps with the given outputs and queue their runs.
+-- A step is woken at most once: the first caller deletes its wait rows,
+-- later ones find none. The queue rows are locked first, in run order, as
+-- the claim locks them, so a wake racing a timeout cannot deadlock with it.
+-- Returns how many runs became due.
+CREATE FUNCTION {schema}.wake(p_runs uuid[], p_keys text[], p_outputs jsonb[])
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    v_woken int;
+BEGIN
+    PERFORM FROM {schema}.queue q
+    WHERE q.run_id = ANY(p_runs) AND q.status = 'waiting'
+    ORDER BY q.run_id FOR UPDATE;
+
+    WITH wakes AS (
+        SELECT DISTINCT ON (m.run_id, m.step_key) m.run_id, m.step_key, m.output
+        FROM unnest(p_runs, p_keys, p_outputs) AS m(run_id, step_key, output)
+        ORDER BY m.run_id, m.step_key
+    ), gone AS (
+        DELETE FROM {schema}.waits w USING wakes m
+        WHERE w.run_id = m.run_id AND w.step_key = m.step_key
+        RETURNING w.run_id, w.step_key
+    ), journaled AS (
+        UPDATE {schema}.steps s SET status = 'completed', output = m.output, finished_at = now()
+        FROM wakes m
+        WHERE s.run_id = m.run_id AND s.step_key = m.step_key AND s.status = 'waiting'
+          AND (m.run_id, m.step_key) IN (SELECT run_id, step_key FROM gone)
+        RETURNING s.run_id
+    ), queued AS (
+        UPDATE {schema}.queue q SET status = 'queued', available_at = now()
+        WHERE q.run_id IN (SELECT run_id FROM journaled) AND q.status = 'waiting'
+        RETURNING q.run_id
+    )
+    SELECT count(*) INTO v_woken FROM queued;
+    RETURN v_woken;
+END
+$$;
+
+-- register_wait: the step p_key of a running run starts waiting for one of
+-- the events p_names. Under the exclusive lock of each name (senders hold it
+-- shared until they commit), it first looks for a matching event received
+-- since the step before this one started (or since the run started): an
+-- event sent while the run was getting here is not missed. If one is found,
+-- the step completes with it at once and the run goes on; otherwise the run
+-- parks as `waiting` until an event wakes it or `p_expires` (the timeout;
+-- null for none) passes. Returns (state, event): state is 'matched',
+-- 'parked', or 'lost' when the caller no longer holds the run's lease.
+CREATE FUNCTION {schema}.register_wait(
+    p_run uuid, p_token bigint, p_key text, p_position int, p_names text[],
+    p_match_path text[], p_match_value jsonb, p_condition jsonpath, p_vars jsonb,
+    p_expires timestamptz
+) RETURNS TABLE (state text, event jsonb) LANGUAGE plpgsql AS $$
+DECLARE
+    v_started timestamptz;
+    v_since timestamptz;
+    v_event jsonb;
+BEGIN
+    -- A sender's transaction left open must not hold this worker forever.
+    PERFORM set_config('lock_timeout', '5s', true);
+    PERFORM pg_advisory_xact_lock(k)
+    FROM (SELECT DISTINCT {schema}.event_lock_key(n) AS k FROM unnest(p_names) AS n ORDER BY 1) AS keys;
+
+    SELECT q.started_at INTO v_started FROM {schema}.queue q
+    WHERE q.run_id = p_run AND q.lease_token = p_token AND q.status = 'running'
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'lost', NULL::jsonb;
+        RETURN;
+    END IF;
+    SELECT s.started_at INTO v_since FROM {schema}.steps s
+    WHERE s.run_id = p_run AND s.step_key <> p_key ORDER BY s.position DESC LIMIT 1;
+    v_since := coalesce(v_since, v_started);
+
+    SELECT {schema}.event_doc(e) INTO v_event
+    FROM {schema}.events e
+    WHERE e.name = ANY(p_names) AND e.received_at >= v_since
+      AND (p_match_path = '{}' OR {schema}.event_doc(e) #> p_match_path = p_match_value)
+      AND (p_condition IS NULL
+           OR jsonb_path_match({schema}.event_doc(e), p_condition, p_vars, true) IS TRUE)
+    ORDER BY e.received_at, e.id
+    LIMIT 1;
+
+    INSERT INTO {schema}.steps AS s (run_id, step_key, position, status, output, started_at)
+    VALUES (p_run, p_key, p_position, CASE WHEN v_event IS NULL THEN 'waiting' ELSE 'completed' END,
+            v_event, now())
+    ON CONFLICT (run_id, step_key) DO UPDATE
+        SET status = excluded.status, output = excluded.output, finished_at = now()
+        WHERE s.status IN ('retrying', 'waiting');
+    IF v_event IS NOT NULL THEN
+        RETURN QUERY SELECT 'matched', v_event;
+        RETURN;
+    END IF;
+
+    INSERT INTO {schema}.waits (run_id, step_key, event_name, match_path, match_value,
+                                condition, condition_vars)
+    SELECT p_run, p_key, n, p_match_path, p_match_value, p_condition, p_vars
+    FROM unnest(p_names) AS n
+    ON CONFLICT DO NOTHING;
+    INSERT INTO {schema}.wait_paths (event_name, match_path)
+    SELECT n, p_match_path FROM unnest(p_names) AS n
+    ON CONFLICT DO NOTHING;
+    UPDATE {schema}.queue
+    SET status = 'waiting', available_at = coalesce(p_expires, 'infinity'), worker_id = NULL
+    WHERE run_id = p_run;
+    RETURN QUERY SELECT 'parked', NULL::jsonb;
+END
+$$;
+
+-- invoke_child: the step p_key of a running run starts a child run of
+-- p_function with the event (p_event_id, 'pgdurable/invoked', p_data) and
+-- parks until the child ends or p_expires passes. The child cannot end
+-- before this commits, so no lock is needed against the wake. Returns
+-- false if the caller no longer holds the run's lease.
+CREATE FUNCTION {schema}.invoke_child(
+    p_run uuid, p_token bigint, p_key text, p_position int, p_function text, p_retries int,
+    p_event_id text, p_data jsonb, p_expires timestamptz
+) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_child uuid := {schema}.uuid_v7();
+BEGIN
+    PERFORM FROM {schema}.queue q
+    WHERE q.run_id = p_run AND q.lease_token = p_token AND q.status = 'running'
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO {schema}.events (id, name, data, ts)
+    VALUES (p_event_id, 'pgdurable/invoked', p_data, now())
+    ON CONFLICT (id) DO NOTHING;
+    INSERT INTO {schema}.runs (id, function_id, event_ids, parent_run_id)
+    VALUES (v_child, p_function, ARRAY[p_event_id], p_run);
+    INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
+    VALUES (v_child, p_function, p_event_id, now(), p_retries);
+
+    INSERT INTO {schema}.steps (run_id, step_key, position, status, started_at)
+    VALUES (p_run, p_key, p_position, 'waiting', now())
+    ON CONFLICT (run_id, step_key) DO UPDATE SET status = 'waiting', finished_at = now();
+    INSERT INTO {schema}.waits (run_id, step_key, event_name, match_path, match_value)
+    VALUES (p_run, p_key, 'pgdurable/run.finished', '{data,run_id}', to_jsonb(v_child::text));
+    UPDATE {schema}.queue
+    SET status = 'waiting', available_at = coalesce(p_expires, 'infinity'), worker_id = NULL
+    WHERE run_id = p_run;
+    PERFORM pg_notify('{channel}', '');
+    RETURN true;
+END
+$$;
+
+-- A run that ends, however it ends (completed, failed, cancelled, its
+-- worker lost too often), wakes the parent waiting for it in step.invoke
+-- with a 'pgdurable/run.finished' document. One probe of `waits_match` per
+-- ended run; nothing else when no parent waits.
+CREATE FUNCTION {schema}.wake_parents() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_runs uuid[];
+    v_keys text[];
+    v_docs jsonb[];
+BEGIN
+    SELECT array_agg(w.run_id), array_agg(w.step_key), array_agg(jsonb_build_object(
+               'name', 'pgdurable/run.finished',
+               'data', jsonb_build_object('run_id', x.run_id, 'status', x.status,
+                                          'output', x.output, 'error', x.error)))
+    INTO v_runs, v_keys, v_docs
+    FROM ended x
+    JOIN {schema}.waits w
+      ON w.event_name = 'pgdurable/run.finished' AND w.match_path = '{data,run_id}'
+     AND w.match_value = to_jsonb(x.run_id::text);
+    IF v_runs IS NOT NULL AND {schema}.wake(v_runs, v_keys, v_docs) > 0 THEN
+        PERFORM pg_notify('{channel}', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER wake_parents AFTER INSERT ON {schema}.results
+REFERENCING NEW TABLE AS ended FOR EACH STATEMENT EXECUTE FUNCTION {schema}.wake_parents();
