@@ -53,3 +53,12 @@ def two_steps(ctx: Context) -> str:
 def count_once(ctx: Context) -> int:
     ctx.step.run("effect", effect, ctx.run_id, "ran")
     return int(ctx.event.data["n"])
+
+
+@app.function(id="sleep-then-wait", event="test/sleep-then-wait")
+def sleep_then_wait(ctx: Context) -> int:
+    ctx.step.run("before", effect, ctx.run_id, "before")
+    ctx.step.sleep("nap", "2s")
+    event = ctx.step.wait_for_event("go", event="test/go", match="data.n", timeout="1h")
+    ctx.step.run("after", effect, ctx.run_id, "after")
+    return -1 if event is None else int(event.data["n"])

@@ -22,7 +22,8 @@ def tables(app: Durable, db: psycopg.Connection[Any]) -> Durable:
     db.execute(f"CREATE TABLE {app.schema}.effects (run_id uuid, what text)")
     db.execute(f"CREATE TABLE {app.schema}.flags (name text)")
     # The sender must know the functions to fan out; register the same ids.
-    for fid, event in (("two-steps", "test/two-steps"), ("count-once", "test/count-once")):
+    for fid, event in (("two-steps", "test/two-steps"), ("count-once", "test/count-once"),
+                       ("sleep-then-wait", "test/sleep-then-wait")):
         app.function(id=fid, event=event)(lambda ctx: None)
     return app
 
@@ -60,6 +61,29 @@ def test_run_survives_sigkill_mid_step(
     assert counts["one"] == 1  # completed before the kill: never again
     assert counts["two-start"] == 2  # interrupted: executed again
     assert counts["two-end"] == 1
+
+
+def test_a_worker_killed_while_runs_sleep_and_wait_loses_nothing(
+    tables: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app, runs = tables, 40
+    app.send([Event("test/sleep-then-wait", {"n": n}) for n in range(runs)])
+    doomed = worker_process()
+
+    def parked() -> bool:
+        return (len(app.list_runs(status="sleeping")) + len(app.list_runs(status="waiting"))) == runs
+
+    wait_until(parked, what="every run asleep")
+    doomed.kill()  # SIGKILL while they sleep (or, the first ones, already wait)
+    survivor = worker_process()
+    wait_until(lambda: len(app.list_runs(status="waiting")) == runs, what="every run waiting")
+    survivor.kill()  # and again while they wait
+    app.send([Event("test/go", {"n": n}) for n in range(runs)])  # delivered with no worker up
+    worker_process()
+    outputs = sorted(app.wait_for_run(r.id, 60).output for r in app.list_runs(limit=1000)
+                     if r.function_id == "sleep-then-wait")
+    assert outputs == list(range(runs))
+    assert effects(db, app.schema) == {"before": runs, "after": runs}
 
 
 def test_three_processes_complete_each_run_exactly_once(

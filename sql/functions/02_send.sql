@@ -63,7 +63,11 @@ $$;
 -- just inserted) events; each step gets the first matching event, in the
 -- order given. Returns how many runs became due.
 CREATE FUNCTION {schema}.deliver_events(p_event_ids text[]) RETURNS int
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Each incoming event must probe `waits_match` with its own field value.
+-- Statistics of `waits` are always stale (it churns), and the planner would
+-- rather hash-join a sequential scan of it: O(waiting runs x events).
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     v_runs uuid[];
     v_keys text[];
@@ -73,17 +77,21 @@ BEGIN
         SELECT e.name, {schema}.event_doc(e) AS doc, k.ord
         FROM unnest(p_event_ids) WITH ORDINALITY AS k(id, ord)
         JOIN {schema}.events e ON e.id = k.id
-    ), matched AS (
-        SELECT DISTINCT ON (w.run_id, w.step_key) w.run_id, w.step_key, i.doc
+    ), probes AS MATERIALIZED (  -- one index probe per (event, matched field)
+        SELECT i.doc, i.ord, p.event_name, p.match_path,
+               CASE WHEN p.match_path = '{}' THEN 'null'::jsonb
+                    ELSE i.doc #> p.match_path END AS value
         FROM incoming i
         JOIN {schema}.wait_paths p ON p.event_name = i.name
+    ), matched AS (
+        SELECT DISTINCT ON (w.run_id, w.step_key) w.run_id, w.step_key, x.doc
+        FROM probes x
         JOIN {schema}.waits w
-          ON w.event_name = i.name AND w.match_path = p.match_path
-         AND w.match_value = CASE WHEN p.match_path = '{}' THEN 'null'::jsonb
-                                  ELSE i.doc #> p.match_path END
+          ON w.event_name = x.event_name AND w.match_path = x.match_path
+         AND w.match_value = x.value
         WHERE w.condition IS NULL
-           OR jsonb_path_match(i.doc, w.condition, w.condition_vars, true) IS TRUE
-        ORDER BY w.run_id, w.step_key, i.ord
+           OR jsonb_path_match(x.doc, w.condition, w.condition_vars, true) IS TRUE
+        ORDER BY w.run_id, w.step_key, x.ord
     )
     SELECT array_agg(run_id), array_agg(step_key), array_agg(doc)
     INTO v_runs, v_keys, v_docs FROM matched;

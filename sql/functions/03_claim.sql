@@ -12,8 +12,8 @@
 -- takes an fsync off the path from event to handler.
 --
 -- A parked run (sleeping, or waiting past its timeout) is claimed like any
--- due run, and its open step completes with null (the sleep is over; the
--- wait timed out). The journal returned shows those steps completed
+-- due run, and its open step completes: a sleep keeps its wake-up time as
+-- output (for the timeline), a wait that timed out gets null. The journal returned shows those steps completed
 -- already: the statement cannot read its own update.
 CREATE FUNCTION {schema}.claim_runs(
     p_worker text, p_functions text[], p_limit int, p_lease interval
@@ -26,7 +26,9 @@ CREATE FUNCTION {schema}.claim_runs(
 -- The oldest due rows must come from walking the index in order and
 -- stopping at p_limit. With the stale statistics of a churning queue the
 -- planner may instead fetch every due row and sort them: O(backlog) per claim.
-SET enable_bitmapscan = off SET enable_sort = off AS $$
+-- Every other access is by key; a sequential scan of `steps` to resolve the
+-- parked runs' steps would cost O(journal) per claim.
+SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off AS $$
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     RETURN QUERY
@@ -67,7 +69,9 @@ BEGIN
                d.attempt, d.worker_id, d.started_at
         FROM dead d
     ), unparked AS (
-        UPDATE {schema}.steps s SET status = 'completed', output = NULL, finished_at = now()
+        UPDATE {schema}.steps s
+        SET status = 'completed', finished_at = now(),
+            output = CASE WHEN s.status = 'waiting' THEN NULL ELSE s.output END
         WHERE s.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE parked))
           AND s.status IN ('sleeping', 'waiting')
     ), timed_out AS (
@@ -86,9 +90,12 @@ BEGIN
                 JOIN {schema}.events m ON m.id = k.eid
                 WHERE r.id = c.run_id) END,
            CASE WHEN c.resumed THEN
-               (SELECT jsonb_object_agg(s.step_key, CASE
-                           WHEN s.status IN ('sleeping', 'waiting') THEN
+               (SELECT jsonb_object_agg(s.step_key, CASE  -- as `unparked` leaves them
+                           WHEN s.status = 'waiting' THEN
                                jsonb_build_object('status', 'completed', 'output', null,
+                                                  'attempts', s.attempts)
+                           WHEN s.status = 'sleeping' THEN
+                               jsonb_build_object('status', 'completed', 'output', s.output,
                                                   'attempts', s.attempts)
                            ELSE jsonb_build_object('status', s.status, 'output', s.output,
                                                    'error', s.error, 'attempts', s.attempts)
@@ -101,7 +108,10 @@ $$;
 
 -- heartbeat: extend the leases a live worker holds; returns the runs among
 -- them that someone asked to cancel. Like a claim, it need not wait for its
--- WAL flush: a lost extension only lets the lease expire sooner.
+-- WAL flush: a lost extension only lets the lease expire sooner. A row
+-- locked by someone else is skipped, not waited for: that is the journal
+-- writer finishing or requeueing the run, or a cancel, and waiting could
+-- deadlock with either.
 CREATE FUNCTION {schema}.heartbeat(
     p_runs uuid[], p_tokens bigint[], p_lease interval
 ) RETURNS SETOF uuid LANGUAGE plpgsql
@@ -111,11 +121,15 @@ SET enable_seqscan = off SET enable_nestloop = off AS $$
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     RETURN QUERY
-    WITH extended AS (
+    WITH held AS MATERIALIZED (
+        SELECT q.run_id FROM {schema}.queue q
+        JOIN unnest(p_runs, p_tokens) AS h(run_id, token)
+          ON q.run_id = h.run_id AND q.lease_token = h.token
+        WHERE q.run_id = ANY(p_runs) AND q.status = 'running'
+        FOR UPDATE OF q SKIP LOCKED
+    ), extended AS (
         UPDATE {schema}.queue q SET available_at = now() + p_lease
-        FROM unnest(p_runs, p_tokens) AS h(run_id, token)
-        WHERE q.run_id = ANY(p_runs) AND q.run_id = h.run_id AND q.lease_token = h.token
-          AND q.status = 'running'
+        FROM held WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM held)) AND q.run_id = held.run_id
         RETURNING q.run_id, q.cancel_requested
     )
     SELECT x.run_id FROM extended x WHERE x.cancel_requested;

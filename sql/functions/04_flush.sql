@@ -48,6 +48,9 @@ BEGIN
     END IF;
 
     IF cardinality(v_fin_runs) > 0 THEN
+        -- Lock in run order, as cancel_set does, so the two cannot deadlock.
+        PERFORM FROM {schema}.queue q WHERE q.run_id = ANY(v_fin_runs)
+        ORDER BY q.run_id FOR UPDATE;
         WITH fin AS MATERIALIZED (
             SELECT (e ->> 0)::uuid AS run_id, (e ->> 1)::bigint AS token, e ->> 2 AS status,
                    e -> 3 AS output, nullif(e -> 4, 'null') AS error,

@@ -6,7 +6,9 @@
 -- the claim locks them, so a wake racing a timeout cannot deadlock with it.
 -- Returns how many runs became due.
 CREATE FUNCTION {schema}.wake(p_runs uuid[], p_keys text[], p_outputs jsonb[])
-RETURNS int LANGUAGE plpgsql AS $$
+RETURNS int LANGUAGE plpgsql
+-- By key, in sets, whatever the stale statistics of the churning tables say.
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     v_woken int;
 BEGIN
@@ -21,16 +23,15 @@ BEGIN
     ), gone AS (
         DELETE FROM {schema}.waits w USING wakes m
         WHERE w.run_id = m.run_id AND w.step_key = m.step_key
-        RETURNING w.run_id, w.step_key
+        RETURNING w.run_id, w.step_key, m.output
     ), journaled AS (
-        UPDATE {schema}.steps s SET status = 'completed', output = m.output, finished_at = now()
-        FROM wakes m
-        WHERE s.run_id = m.run_id AND s.step_key = m.step_key AND s.status = 'waiting'
-          AND (m.run_id, m.step_key) IN (SELECT run_id, step_key FROM gone)
+        UPDATE {schema}.steps s SET status = 'completed', output = g.output, finished_at = now()
+        FROM (SELECT DISTINCT ON (run_id, step_key) * FROM gone) g
+        WHERE s.run_id = g.run_id AND s.step_key = g.step_key AND s.status = 'waiting'
         RETURNING s.run_id
     ), queued AS (
         UPDATE {schema}.queue q SET status = 'queued', available_at = now()
-        WHERE q.run_id IN (SELECT run_id FROM journaled) AND q.status = 'waiting'
+        WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM journaled)) AND q.status = 'waiting'
         RETURNING q.run_id
     )
     SELECT count(*) INTO v_woken FROM queued;

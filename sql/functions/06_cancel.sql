@@ -4,12 +4,14 @@
 -- go with it), a running one at its next step boundary. Returns how many
 -- runs were cancelled or will be.
 CREATE FUNCTION {schema}.cancel_set(p_runs uuid[]) RETURNS int LANGUAGE sql AS $$
-    WITH flagged AS (
+    WITH locked AS MATERIALIZED (  -- in run order, as flush locks them
+        SELECT run_id FROM {schema}.queue WHERE run_id = ANY(p_runs) ORDER BY run_id FOR UPDATE
+    ), flagged AS (
         UPDATE {schema}.queue SET cancel_requested = true
-        WHERE run_id = ANY(p_runs) AND status = 'running'
+        WHERE run_id IN (SELECT run_id FROM locked) AND status = 'running'
         RETURNING run_id
     ), removed AS (
-        DELETE FROM {schema}.queue WHERE run_id = ANY(p_runs) AND status <> 'running'
+        DELETE FROM {schema}.queue WHERE run_id IN (SELECT run_id FROM locked) AND status <> 'running'
         RETURNING run_id, attempt, started_at
     ), unwaited AS (
         DELETE FROM {schema}.waits WHERE run_id IN (SELECT run_id FROM removed)
