@@ -9,12 +9,16 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import wait_until
+
+from pgdurable import Event
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 import clips  # noqa: E402
 import context_files  # noqa: E402
+import onboarding  # noqa: E402
 import receipts  # noqa: E402
 
 
@@ -91,3 +95,20 @@ def test_receipts_demo_runs_from_the_command_line(dsn: str, schema: str, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "uploaded 3 receipts" in result.stdout
     assert "/3 completed" in result.stdout
+
+
+def test_onboarding_sleeps_waits_invokes_and_sends_once(dsn: str, schema: str) -> None:
+    app, outbox = onboarding.build(dsn, schema, grace="200ms", patience="1s")
+    try:
+        app.migrate()
+        app.start(threads=4)
+        ids = app.send([Event("user/signed-up", {"user_id": u, "email": f"{u}@example.com"})
+                        for u in ("u1", "u2")])
+        onboarding.activate_when_sleeping(app, ids[0], "u1")
+        outputs = [app.wait_for_run(r.id, 60).output for e in ids for r in app.runs_for_event(e)]
+        wait_until(lambda: len(outbox) == 3, what="three emails")
+    finally:
+        app.stop()
+    assert outputs == ["activated", f"nudged (lead score {len('u2@example.com') % 10})"]
+    assert sorted((m["to"], m["kind"]) for m in outbox) == [
+        ("u1@example.com", "welcome"), ("u2@example.com", "nudge"), ("u2@example.com", "welcome")]
