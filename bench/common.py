@@ -6,8 +6,9 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 
@@ -96,13 +97,24 @@ def drain_app() -> Iterator[tuple[Durable, str]]:
             app.stop()
 
 
+def send_in_batches(app: Durable, name: str, datas: Iterable[dict[str, Any]], size: int = 1000) -> None:
+    """Send one `name` event per data dict, `size` per round trip."""
+    batch: list[Event] = []
+    for data in datas:
+        batch.append(Event(name, data))
+        if len(batch) == size:
+            app.send(batch)
+            batch = []
+    if batch:
+        app.send(batch)
+
+
 def drain(app: Durable, schema: str, args: argparse.Namespace, event: str, function_id: str) -> float:
     """Load history if asked, queue `args.runs` events, start the worker and
     return the seconds until the queue is empty."""
     if args.finished:
         load_finished(schema, function_id, args.finished)
-    for start in range(0, args.runs, 1000):
-        app.send([Event(event, {"i": i}) for i in range(start, min(start + 1000, args.runs))])
+    send_in_batches(app, event, ({"i": i} for i in range(args.runs)))
     with psycopg.connect(DSN, autocommit=True) as conn:
         def done() -> bool:
             row = conn.execute(f"SELECT NOT EXISTS (SELECT FROM {schema}.queue)").fetchone()

@@ -15,12 +15,11 @@ import argparse
 import random
 import threading
 import time
-from typing import Any
 
 import psycopg
-from common import DSN, describe, fresh_schema, percentiles, wait_for
+from common import DSN, describe, fresh_schema, percentiles, send_in_batches, wait_for
 
-from pgdurable import Context, Durable, Event
+from pgdurable import Context, Durable
 
 
 def rss_mib() -> float:
@@ -37,15 +36,10 @@ def count(schema: str, where: str) -> int:
     return int(row[0]) if row else 0
 
 
-def send_all(app: Durable, runs: int, data: Any) -> None:
-    for start in range(0, runs, 1000):
-        app.send([Event("bench/sleep", data()) for _ in range(start, min(runs, start + 1000))])
-
-
 def hold(app: Durable, schema: str, runs: int, window: float) -> None:
     before = rss_mib()
     started = time.perf_counter()
-    send_all(app, runs, lambda: {"seconds": 3600})
+    send_in_batches(app, "bench/sleep", ({"seconds": 3600} for _ in range(runs)))
     wait_for(lambda: count(schema, "status = 'sleeping'") == runs, timeout=600, interval=0.2)
     parked = time.perf_counter() - started
     rss_parked, threads = rss_mib(), threading.active_count()
@@ -63,7 +57,7 @@ def hold(app: Durable, schema: str, runs: int, window: float) -> None:
 
 def wake(app: Durable, schema: str, runs: int) -> None:
     started = time.perf_counter()
-    send_all(app, runs, lambda: {"seconds": random.uniform(1, 10)})
+    send_in_batches(app, "bench/sleep", ({"seconds": random.uniform(1, 10)} for _ in range(runs)))
     wait_for(lambda: count(schema, "true") == 0, timeout=600, interval=0.2)
     elapsed = time.perf_counter() - started
     with psycopg.connect(DSN) as conn:

@@ -15,9 +15,9 @@ import argparse
 import time
 
 import psycopg
-from common import DSN, describe, fresh_schema, wait_for
+from common import DSN, describe, fresh_schema, send_in_batches, wait_for
 
-from pgdurable import Context, Durable, Event
+from pgdurable import Context, Durable
 
 
 def main() -> None:
@@ -38,13 +38,11 @@ def main() -> None:
             return int(row[0]) if row else 0
 
         app.start(threads=args.threads, prefetch=1000)
-        for start in range(0, args.runs, 1000):
-            app.send([Event("bench/wait", {"n": n}) for n in range(start, min(args.runs, start + 1000))])
+        send_in_batches(app, "bench/wait", ({"n": n} for n in range(args.runs)))
         wait_for(lambda: queued("status = 'waiting'") == args.runs, timeout=600, interval=0.1)
 
         started = time.perf_counter()
-        for start in range(0, args.runs, 1000):
-            app.send([Event("bench/go", {"n": n}) for n in range(start, min(args.runs, start + 1000))])
+        send_in_batches(app, "bench/go", ({"n": n} for n in range(args.runs)))
         sent = time.perf_counter() - started
         wait_for(lambda: queued("true") == 0, timeout=600, interval=0.02)
         done = time.perf_counter() - started

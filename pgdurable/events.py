@@ -30,6 +30,11 @@ class Event:
     id: str | None = None
     ts: datetime | None = None
 
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Event:
+        """An event as the database returns it: {id, name, data, ts (ISO text)}."""
+        return cls(doc["name"], doc["data"], doc["id"], datetime.fromisoformat(doc["ts"]))
+
 
 @dataclass(frozen=True, slots=True)
 class PreparedEvent:

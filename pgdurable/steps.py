@@ -182,7 +182,7 @@ class RunState:
     def succeeded(self, key: str, fn: Callable[..., Any], value: Any, started: datetime) -> Any:
         """Journal a step's value; return it as replay will (through the serializer)."""
         text = serde.dumps(value, what=f"output of step {key!r}", limit=self.max_output_bytes)
-        self._checkpoint(StepRecord(
+        self.checkpoint(StepRecord(
             self.claimed.id, self.claimed.token, key, self._position, "completed", text, None,
             self.attempt + 1, started,
         ))
@@ -198,10 +198,11 @@ class RunState:
         )
         if not final:
             return Suspend(record, retry_time(exc, failures, self.backoff))
-        self._checkpoint(record)
+        self.checkpoint(record)
         return StepError(key, type(exc).__name__, str(exc))
 
-    def _checkpoint(self, record: StepRecord) -> None:
+    def checkpoint(self, record: StepRecord) -> None:
+        """Hand a final entry to the writer; the next step waits until it is durable."""
         self._pending = self.writer.submit([record], [])
 
 
@@ -255,15 +256,15 @@ def _plan_sleep(state: RunState, step_id: str, until: datetime) -> _Plan:
 
     def park() -> None:
         if status == "completed":  # nothing left to sleep
-            state.writer.submit([record], [])
+            state.checkpoint(record)
             return
         raise Park(record, until)
 
     return _Plan(then=park)
 
 
-def _wake_time(duration: Duration) -> datetime:
-    return datetime.now(UTC) + parse_duration(duration, what="sleep duration")
+def _deadline(duration: Duration, what: str) -> datetime:
+    return datetime.now(UTC) + parse_duration(duration, what=what)
 
 
 def _wait_spec(
@@ -279,9 +280,7 @@ def _wait_spec(
         path = field_path(match, what="match")
         value = lookup(trigger, path, what=f"match={match!r}")
     condition = None if if_ is None else compile_condition(if_, trigger)
-    expires = None
-    if timeout is not None:
-        expires = datetime.now(UTC) + parse_duration(timeout, what="wait_for_event timeout")
+    expires = None if timeout is None else _deadline(timeout, "wait_for_event timeout")
     return WaitSpec(
         names=sorted(set(names)), match_path=path,
         match_value_json=serde.dumps(value, what="the match value"),
@@ -305,9 +304,7 @@ def _event_doc(event: Event) -> dict[str, Any]:
 
 
 def _event_of(doc: dict[str, Any] | None) -> Event | None:
-    if doc is None:
-        return None
-    return Event(doc["name"], doc["data"], doc["id"], datetime.fromisoformat(doc["ts"]))
+    return None if doc is None else Event.from_doc(doc)
 
 
 def _plan_wait(state: RunState, step_id: str, wait: WaitSpec) -> _Plan:
@@ -330,9 +327,7 @@ def _plan_invoke(
 ) -> _Plan:
     function_id, retries = state.runtime.resolve(function)
     data_json = serde.dumps({} if data is None else data, what=f"data for {function_id!r}")
-    expires = None
-    if timeout is not None:
-        expires = datetime.now(UTC) + parse_duration(timeout, what="invoke timeout")
+    expires = None if timeout is None else _deadline(timeout, "invoke timeout")
     key = state.key_for(step_id)
     if (entry := _completed(state, key)) is not None:
         return _Plan(value=_child_result(key, entry["output"]))
@@ -400,7 +395,7 @@ class Step:
     def sleep(self, step_id: str, duration: Duration) -> None:
         """Pause the run for `duration` ("30s", "5m", "1h30m", seconds or a
         timedelta), holding no thread, lease or connection meanwhile."""
-        self._follow(_plan_sleep(self._state, step_id, _wake_time(duration)))
+        self._follow(_plan_sleep(self._state, step_id, _deadline(duration, "sleep duration")))
 
     def sleep_until(self, step_id: str, when: datetime) -> None:
         """Pause the run until `when`, a timezone-aware datetime."""
@@ -465,7 +460,7 @@ class AsyncStep:
 
     async def sleep(self, step_id: str, duration: Duration) -> None:
         """Pause the run for `duration`, holding nothing meanwhile."""
-        await self._follow(_plan_sleep(self._state, step_id, _wake_time(duration)))
+        await self._follow(_plan_sleep(self._state, step_id, _deadline(duration, "sleep duration")))
 
     async def sleep_until(self, step_id: str, when: datetime) -> None:
         """Pause the run until `when`, a timezone-aware datetime."""

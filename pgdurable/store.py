@@ -79,7 +79,7 @@ class Finish:
 def _events(more: list[dict[str, Any]] | None) -> list[Event]:
     if not more:
         return []
-    return [Event(e["name"], e["data"], e["id"], datetime.fromisoformat(e["ts"])) for e in more]
+    return [Event.from_doc(e) for e in more]
 
 
 def _event_json(e: PreparedEvent) -> str:
@@ -187,9 +187,10 @@ class Store:
     def migrations(self) -> list[Migration]:
         return [Migration(v, n, self._render(t)) for v, n, t in _migration_files()]
 
-    def functions_script(self) -> str:
-        """The schema's functions, triggers and views, as one script."""
-        return self._render(_function_files())
+    def functions_script(self) -> tuple[str, str]:
+        """The schema's functions, triggers and views, as one script, and its checksum."""
+        script = self._render(_function_files())
+        return script, hashlib.sha256(script.encode()).hexdigest()
 
     def migrate(self, conn: psycopg.Connection[Any]) -> list[int]:
         """Apply missing migrations, and recreate the functions if they changed,
@@ -201,8 +202,7 @@ class Store:
         self._run(conn, "create_functions_table")
         applied = {row[0] for row in self._run(conn, "applied_versions")}
         pending = [m for m in self.migrations() if m.version not in applied]
-        functions = self.functions_script()
-        checksum = hashlib.sha256(functions.encode()).hexdigest()
+        functions, checksum = self.functions_script()
         if not pending and self._functions_checksum(conn) == checksum:
             return []
         # Functions may depend on the tables a migration changes: drop them first.
@@ -223,7 +223,7 @@ class Store:
         if not row or not row[0]:
             return False
         applied = {r[0] for r in self._run(conn, "applied_versions")}
-        checksum = hashlib.sha256(self.functions_script().encode()).hexdigest()
+        _, checksum = self.functions_script()
         return (all(m.version in applied for m in self.migrations())
                 and self._functions_checksum(conn) == checksum)
 
