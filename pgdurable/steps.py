@@ -17,19 +17,22 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
+import threading
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from . import serde
+from .control import Cancelled, Park, Suspend
 from .durations import Duration, parse_duration, require_aware
 from .errors import NonRetriableError, RetryAfterError, SerializationError, StepError
 from .events import Event
 from .expressions import compile_condition, field_path, lookup
+from .parallel import AsyncStepGate, StepGate, claim_step_id, run_tasks, run_threads
 from .store import ClaimedRow, Finish, StepRecord, WaitSpec
 
 
@@ -55,36 +58,6 @@ class Runtime(Protocol):
     ) -> bool: ...
 
     def send(self, events: list[Event]) -> list[str]: ...
-
-
-class Suspend(BaseException):
-    """Unwinds the handler so the run is queued again (a step retry).
-
-    A BaseException, so that a handler's `except Exception` does not swallow it.
-    """
-
-    def __init__(self, record: StepRecord, retry_at: datetime) -> None:
-        super().__init__(record.key)
-        self.record = record
-        self.retry_at = retry_at
-
-
-class Cancelled(BaseException):
-    """Unwinds the handler of a run that was cancelled, at a step boundary."""
-
-
-class Park(BaseException):
-    """Unwinds the handler of a run that leaves its thread to sleep or wait.
-
-    `record` is the sleeping step's journal entry, to write with the run's
-    move to `sleeping` until `until`; None when the run is parked in the
-    database already (a wait or an invoke), or was lost to another worker.
-    """
-
-    def __init__(self, record: StepRecord | None = None, until: datetime | None = None) -> None:
-        super().__init__(record.key if record else "parked")
-        self.record = record
-        self.until = until
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,15 +111,19 @@ class RunState:
         self.cancel_requested = claimed.cancel_requested
         self.finished = False  # its outcome is submitted to the journal
         self._seen: Counter[str] = Counter()
-        self._position = 0
+        self._positions: dict[str, int] = {}  # key -> order in which its step began
         self._pending: Future[set[str]] | None = None
+        self._lock = threading.Lock()  # parallel branches number and checkpoint steps
 
     def key_for(self, step_id: object) -> str:
         """The journal key of a step id: repeats are numbered in order, `id:1`, `id:2`..."""
-        key = self.peek_key(step_id)
-        assert isinstance(step_id, str)  # peek_key checked it
-        self._seen[step_id] += 1
-        self._position += 1
+        if not isinstance(step_id, str) or not step_id:
+            raise TypeError(f"step id must be a non-empty str, not {step_id!r}")
+        claim_step_id(step_id)
+        with self._lock:
+            key = self.peek_key(step_id)
+            self._seen[step_id] += 1
+            self._positions[key] = len(self._positions) + 1
         return key
 
     def peek_key(self, step_id: object) -> str:
@@ -156,9 +133,8 @@ class RunState:
         count = self._seen[step_id]
         return step_id if count == 0 else f"{step_id}:{count}"
 
-    @property
-    def position(self) -> int:
-        return self._position
+    def position(self, key: str) -> int:
+        return self._positions[key]
 
     def replayed(self, key: str) -> dict[str, Any] | None:
         return self.claimed.journal.get(key)
@@ -183,7 +159,7 @@ class RunState:
         """Journal a step's value; return it as replay will (through the serializer)."""
         text = serde.dumps(value, what=f"output of step {key!r}", limit=self.max_output_bytes)
         self.checkpoint(StepRecord(
-            self.claimed.id, self.claimed.token, key, self._position, "completed", text, None,
+            self.claimed.id, self.claimed.token, key, self.position(key), "completed", text, None,
             self.attempt + 1, started,
         ))
         return serde.revive(fn, serde.loads(text))
@@ -193,17 +169,21 @@ class RunState:
         failures = self.attempt + 1
         final = gives_up(exc, failures, self.claimed.retries)
         record = StepRecord(
-            self.claimed.id, self.claimed.token, key, self._position,
+            self.claimed.id, self.claimed.token, key, self.position(key),
             "failed" if final else "retrying", None, error_json(exc), failures, started,
         )
         if not final:
-            return Suspend(record, retry_time(exc, failures, self.backoff))
+            return Suspend([record], retry_time(exc, failures, self.backoff))
         self.checkpoint(record)
         return StepError(key, type(exc).__name__, str(exc))
 
     def checkpoint(self, record: StepRecord) -> None:
-        """Hand a final entry to the writer; the next step waits until it is durable."""
-        self._pending = self.writer.submit([record], [])
+        """Hand a final entry to the writer; the next step waits until it is durable.
+
+        Batches commit in order, so the latest one covers every branch's entries.
+        """
+        with self._lock:
+            self._pending = self.writer.submit([record], [])
 
 
 def _begin(
@@ -249,7 +229,7 @@ def _plan_sleep(state: RunState, step_id: str, until: datetime) -> _Plan:
     key = state.key_for(step_id)
     if _completed(state, key):
         return _Plan()
-    position, now = state.position, datetime.now(UTC)
+    position, now = state.position(key), datetime.now(UTC)
     status = "sleeping" if until > now else "completed"
     record = StepRecord(state.claimed.id, state.claimed.token, key, position, status,
                         serde.dumps(until.isoformat(), what="a time"), None, 1, now)
@@ -311,7 +291,7 @@ def _plan_wait(state: RunState, step_id: str, wait: WaitSpec) -> _Plan:
     key = state.key_for(step_id)
     if (entry := _completed(state, key)) is not None:
         return _Plan(value=_event_of(entry["output"]))
-    position = state.position
+    position = state.position(key)
 
     def register() -> Event | None:
         outcome, doc = state.runtime.register_wait(state, key, position, wait)
@@ -331,7 +311,7 @@ def _plan_invoke(
     key = state.key_for(step_id)
     if (entry := _completed(state, key)) is not None:
         return _Plan(value=_child_result(key, entry["output"]))
-    position = state.position
+    position = state.position(key)
 
     def start() -> None:
         state.runtime.invoke(state, key, position, function_id, retries, data_json, expires)
@@ -364,8 +344,8 @@ def _with_ids(state: RunState, step_id: str, events: Event | list[Event]) -> lis
 
 
 # Exceptions that unwind through a step untouched: pgdurable's own control
-# flow, and the two that ask the process to stop.
-_PASS_THROUGH = (Suspend, Park, Cancelled, KeyboardInterrupt, SystemExit)
+# flow, a task's cancellation, and the two that ask the process to stop.
+_PASS_THROUGH = (Suspend, Park, Cancelled, asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 
 
 class Step:
@@ -373,6 +353,7 @@ class Step:
 
     def __init__(self, state: RunState) -> None:
         self._state = state
+        self._gate = StepGate()
 
     def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` once; on replay return its journaled value."""
@@ -381,6 +362,13 @@ class Step:
             return value
         if pending is not None:
             self._state.after_wait(pending.result())
+        self._gate.enter()
+        try:
+            return self._execute(key, fn, args, kwargs)
+        finally:
+            self._gate.leave()
+
+    def _execute(self, key: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         started = datetime.now(UTC)
         try:
             value = fn(*args, **kwargs)
@@ -426,12 +414,22 @@ class Step:
         ids: list[str] = self.run(step_id, self._state.runtime.send, to_send)
         return ids
 
+    def parallel(self, branches: Iterable[Callable[[], Any]]) -> tuple[Any, ...]:
+        """Call each branch (a callable that runs steps) in its own thread and
+        return their results in order, once all have ended."""
+        return run_threads(branches)
+
     def _follow(self, plan: _Plan) -> Any:
         if plan.then is None:
             return plan.value
-        if (pending := self._state.before_execute(0)) is not None:
-            self._state.after_wait(pending.result())
-        return plan.then()
+        then = plan.then
+
+        def when_durable() -> Any:
+            if (pending := self._state.before_execute(0)) is not None:
+                self._state.after_wait(pending.result())
+            return then()
+
+        return self._gate.park(when_durable)
 
 
 class AsyncStep:
@@ -439,6 +437,7 @@ class AsyncStep:
 
     def __init__(self, state: RunState) -> None:
         self._state = state
+        self._gate = AsyncStepGate()
 
     async def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` (sync or async) once; on replay return its journaled value."""
@@ -447,6 +446,13 @@ class AsyncStep:
             return value
         if pending is not None:
             self._state.after_wait(await asyncio.wrap_future(pending))
+        await self._gate.enter()
+        try:
+            return await self._execute(key, fn, args, kwargs)
+        finally:
+            self._gate.leave()
+
+    async def _execute(self, key: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         started = datetime.now(UTC)
         try:
             value = fn(*args, **kwargs)
@@ -489,9 +495,19 @@ class AsyncStep:
         ids: list[str] = await self.run(step_id, self._state.runtime.send, to_send)
         return ids
 
+    async def parallel(self, branches: Iterable[Callable[[], Awaitable[Any]]]) -> tuple[Any, ...]:
+        """Await each branch (a callable returning an awaitable of steps) in its
+        own task and return their results in order, once all have ended."""
+        return await run_tasks(branches)
+
     async def _follow(self, plan: _Plan) -> Any:
         if plan.then is None:
             return plan.value
-        if (pending := self._state.before_execute(0)) is not None:
-            self._state.after_wait(await asyncio.wrap_future(pending))
-        return plan.then()
+        then = plan.then
+
+        async def when_durable() -> Any:
+            if (pending := self._state.before_execute(0)) is not None:
+                self._state.after_wait(await asyncio.wrap_future(pending))
+            return then()
+
+        return await self._gate.park(when_durable)

@@ -31,11 +31,12 @@ from tenacity import Retrying, retry_if_exception_type, stop_never, wait_random_
 
 from . import serde
 from .context import Context
+from .control import Cancelled, Park, Suspend
 from .errors import ConfigurationError, RetryAfterError, StepError
 from .events import Event
 from .functions import FunctionDef
 from .journal import Journal
-from .steps import Backoff, Cancelled, Park, RunState, Suspend, error_json, gives_up, retry_time
+from .steps import Backoff, RunState, error_json, gives_up, retry_time
 from .store import ClaimedRow, Finish, Store, WaitSpec
 
 if TYPE_CHECKING:
@@ -275,8 +276,8 @@ class Worker:
         outcome = self._outcome(self._functions[claimed.function_id], state, loop)
         steps = []
         if isinstance(outcome, Suspend):
-            steps = [outcome.record]
-            outcome = Finish(claimed.id, claimed.token, "queued", error_json=outcome.record.error_json,
+            steps = outcome.records
+            outcome = Finish(claimed.id, claimed.token, "queued", error_json=steps[0].error_json,
                              available_at=outcome.retry_at, retry=True)
         elif isinstance(outcome, Park) and outcome.record is not None:
             steps = [outcome.record]
@@ -313,7 +314,7 @@ class Worker:
             ctx = Context(state, is_async=fdef.is_async)
             result = fdef.handler(ctx)
             if fdef.is_async:
-                result = loop.run_until_complete(result)
+                result = _run_async(loop, result)
             output = serde.dumps(result, what=f"output of function {fdef.id!r}",
                                  limit=self._app.max_output_bytes)
             return Finish(claimed.id, claimed.token, "completed", output_json=output)
@@ -343,3 +344,16 @@ class Worker:
                      type(exc).__name__, failures, retry_at)
         return Finish(claimed.id, claimed.token, "queued", error_json=error_json(exc),
                       available_at=retry_at, retry=True, handler_failed=True)
+
+
+def _run_async(loop: asyncio.AbstractEventLoop, handler: Any) -> Any:
+    """Run an async handler to its end, then cancel the tasks it left behind
+    (branches of an `asyncio.gather` that another branch's exception ended),
+    so none of them runs on in the next run that uses this loop."""
+    try:
+        return loop.run_until_complete(handler)
+    finally:
+        if leftovers := asyncio.all_tasks(loop):
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))

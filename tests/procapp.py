@@ -62,3 +62,17 @@ def sleep_then_wait(ctx: Context) -> int:
     event = ctx.step.wait_for_event("go", event="test/go", match="data.n", timeout="1h")
     ctx.step.run("after", effect, ctx.run_id, "after")
     return -1 if event is None else int(event.data["n"])
+
+
+@app.function(id="parallel-kill", event="test/parallel-kill")
+def parallel_kill(ctx: Context) -> list[str]:
+    def blocked() -> str:
+        effect(ctx.run_id, "blocked-start")
+        while not flag_is_set("release"):
+            time.sleep(0.05)
+        return "blocked"
+
+    return list(ctx.step.parallel((
+        lambda: ctx.step.run("quick", lambda: effect(ctx.run_id, "quick") or "quick"),
+        lambda: ctx.step.run("blocked", blocked),
+    )))

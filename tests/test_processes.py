@@ -23,7 +23,8 @@ def tables(app: Durable, db: psycopg.Connection[Any]) -> Durable:
     db.execute(f"CREATE TABLE {app.schema}.flags (name text)")
     # The sender must know the functions to fan out; register the same ids.
     for fid, event in (("two-steps", "test/two-steps"), ("count-once", "test/count-once"),
-                       ("sleep-then-wait", "test/sleep-then-wait")):
+                       ("sleep-then-wait", "test/sleep-then-wait"),
+                       ("parallel-kill", "test/parallel-kill")):
         app.function(id=fid, event=event)(lambda ctx: None)
     return app
 
@@ -61,6 +62,24 @@ def test_run_survives_sigkill_mid_step(
     assert counts["one"] == 1  # completed before the kill: never again
     assert counts["two-start"] == 2  # interrupted: executed again
     assert counts["two-end"] == 1
+
+
+def test_a_replay_after_sigkill_reruns_only_unfinished_parallel_steps(
+    tables: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = tables
+    [event_id] = app.send("test/parallel-kill", {})
+    [run] = app.runs_for_event(event_id)
+    doomed = worker_process()
+    wait_until(lambda: effects(db, app.schema, run.id).get("blocked-start") and db.execute(
+        f"SELECT 1 FROM {app.schema}.steps WHERE run_id = %s AND step_key = 'quick' "
+        "AND status = 'completed'", (run.id,)).fetchone(), what="one branch journaled")
+    doomed.kill()
+    db.execute(f"INSERT INTO {app.schema}.flags VALUES ('release')")
+    worker_process()
+    done = app.wait_for_run(run.id, timeout=60)
+    assert (done.status, done.output) == ("completed", ["quick", "blocked"])
+    assert effects(db, app.schema, run.id) == {"quick": 1, "blocked-start": 2}
 
 
 def test_a_worker_killed_while_runs_sleep_and_wait_loses_nothing(
