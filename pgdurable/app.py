@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -21,8 +22,15 @@ from pydantic import BaseModel
 from . import serde
 from .durations import Duration, parse_duration, require_aware
 from .errors import ConfigurationError, DurableError, InvalidEventError, MigrationError
-from .events import Event, check_name, prepare
-from .functions import DEFAULT_RETRIES, FunctionDef, Handler, define
+from .events import Event, PreparedEvent, check_name, prepare
+from .functions import (
+    DEFAULT_RETRIES,
+    FunctionDef,
+    Handler,
+    cancel_listeners,
+    define,
+    failure_handler,
+)
 from .runs import Run
 from .store import Store
 from .worker import Worker
@@ -153,9 +161,12 @@ class Durable:
 
         def register(handler: H) -> H:
             fdef = define(handler, id=id, event=event, retries=retries, options=options)
-            if fdef.id in self.functions:
-                raise ConfigurationError(f"a function with id {fdef.id!r} is already registered")
-            self.functions[fdef.id] = fdef
+            defs = [d for d in (fdef, failure_handler(fdef)) if d is not None]
+            for d in defs:
+                if d.id in self.functions:
+                    raise ConfigurationError(f"a function with id {d.id!r} is already registered")
+            for d in defs:
+                self.functions[d.id] = d
             for name in fdef.events:
                 self._triggers.setdefault(name, []).append(fdef)
             return handler
@@ -183,7 +194,7 @@ class Durable:
         prepared = [prepare(e, self._schemas.get(e.name), max_bytes=self.max_event_bytes)
                     for e in events]
         unique = list({p.id: p for p in reversed(prepared)}.values())[::-1]
-        runs = [(index, fdef.id, fdef.retries)
+        runs = [self._run_spec(index, event, fdef)
                 for index, event in enumerate(unique, start=1)
                 for fdef in self._triggers.get(event.name, ())]
         if conn is not None:
@@ -193,6 +204,18 @@ class Durable:
             with self._pooled() as own:
                 self.store.send_events(own, unique, runs, self.dedupe_window)
         return [p.id for p in prepared]
+
+    @staticmethod
+    def _run_spec(index: int, event: PreparedEvent, fdef: FunctionDef) -> list[Any]:
+        """What `send_events` needs to create a run of `fdef` for an event."""
+        if not fdef.cancel_on:
+            return [index, fdef.id, fdef.retries]
+        doc = {"id": event.id, "name": event.name, "data": json.loads(event.data_json),
+               "ts": event.ts.isoformat() if event.ts else None}
+        try:
+            return [index, fdef.id, fdef.retries, cancel_listeners(fdef, doc)]
+        except ConfigurationError as exc:
+            raise InvalidEventError(f"event {event.name!r} (id {event.id}): {exc}") from None
 
     @staticmethod
     def _events_of(
@@ -223,15 +246,17 @@ class Durable:
             raise DurableError("this app's worker is already started")
         if not 1 <= _positive(threads, "threads") <= 256:
             raise ConfigurationError("threads must be from 1 to 256")
+        worker = Worker(self, threads=threads,
+                        prefetch=4 * threads if prefetch is None else prefetch,
+                        poll_interval=poll_interval)
         with self.connection() as conn:
             if not self.store.is_migrated(conn):
                 raise MigrationError(
                     f"schema {self.schema!r} is not migrated; call app.migrate() "
                     "or run `pgdurable migrate`")
-        self._worker = Worker(self, threads=threads,
-                              prefetch=4 * threads if prefetch is None else prefetch,
-                              poll_interval=poll_interval)
-        self._worker.start()
+            worker.register(conn)
+        self._worker = worker
+        worker.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Drain the worker (running handlers get `timeout` seconds), then close

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 from .events import Event
 from .steps import AsyncStep, RunState, Step
@@ -10,19 +12,43 @@ from .steps import AsyncStep, RunState, Step
 logger = logging.getLogger("pgdurable.run")
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """`ctx.error` in an on_failure handler: the failed run and why it failed."""
+
+    run_id: str
+    function_id: str
+    type: str
+    message: str
+    traceback: str | None
+
+    @classmethod
+    def from_doc(cls, data: Any) -> Failure:
+        error = data.get("error") or {}
+        return cls(str(data["run_id"]), str(data["function_id"]), str(error.get("type")),
+                   str(error.get("message")), error.get("traceback"))
+
+
 class Context:
     """The run's triggering event(s), identity, attempt, logger and step API.
 
     `ctx.step` is a `Step` in a `def` handler and an `AsyncStep` (every method
-    awaited) in an `async def` one.
+    awaited) in an `async def` one. In an on_failure handler, `ctx.event` is
+    the failed run's triggering event and `ctx.error` the failure; otherwise
+    `ctx.error` is None.
     """
 
-    __slots__ = ("_state", "event", "events", "function_id", "logger", "run_id", "step")
+    __slots__ = ("_state", "error", "event", "events", "function_id", "logger", "run_id", "step")
 
-    def __init__(self, state: RunState, *, is_async: bool) -> None:
+    def __init__(self, state: RunState, *, is_async: bool, failure_of: str | None = None) -> None:
         claimed = state.claimed
         self._state = state
         self.events: list[Event] = claimed.events
+        self.error: Failure | None = None
+        if failure_of is not None:  # an on_failure handler: the failed run's event and error
+            data: Any = self.events[0].data
+            self.error = Failure.from_doc(data)
+            self.events = [Event.from_doc(data["event"])]
         self.event: Event = self.events[0]
         self.run_id: str = claimed.id
         self.function_id: str = claimed.function_id

@@ -6,7 +6,8 @@ swallow them; the worker turns each into the run's transition.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from .store import StepRecord
 
@@ -28,7 +29,19 @@ class Suspend(BaseException):
 
 
 class Cancelled(BaseException):
-    """The run was cancelled; raised at a step boundary."""
+    """The run was cancelled; raised at a step boundary. `error` is the
+    run's error document: why (by request, or a timeout)."""
+
+    def __init__(self, error: dict[str, Any] | None = None) -> None:
+        self.error = error or {"type": "Cancelled", "message": "cancelled by request",
+                               "traceback": None}
+        super().__init__(self.error["message"])
+
+    @classmethod
+    def timeout(cls, which: str, limit: timedelta) -> Cancelled:
+        verb = "start" if which == "start" else "finish"
+        return cls({"type": "TimeoutError", "traceback": None,
+                    "message": f"timeouts.{which}: the run did not {verb} within {limit}"})
 
 
 class Park(BaseException):

@@ -1,4 +1,5 @@
-"""Event filters of `wait_for_event`: `match=` paths and `if_=` expressions.
+"""Event filters of `wait_for_event` and `cancel_on`: `match=` paths and
+`if_=` expressions.
 
 An `if_` expression compares fields of the awaited event (`async.data.x`),
 fields of the run's triggering event (`event.data.x`) and literals:
@@ -71,6 +72,28 @@ def compile_condition(expression: object, trigger: Mapping[str, Any]) -> Conditi
     if parser.peek() is not None:
         parser.fail(f"unexpected {parser.peek()!r}")
     return Condition(text, parser.variables)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which events a listener accepts: the field at `path` equal to `value`
+    (no path: any), and `condition` if given."""
+
+    path: list[str]
+    value: Any
+    condition: Condition | None
+
+
+def event_filter(
+    match: str | None, if_: str | None, trigger: Mapping[str, Any], *, what: str
+) -> Filter:
+    """Compile `match=` and `if_=` against the triggering event document."""
+    path, value = [], None
+    if match is not None:
+        path = field_path(match, what=f"{what} match")
+        value = lookup(trigger, path, what=f"{what} match={match!r}")
+    condition = None if if_ is None else compile_condition(if_, trigger)
+    return Filter(path, value, condition)
 
 
 class _Parser:

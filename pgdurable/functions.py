@@ -6,10 +6,17 @@ import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter
+
+from .durations import parse_duration
 from .errors import ConfigurationError
 from .events import check_name
+from .expressions import event_filter, field_path
+from .options import Cancel, Timeouts
 
 Handler = Callable[..., Any]
 
@@ -18,23 +25,43 @@ _FUNCTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 # Options of the public API that this version does not enforce yet. They are
 # refused with a clear error: a limit that is silently ignored is worse.
 UNSUPPORTED_OPTIONS = (
-    "cron", "concurrency", "throttle", "rate_limit", "debounce", "batch", "priority",
-    "idempotency", "singleton", "cancel_on", "timeouts", "on_failure",
+    "concurrency", "throttle", "rate_limit", "debounce", "batch", "priority",
+    "idempotency", "singleton",
 )
-
+CATCH_UP = ("none", "latest", "all")
 
 DEFAULT_RETRIES = 3  # retries after the first attempt, as in Inngest
 
 
 @dataclass(frozen=True, slots=True)
+class Schedule:
+    """A cron trigger: the expression, its IANA time zone, and what to do
+    with ticks missed while no worker was up."""
+
+    cron: str
+    timezone: str = "UTC"
+    catch_up: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
 class FunctionDef:
-    """A registered function: its id, triggers, retry budget and handler."""
+    """A registered function: its id, triggers, retry budget, handler and options.
+
+    `failure_of` is set on the function that runs a handler given as
+    `on_failure=`: the id of the function whose failures it handles.
+    """
 
     id: str
     handler: Handler
     events: tuple[str, ...]
     retries: int
     is_async: bool
+    schedule: Schedule | None = None
+    cancel_on: tuple[Cancel, ...] = ()
+    start_timeout: timedelta | None = None
+    finish_timeout: timedelta | None = None
+    on_failure: Handler | None = None
+    failure_of: str | None = None
 
 
 def define(
@@ -47,8 +74,9 @@ def define(
             f"function id {id!r} is invalid: 1-128 characters of letters, digits and . _ : / -, "
             "starting with a letter or digit"
         )
-    given = sorted(name for name, value in options.items() if value is not None)
-    for name in given:
+    options = {name: value for name, value in options.items() if value is not None}
+    known = {"cron", "timezone", "catch_up", "cancel_on", "timeouts", "on_failure"}
+    for name in sorted(set(options) - known):
         if name in UNSUPPORTED_OPTIONS:
             raise ConfigurationError(f"function {id!r}: option {name}= is not supported yet")
         raise ConfigurationError(f"function {id!r}: unknown option {name}=")
@@ -56,21 +84,114 @@ def define(
         raise ConfigurationError(f"function {id!r}: the handler is not callable")
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
         raise ConfigurationError(f"function {id!r}: retries must be an int from 0 to 100, not {retries!r}")
+    schedule = _schedule(id, options)
+    timeouts = _timeouts(id, options.get("timeouts"))
+    on_failure = options.get("on_failure")
+    if on_failure is not None and not callable(on_failure):
+        raise ConfigurationError(f"function {id!r}: on_failure must be a handler function")
     return FunctionDef(
         id=id,
         handler=handler,
-        events=_triggers(id, event),
+        events=_triggers(id, event, required=schedule is None),
         retries=retries,
         is_async=inspect.iscoroutinefunction(handler),
+        schedule=schedule,
+        cancel_on=_cancel_on(id, options.get("cancel_on")),
+        start_timeout=timeouts[0],
+        finish_timeout=timeouts[1],
+        on_failure=on_failure,
     )
 
 
-def _triggers(function_id: str, event: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+def failure_handler(fdef: FunctionDef) -> FunctionDef | None:
+    """The function that runs `fdef`'s on_failure handler, if it has one."""
+    if fdef.on_failure is None:
+        return None
+    return FunctionDef(
+        id=f"{fdef.id}/on-failure", handler=fdef.on_failure, events=(), retries=fdef.retries,
+        is_async=inspect.iscoroutinefunction(fdef.on_failure), failure_of=fdef.id,
+    )
+
+
+def _schedule(function_id: str, options: dict[str, Any]) -> Schedule | None:
+    cron, timezone, catch_up = (options.get(k) for k in ("cron", "timezone", "catch_up"))
+    if cron is None:
+        if timezone is not None or catch_up is not None:
+            raise ConfigurationError(f"function {function_id!r}: timezone= and catch_up= go with cron=")
+        return None
+    if not isinstance(cron, str) or not croniter.is_valid(cron):
+        raise ConfigurationError(f"function {function_id!r}: cron={cron!r} is not a valid cron expression")
+    timezone = timezone or "UTC"
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"function {function_id!r}: timezone={timezone!r} is not an IANA time zone") from exc
+    catch_up = catch_up or "none"
+    if catch_up not in CATCH_UP:
+        raise ConfigurationError(
+            f"function {function_id!r}: catch_up must be one of {', '.join(CATCH_UP)}, not {catch_up!r}")
+    return Schedule(cron, timezone, catch_up)
+
+
+def _cancel_on(function_id: str, value: Any) -> tuple[Cancel, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, Cancel) else value if isinstance(value, list | tuple) else None
+    if not items or not all(isinstance(item, Cancel) for item in items):
+        raise ConfigurationError(f"function {function_id!r}: cancel_on takes a list of Cancel(...)")
+    what = f"cancel_on of function {function_id!r}"
+    for cancel in items:
+        check_name(cancel.event, what=f"event name in {what}")
+        if cancel.match is not None:
+            field_path(cancel.match, what=f"match in {what}")
+        if cancel.timeout is not None:
+            parse_duration(cancel.timeout, what=f"timeout in {what}")
+    return tuple(items)
+
+
+def _timeouts(function_id: str, value: Any) -> tuple[timedelta | None, timedelta | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, Timeouts):
+        raise ConfigurationError(f"function {function_id!r}: timeouts takes Timeouts(start=, finish=)")
+    def limit(name: str, given: Any) -> timedelta | None:
+        return None if given is None else parse_duration(
+            given, what=f"timeouts.{name} of function {function_id!r}")
+
+    return limit("start", value.start), limit("finish", value.finish)
+
+
+def _triggers(
+    function_id: str, event: str | list[str] | tuple[str, ...] | None, *, required: bool
+) -> tuple[str, ...]:
     if event is None:
-        raise ConfigurationError(f"function {function_id!r} needs a trigger: event=")
+        if not required:
+            return ()
+        raise ConfigurationError(f"function {function_id!r} needs a trigger: event= or cron=")
     names = [event] if isinstance(event, str) else list(event)
     if not names:
         raise ConfigurationError(f"function {function_id!r}: event= is an empty list")
     for name in names:
         check_name(name, what=f"event name of function {function_id!r}")
     return tuple(dict.fromkeys(names))
+
+
+def cancel_listeners(fdef: FunctionDef, trigger: dict[str, Any]) -> list[list[Any]] | None:
+    """What a new run of `fdef` with this triggering event listens for to be
+    cancelled: [event name, match path, match value, condition, its
+    variables, expiry] per Cancel; None when it has no cancel_on."""
+    if not fdef.cancel_on:
+        return None
+    now, specs = datetime.now(UTC), []
+    for cancel in fdef.cancel_on:
+        what = f"cancel_on of function {fdef.id!r}"
+        found = event_filter(cancel.match, cancel.if_, trigger, what=what)
+        condition = found.condition
+        expires = None if cancel.timeout is None else now + parse_duration(cancel.timeout, what=what)
+        specs.append([
+            cancel.event, found.path, found.value,
+            condition.jsonpath if condition else None, condition.variables if condition else None,
+            expires.isoformat() if expires else None,
+        ])
+    return specs

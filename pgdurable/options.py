@@ -1,7 +1,7 @@
 """Flow-control and scheduling options of `@app.function`.
 
 They are part of the public API so that code can be written against them;
-this version validates them and refuses the ones it does not yet enforce
+this version validates them all and refuses the ones it does not enforce yet
 (see `functions.UNSUPPORTED_OPTIONS`), rather than silently ignoring a limit.
 """
 
@@ -54,9 +54,14 @@ class Batch:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
+    """Cancel a run when `event` arrives: one whose `match` field equals the
+    run's triggering event's, and for which `if_` holds (the expression form
+    of `wait_for_event`), within `timeout` of the run's creation."""
+
     event: str
     match: str | None = None
     timeout: Duration | None = None
+    if_: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,5 +77,9 @@ class Singleton:
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
+    """`start`: a run not started this long after it was due is cancelled.
+    `finish`: a run not finished this long after it started is cancelled at
+    its next step boundary."""
+
     start: Duration | None = None
     finish: Duration | None = None

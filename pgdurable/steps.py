@@ -31,7 +31,7 @@ from .control import Cancelled, Park, Suspend
 from .durations import Duration, parse_duration, require_aware
 from .errors import NonRetriableError, RetryAfterError, SerializationError, StepError
 from .events import Event
-from .expressions import compile_condition, field_path, lookup
+from .expressions import event_filter
 from .parallel import AsyncStepGate, StepGate, claim_step_id, run_tasks, run_threads
 from .store import ClaimedRow, Finish, StepRecord, WaitSpec
 
@@ -100,9 +100,11 @@ class RunState:
 
     def __init__(
         self, claimed: ClaimedRow, writer: JournalWriter, runtime: Runtime, *,
-        max_output_bytes: int, backoff: Backoff,
+        max_output_bytes: int, backoff: Backoff, finish_timeout: timedelta | None = None,
     ) -> None:
         self.claimed = claimed
+        self.finish_timeout = finish_timeout
+        self.deadline = None if finish_timeout is None else claimed.started_at + finish_timeout
         self.writer = writer
         self.runtime = runtime
         self.max_output_bytes = max_output_bytes
@@ -145,15 +147,28 @@ class RunState:
     def before_execute(self, failures: int) -> Future[set[str]] | None:
         """Return the pending checkpoint the next step must wait for."""
         self.attempt = failures
+        self.check_cancelled()
+        return self._pending
+
+    def check_cancelled(self) -> None:
+        """Raise Cancelled if the run was asked to stop or is past its deadline."""
         if self.cancel_requested:
             raise Cancelled()
-        return self._pending
+        if self.deadline is not None and datetime.now(UTC) >= self.deadline:
+            assert self.finish_timeout is not None
+            raise Cancelled.timeout("finish", self.finish_timeout)
+
+    def bounded(self, expires: datetime | None) -> datetime | None:
+        """A park's wake-up time, no later than the run's deadline: a run
+        parked past it is woken then, to be cancelled."""
+        if self.deadline is None:
+            return expires
+        return self.deadline if expires is None else min(expires, self.deadline)
 
     def after_wait(self, cancelled_runs: set[str]) -> None:
         if self.claimed.id in cancelled_runs:
             self.cancel_requested = True
-        if self.cancel_requested:
-            raise Cancelled()
+        self.check_cancelled()
 
     def succeeded(self, key: str, fn: Callable[..., Any], value: Any, started: datetime) -> Any:
         """Journal a step's value; return it as replay will (through the serializer)."""
@@ -238,7 +253,7 @@ def _plan_sleep(state: RunState, step_id: str, until: datetime) -> _Plan:
         if status == "completed":  # nothing left to sleep
             state.checkpoint(record)
             return
-        raise Park(record, until)
+        raise Park(record, state.bounded(until))
 
     return _Plan(then=park)
 
@@ -254,16 +269,12 @@ def _wait_spec(
     names = _one_or_many(event, str)
     if not names or not all(names):
         raise TypeError(f"wait_for_event: event must be a name or a list of names, not {event!r}")
-    trigger = _event_doc(state.claimed.events[0])
-    path, value = [], None
-    if match is not None:
-        path = field_path(match, what="match")
-        value = lookup(trigger, path, what=f"match={match!r}")
-    condition = None if if_ is None else compile_condition(if_, trigger)
-    expires = None if timeout is None else _deadline(timeout, "wait_for_event timeout")
+    found = event_filter(match, if_, _event_doc(state.claimed.events[0]), what="wait_for_event")
+    condition = found.condition
+    expires = state.bounded(None if timeout is None else _deadline(timeout, "wait_for_event timeout"))
     return WaitSpec(
-        names=sorted(set(names)), match_path=path,
-        match_value_json=serde.dumps(value, what="the match value"),
+        names=sorted(set(names)), match_path=found.path,
+        match_value_json=serde.dumps(found.value, what="the match value"),
         condition=condition.jsonpath if condition else None,
         condition_vars_json=serde.dumps(condition.variables, what="the if_ values")
         if condition else None,
@@ -307,7 +318,7 @@ def _plan_invoke(
 ) -> _Plan:
     function_id, retries = state.runtime.resolve(function)
     data_json = serde.dumps({} if data is None else data, what=f"data for {function_id!r}")
-    expires = None if timeout is None else _deadline(timeout, "invoke timeout")
+    expires = state.bounded(None if timeout is None else _deadline(timeout, "invoke timeout"))
     key = state.key_for(step_id)
     if (entry := _completed(state, key)) is not None:
         return _Plan(value=_child_result(key, entry["output"]))

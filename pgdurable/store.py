@@ -127,6 +127,9 @@ class ClaimedRow:
     cancel_requested: bool
     events: list[Event]
     journal: dict[str, dict[str, Any]]
+    first_start: bool
+    due_at: datetime
+    started_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +236,11 @@ class Store:
         self,
         conn: psycopg.Connection[Any],
         events: Sequence[PreparedEvent],
-        runs: Sequence[tuple[int, str, int]],
+        runs: Sequence[Sequence[Any]],
         dedupe_window: timedelta,
     ) -> None:
-        """Insert events and the runs they trigger; `runs` holds
-        (1-based event index, function id, retries)."""
+        """Insert events and the runs they trigger; `runs` holds [1-based
+        event index, function id, retries, cancel_on listeners (optional)]."""
         self._run(conn, "send_events", (
             "[" + ",".join(map(_event_json, events)) + "]",
             json.dumps(runs),
@@ -256,7 +259,8 @@ class Store:
         rows = self._run(conn, "claim_runs", (worker_id, list(function_ids), limit, lease))
         return [
             ClaimedRow(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6],
-                       [Event(r[8], r[9], r[7], r[10]), *_events(r[11])], r[12] or {})
+                       [Event(r[8], r[9], r[7], r[10]), *_events(r[11])], r[12] or {},
+                       not r[13], r[14], r[15])
             for r in rows
         ]
 
@@ -305,6 +309,41 @@ class Store:
             run_id, token, key, position, function_id, retries, event_id, data_json, expires,
         )).fetchone()
         return bool(row and row[0])
+
+    # -- failure handlers and schedules ------------------------------------
+
+    def register_failure_handlers(
+        self, conn: psycopg.Connection[Any], functions: Sequence[str],
+        handlers: Sequence[tuple[str, str, int]],
+    ) -> None:
+        """Record (function id, handler function id, retries) for these functions."""
+        self._run(conn, "register_failure_handlers", {
+            "functions": list(functions), "handled": [h[0] for h in handlers],
+            "handlers": [h[1] for h in handlers], "retries": [h[2] for h in handlers]})
+
+    def register_schedules(
+        self, conn: psycopg.Connection[Any], functions: Sequence[str],
+        schedules: Sequence[tuple[str, str, str, datetime]],
+    ) -> None:
+        """Record (function id, cron, time zone, next tick) for these functions."""
+        self._run(conn, "register_schedules", {
+            "functions": list(functions), "scheduled": [x[0] for x in schedules],
+            "crons": [x[1] for x in schedules], "zones": [x[2] for x in schedules],
+            "next_ticks": [x[3] for x in schedules]})
+
+    def due_schedules(
+        self, conn: psycopg.Connection[Any], function_ids: Sequence[str]
+    ) -> list[tuple[str, datetime, datetime]]:
+        """(function id, due tick, the database's now) of each due schedule,
+        locked until the transaction ends."""
+        return [(r[0], r[1], r[2]) for r in self._run(conn, "due_schedules", (list(function_ids),))]
+
+    def set_next_tick(self, conn: psycopg.Connection[Any], function_id: str, tick: datetime) -> None:
+        self._run(conn, "set_next_tick", (tick, function_id))
+
+    def next_tick(self, conn: psycopg.Connection[Any], function_ids: Sequence[str]) -> datetime | None:
+        row = self._run(conn, "next_tick", (list(function_ids),)).fetchone()
+        return None if row is None else row[0]
 
     # -- management -------------------------------------------------------
 

@@ -36,6 +36,7 @@ from .errors import ConfigurationError, RetryAfterError, StepError
 from .events import Event
 from .functions import FunctionDef
 from .journal import Journal
+from .schedules import Scheduler
 from .steps import Backoff, RunState, error_json, gives_up, retry_time
 from .store import ClaimedRow, Finish, Store, WaitSpec
 
@@ -70,9 +71,19 @@ class Worker:
         self._stopping = threading.Event()
         self._draining = threading.Event()
         self._backoff = Backoff(app.retry_backoff[0], app.retry_backoff[1])
+        self._scheduler = Scheduler(self._store, self._functions, app.dedupe_window)
         self._workers: list[threading.Thread] = []
 
     # -- lifecycle --------------------------------------------------------
+
+    def register(self, conn: psycopg.Connection[Any]) -> None:
+        """Record in the database what runs without a sender: the on_failure
+        handlers and cron schedules of this worker's functions."""
+        ids = sorted(self._functions)
+        handlers = [(f.failure_of, f.id, f.retries) for f in self._functions.values()
+                    if f.failure_of is not None]
+        self._store.register_failure_handlers(conn, ids, handlers)
+        self._scheduler.register(conn, ids)
 
     def start(self) -> None:
         self._journal.start()
@@ -80,6 +91,8 @@ class Worker:
             ("claimer", self._claim_loop), ("listener", self._listen_loop),
             ("heartbeat", self._heartbeat_loop),
         ]
+        if self._scheduler.function_ids:
+            loops.append(("scheduler", self._schedule_loop))
         loops += [(f"executor-{n}", self._execute_loop) for n in range(self._threads)]
         for name, target in loops:
             thread = threading.Thread(target=target, name=f"pgdurable-{name}", daemon=True)
@@ -225,6 +238,16 @@ class Worker:
                     if (state := self._held.get(run_id)) is not None:
                         state.cancel_requested = True
 
+    def _schedule_loop(self) -> None:
+        while True:
+            next_tick = self._with_db("start scheduled runs", self._scheduler.start_due_runs,
+                                      until=self._draining)
+            wait = self._poll_interval
+            if next_tick is not None:
+                wait = min(wait, max(0.005, (next_tick - datetime.now(UTC)).total_seconds()))
+            if self._draining.wait(wait):
+                return
+
     # -- the steps' runtime (steps.Runtime) --------------------------------
 
     def register_wait(
@@ -269,7 +292,8 @@ class Worker:
 
     def _new_state(self, claimed: ClaimedRow) -> RunState:
         return RunState(claimed, self._journal, self, max_output_bytes=self._app.max_output_bytes,
-                        backoff=self._backoff)
+                        backoff=self._backoff,
+                        finish_timeout=self._functions[claimed.function_id].finish_timeout)
 
     def _execute(self, state: RunState, loop: asyncio.AbstractEventLoop) -> None:
         claimed = state.claimed
@@ -311,7 +335,8 @@ class Worker:
         """Run the handler; turn what it returns or raises into the run's transition."""
         claimed = state.claimed
         try:
-            ctx = Context(state, is_async=fdef.is_async)
+            _check_timeouts(fdef, state)
+            ctx = Context(state, is_async=fdef.is_async, failure_of=fdef.failure_of)
             result = fdef.handler(ctx)
             if fdef.is_async:
                 result = _run_async(loop, result)
@@ -320,10 +345,9 @@ class Worker:
             return Finish(claimed.id, claimed.token, "completed", output_json=output)
         except (Suspend, Park) as suspend:
             return suspend
-        except Cancelled:
-            return Finish(claimed.id, claimed.token, "cancelled", error_json=serde.dumps(
-                {"type": "Cancelled", "message": "cancelled by request", "traceback": None},
-                what="an error"))
+        except Cancelled as cancelled:
+            return Finish(claimed.id, claimed.token, "cancelled",
+                          error_json=serde.dumps(cancelled.error, what="an error"))
         except (KeyboardInterrupt, SystemExit):
             log.warning("run %s: handler asked the process to stop; releasing the run", claimed.id)
             return Finish(claimed.id, claimed.token, "queued", available_at=datetime.now(UTC))
@@ -357,3 +381,12 @@ def _run_async(loop: asyncio.AbstractEventLoop, handler: Any) -> Any:
             for task in leftovers:
                 task.cancel()
             loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+
+
+def _check_timeouts(fdef: FunctionDef, state: RunState) -> None:
+    """Cancel a run that starts later than `timeouts.start` after it was due,
+    or resumes past its `timeouts.finish` deadline."""
+    claimed, limit = state.claimed, fdef.start_timeout
+    if claimed.first_start and limit is not None and claimed.started_at - claimed.due_at > limit:
+        raise Cancelled.timeout("start", limit)
+    state.check_cancelled()

@@ -82,6 +82,47 @@ SELECT {schema}.invoke_child(%s::uuid, %s, %s, %s, %s, %s, %s, %s::jsonb, %s);
 -- name: next_due
 SELECT {schema}.next_due(%s::text[]);
 
+-- name: register_failure_handlers
+-- The on_failure handlers of a worker's functions: its rows replace those
+-- of the same functions.
+WITH gone AS (
+    DELETE FROM {schema}.failure_handlers
+    WHERE function_id = ANY(%(functions)s::text[]) AND NOT function_id = ANY(%(handled)s::text[])
+)
+INSERT INTO {schema}.failure_handlers (function_id, handler_id, retries)
+SELECT * FROM unnest(%(handled)s::text[], %(handlers)s::text[], %(retries)s::int[])
+ON CONFLICT (function_id) DO UPDATE
+    SET handler_id = excluded.handler_id, retries = excluded.retries;
+
+-- name: register_schedules
+-- The cron schedules of a worker's functions. A schedule whose expression
+-- or zone changed starts again from the given next tick; an unchanged one
+-- keeps its own (which may be past: catch-up decides then).
+WITH gone AS (
+    DELETE FROM {schema}.schedules
+    WHERE function_id = ANY(%(functions)s::text[]) AND NOT function_id = ANY(%(scheduled)s::text[])
+)
+INSERT INTO {schema}.schedules AS s (function_id, cron, timezone, next_tick)
+SELECT * FROM unnest(%(scheduled)s::text[], %(crons)s::text[], %(zones)s::text[],
+                     %(next_ticks)s::timestamptz[])
+ON CONFLICT (function_id) DO UPDATE
+    SET cron = excluded.cron, timezone = excluded.timezone, next_tick = excluded.next_tick
+    WHERE s.cron <> excluded.cron OR s.timezone <> excluded.timezone;
+
+-- name: due_schedules
+-- Schedules due now, locked for this transaction; one another worker is
+-- handling is skipped.
+SELECT function_id, next_tick, now() FROM {schema}.schedules
+WHERE function_id = ANY(%s::text[]) AND next_tick <= now()
+ORDER BY function_id
+FOR UPDATE SKIP LOCKED;
+
+-- name: set_next_tick
+UPDATE {schema}.schedules SET next_tick = %s WHERE function_id = %s;
+
+-- name: next_tick
+SELECT min(next_tick) FROM {schema}.schedules WHERE function_id = ANY(%s::text[]);
+
 -- name: get_run
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
        created_at, started_at, finished_at

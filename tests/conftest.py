@@ -80,6 +80,19 @@ def db(dsn: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
+def run_of(app: Durable, event: str, data: dict[str, Any] | None = None) -> str:
+    """Send one event and return the id of the one run it triggers."""
+    [event_id] = app.send(event, data or {})
+    [run] = app.runs_for_event(event_id)
+    return run.id
+
+
+def status_of(app: Durable, run_id: str) -> str:
+    run = app.get_run(run_id)
+    assert run is not None
+    return run.status
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
     """Poll `predicate` until it returns something truthy, or fail at the deadline."""
     deadline = time.monotonic() + timeout

@@ -76,3 +76,10 @@ def parallel_kill(ctx: Context) -> list[str]:
         lambda: ctx.step.run("quick", lambda: effect(ctx.run_id, "quick") or "quick"),
         lambda: ctx.step.run("blocked", blocked),
     )))
+
+
+if os.environ.get("PGDURABLE_TEST_CRON"):  # only in the test of schedules
+
+    @app.function(id="every-second", cron="* * * * * *")
+    def every_second(ctx: Context) -> str:
+        return str(ctx.event.data["tick"])

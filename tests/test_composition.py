@@ -9,15 +9,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_until
+from conftest import run_of, wait_until
 
 from pgdurable import ConfigurationError, Context, Durable, Event, StepError
-
-
-def run_of(app: Durable, event: str, data: dict[str, Any] | None = None) -> str:
-    [event_id] = app.send(event, data or {})
-    [run] = app.runs_for_event(event_id)
-    return run.id
 
 
 def test_invoke_returns_the_child_output_and_links_the_runs(app: Durable) -> None:

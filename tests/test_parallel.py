@@ -9,14 +9,9 @@ from collections import Counter
 from typing import Any
 
 import psycopg
+from conftest import run_of
 
 from pgdurable import Context, Durable, StepError
-
-
-def run_of(app: Durable, event: str) -> str:
-    [event_id] = app.send(event, {})
-    [run] = app.runs_for_event(event_id)
-    return run.id
 
 
 def journal(db: psycopg.Connection[Any], schema: str, run_id: str) -> dict[str, str]:

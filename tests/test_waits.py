@@ -10,23 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_until
+from conftest import run_of, status_of, wait_until
 
 from pgdurable import Context, Durable, Event
 from pgdurable.expressions import compile_condition
-
-
-def run_of(app: Durable, event: str, data: dict[str, Any] | None = None) -> str:
-    [event_id] = app.send(event, data or {})
-    [run] = app.runs_for_event(event_id)
-    return run.id
-
-
-def status(app: Durable, run_id: str) -> str:
-    run = app.get_run(run_id)
-    assert run is not None
-    return run.status
-
 
 # -- sleep ------------------------------------------------------------------
 
@@ -43,7 +30,7 @@ def test_a_sleeping_run_holds_no_thread_and_wakes_on_time(app: Durable) -> None:
 
     app.start(threads=1, poll_interval=5.0)  # the poll cannot be what wakes it
     run_id = run_of(app, "nap")
-    wait_until(lambda: status(app, run_id) == "sleeping", what="the run to sleep")
+    wait_until(lambda: status_of(app, run_id) == "sleeping", what="the run to sleep")
     assert app._worker is not None and app._worker.in_flight == 0
     run = app.wait_for_run(run_id, 20)
     assert run.status == "completed"
@@ -67,7 +54,7 @@ def test_a_sleep_survives_a_restart(make_app: Any) -> None:
     register(first)
     first.start(threads=2)
     run_id = run_of(first, "nap")
-    wait_until(lambda: status(first, run_id) == "sleeping", what="the run to sleep")
+    wait_until(lambda: status_of(first, run_id) == "sleeping", what="the run to sleep")
     first.stop()
 
     second = make_app()
@@ -123,7 +110,7 @@ def test_wait_for_event_matches_a_field_of_the_trigger(app: Durable, db: psycopg
 
     app.start(threads=2)
     run_id = run_of(app, "order/placed", {"order": 7})
-    wait_until(lambda: status(app, run_id) == "waiting", what="the run to wait")
+    wait_until(lambda: status_of(app, run_id) == "waiting", what="the run to wait")
     app.send("order/approved", {"order": 8})  # another order: not a match
     app.send("order/rejected", {"order": 7, "why": "stock"})
     assert app.wait_for_run(run_id, 20).output == ["order/rejected", {"order": 7, "why": "stock"}]
@@ -153,7 +140,7 @@ def test_wait_for_event_with_a_condition(app: Durable) -> None:
 
     app.start(threads=2)
     run_id = run_of(app, "invoice", {"id": "inv-1"})
-    wait_until(lambda: status(app, run_id) == "waiting", what="the run to wait")
+    wait_until(lambda: status_of(app, run_id) == "waiting", what="the run to wait")
     app.send("payment", {"invoice": "inv-1", "amount": 99})
     app.send("payment", {"invoice": "inv-2", "amount": 500})
     app.send("payment", {"invoice": "inv-1", "amount": 150})

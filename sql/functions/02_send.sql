@@ -3,7 +3,9 @@
 -- send_events: insert events (skipping ids seen within the dedupe window)
 -- and the runs they trigger, in one statement; NOTIFY once if any run is due.
 --   p_events: [[id, name, data, ts or null], ...]
---   p_runs:   [[1-based index of the event, function id, retries], ...]
+--   p_runs:   [[1-based index of the event, function id, retries, cancels], ...]
+--             cancels (optional): [[event name, match path, match value,
+--                                   condition, condition vars, expires], ...]
 -- New events are then delivered to the steps waiting for them. Senders
 -- hold a shared lock per event name until they commit; a step that starts
 -- waiting takes it exclusively (register_wait), so either the sender sees
@@ -33,7 +35,8 @@ BEGIN
         RETURNING e.id, e.name, e.ts
     ), planned AS MATERIALIZED (
         SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
-               inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at
+               inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at,
+               r -> 3 AS cancels
         FROM jsonb_array_elements(p_runs) AS r
         JOIN input ON input.idx = (r ->> 0)::int
         JOIN inserted ON inserted.id = input.id
@@ -44,6 +47,20 @@ BEGIN
         INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
         SELECT id, fn, event_id, available_at, retries FROM planned
         RETURNING available_at
+    ), listening AS (  -- cancel_on: the run listens for the events that cancel it
+        INSERT INTO {schema}.waits (run_id, step_key, event_name, match_path, match_value,
+                                    condition, condition_vars, cancel, expires_at)
+        SELECT p.id, 'cancel_on:' || c.ord, c.spec ->> 0,
+               ARRAY(SELECT jsonb_array_elements_text(c.spec -> 1)), c.spec -> 2,
+               (c.spec ->> 3)::jsonpath, nullif(c.spec -> 4, 'null'), true,
+               (c.spec ->> 5)::timestamptz
+        FROM planned p, jsonb_array_elements(p.cancels) WITH ORDINALITY AS c(spec, ord)
+        WHERE p.cancels IS NOT NULL
+        RETURNING event_name, match_path
+    ), listened AS (
+        INSERT INTO {schema}.wait_paths (event_name, match_path)
+        SELECT DISTINCT event_name, match_path FROM listening
+        ON CONFLICT DO NOTHING
     )
     SELECT coalesce(bool_or(available_at <= now()), false),
            (SELECT array_agg(id ORDER BY input.idx) FROM inserted JOIN input USING (id)),
@@ -61,7 +78,8 @@ $$;
 
 -- deliver_events: wake the steps waiting for any of these (committed or
 -- just inserted) events; each step gets the first matching event, in the
--- order given. Returns how many runs became due.
+-- order given. Runs that listen for one of them in cancel_on are cancelled.
+-- Returns how many runs became due.
 CREATE FUNCTION {schema}.deliver_events(p_event_ids text[]) RETURNS int
 LANGUAGE plpgsql
 -- Each incoming event must probe `waits_match` with its own field value.
@@ -72,6 +90,9 @@ DECLARE
     v_runs uuid[];
     v_keys text[];
     v_docs jsonb[];
+    v_cancel uuid[];
+    v_reasons jsonb[];
+    v_woken int := 0;
 BEGIN
     WITH incoming AS (
         SELECT e.name, {schema}.event_doc(e) AS doc, k.ord
@@ -84,20 +105,37 @@ BEGIN
         FROM incoming i
         JOIN {schema}.wait_paths p ON p.event_name = i.name
     ), matched AS (
-        SELECT DISTINCT ON (w.run_id, w.step_key) w.run_id, w.step_key, x.doc
+        SELECT DISTINCT ON (w.run_id, w.step_key) w.run_id, w.step_key, w.cancel, x.doc
         FROM probes x
         JOIN {schema}.waits w
           ON w.event_name = x.event_name AND w.match_path = x.match_path
          AND w.match_value = x.value
-        WHERE w.condition IS NULL
-           OR jsonb_path_match(x.doc, w.condition, w.condition_vars, true) IS TRUE
+        WHERE (w.condition IS NULL
+               OR jsonb_path_match(x.doc, w.condition, w.condition_vars, true) IS TRUE)
+          AND (w.expires_at IS NULL OR w.expires_at > now())
         ORDER BY w.run_id, w.step_key, x.ord
     )
-    SELECT array_agg(run_id), array_agg(step_key), array_agg(doc)
-    INTO v_runs, v_keys, v_docs FROM matched;
-    IF v_runs IS NULL THEN
+    SELECT array_agg(run_id) FILTER (WHERE NOT cancel),
+           array_agg(step_key) FILTER (WHERE NOT cancel),
+           array_agg(doc) FILTER (WHERE NOT cancel),
+           array_agg(run_id) FILTER (WHERE cancel),
+           array_agg(jsonb_build_object(
+               'type', 'Cancelled', 'traceback', null, 'message',
+               format('cancelled by event %s (id %s)', doc ->> 'name', doc ->> 'id')))
+               FILTER (WHERE cancel)
+    INTO v_runs, v_keys, v_docs, v_cancel, v_reasons FROM matched;
+    IF v_runs IS NULL AND v_cancel IS NULL THEN
         RETURN 0;
     END IF;
-    RETURN {schema}.wake(v_runs, v_keys, v_docs);
+    -- Wake and cancel lock queue rows; lock them all first, in run order.
+    PERFORM FROM {schema}.queue q
+    WHERE q.run_id = ANY(v_runs || v_cancel) ORDER BY q.run_id FOR UPDATE;
+    IF v_runs IS NOT NULL THEN
+        v_woken := {schema}.wake(v_runs, v_keys, v_docs);
+    END IF;
+    IF v_cancel IS NOT NULL THEN
+        PERFORM {schema}.cancel_set(v_cancel, v_reasons);
+    END IF;
+    RETURN v_woken;
 END
 $$;

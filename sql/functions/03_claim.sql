@@ -4,7 +4,8 @@
 -- runs whose previous worker's lease expired. A run that lost its worker more
 -- often than its retry budget allows is failed instead of handed out again.
 -- The first event comes as columns; any more (batches) as JSON. The journal
--- is read only for runs that ran before.
+-- is read only for runs that ran before (`resumed`). `due_at` is
+-- when the run became claimable, `started_at` when it first started.
 --
 -- The claim commits without waiting for its WAL flush: losing it in a crash
 -- only leaves the runs queued, and any journal entry written under it is
@@ -21,7 +22,7 @@ CREATE FUNCTION {schema}.claim_runs(
     id uuid, lease_token bigint, function_id text, attempt int,
     handler_attempts int, retries int, cancel_requested boolean,
     event_id text, event_name text, event_data jsonb, event_ts timestamptz,
-    more_events jsonb, journal jsonb
+    more_events jsonb, journal jsonb, resumed boolean, due_at timestamptz, started_at timestamptz
 ) LANGUAGE plpgsql
 -- The oldest due rows must come from walking the index in order and
 -- stopping at p_limit. With the stale statistics of a churning queue the
@@ -35,7 +36,7 @@ BEGIN
     WITH candidates AS MATERIALIZED (
         SELECT q.run_id, q.status = 'running' AS lost, q.started_at IS NOT NULL AS resumed,
                q.status = 'running' AND q.handler_attempts >= q.retries AS exhausted,
-               q.status IN ('sleeping', 'waiting') AS parked
+               q.status IN ('sleeping', 'waiting') AS parked, q.available_at AS due_at
         FROM {schema}.queue q
         WHERE q.available_at <= now() AND q.function_id = ANY(p_functions)
           -- a live worker whose lease lapsed still holds the run in memory
@@ -54,7 +55,7 @@ BEGIN
         FROM candidates c
         WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE NOT exhausted))
           AND q.run_id = c.run_id
-        RETURNING q.*, c.resumed
+        RETURNING q.*, c.resumed, c.due_at
     ), dead AS (
         DELETE FROM {schema}.queue q
         WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE exhausted))
@@ -77,6 +78,7 @@ BEGIN
     ), timed_out AS (
         DELETE FROM {schema}.waits w
         WHERE w.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE parked))
+          AND NOT w.cancel
     )
     SELECT c.run_id, c.lease_token, c.function_id, c.attempt, c.handler_attempts,
            c.retries, c.cancel_requested,
@@ -100,7 +102,8 @@ BEGIN
                            ELSE jsonb_build_object('status', s.status, 'output', s.output,
                                                    'error', s.error, 'attempts', s.attempts)
                            END)
-                FROM {schema}.steps s WHERE s.run_id = c.run_id) END
+                FROM {schema}.steps s WHERE s.run_id = c.run_id) END,
+           c.resumed, c.due_at, c.started_at
     FROM claimed c
     LEFT JOIN {schema}.events e ON e.id = c.event_id;
 END

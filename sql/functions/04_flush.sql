@@ -62,7 +62,9 @@ BEGIN
             WHERE q.run_id = ANY(v_fin_runs) AND q.run_id = f.run_id
               AND q.lease_token = f.token AND q.status = 'running'
               AND f.status IN ('completed', 'failed', 'cancelled')
-            RETURNING q.run_id, q.attempt, q.started_at, q.worker_id, f.status, f.output, f.error
+            RETURNING q.run_id, q.attempt, q.started_at, q.worker_id, f.status, f.output,
+                      CASE WHEN f.status = 'cancelled' THEN coalesce(q.cancel_reason, f.error)
+                           ELSE f.error END AS error
         ), finished AS (
             INSERT INTO {schema}.results
                 (run_id, status, output, error, attempt, worker_id, started_at)

@@ -147,32 +147,3 @@ BEGIN
     RETURN true;
 END
 $$;
-
--- A run that ends, however it ends (completed, failed, cancelled, its
--- worker lost too often), wakes the parent waiting for it in step.invoke
--- with a 'pgdurable/run.finished' document. One probe of `waits_match` per
--- ended run; nothing else when no parent waits.
-CREATE FUNCTION {schema}.wake_parents() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    v_runs uuid[];
-    v_keys text[];
-    v_docs jsonb[];
-BEGIN
-    SELECT array_agg(w.run_id), array_agg(w.step_key), array_agg(jsonb_build_object(
-               'name', 'pgdurable/run.finished',
-               'data', jsonb_build_object('run_id', x.run_id, 'status', x.status,
-                                          'output', x.output, 'error', x.error)))
-    INTO v_runs, v_keys, v_docs
-    FROM ended x
-    JOIN {schema}.waits w
-      ON w.event_name = 'pgdurable/run.finished' AND w.match_path = '{data,run_id}'
-     AND w.match_value = to_jsonb(x.run_id::text);
-    IF v_runs IS NOT NULL AND {schema}.wake(v_runs, v_keys, v_docs) > 0 THEN
-        PERFORM pg_notify('{channel}', '');
-    END IF;
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER wake_parents AFTER INSERT ON {schema}.results
-REFERENCING NEW TABLE AS ended FOR EACH STATEMENT EXECUTE FUNCTION {schema}.wake_parents();

@@ -1,26 +1,31 @@
 -- Cancelling runs.
 
--- cancel_set: cancel runs; one not running is cancelled at once (its waits
--- go with it), a running one at its next step boundary. Returns how many
--- runs were cancelled or will be.
-CREATE FUNCTION {schema}.cancel_set(p_runs uuid[]) RETURNS int LANGUAGE sql AS $$
-    WITH locked AS MATERIALIZED (  -- in run order, as flush locks them
-        SELECT run_id FROM {schema}.queue WHERE run_id = ANY(p_runs) ORDER BY run_id FOR UPDATE
+-- cancel_set: cancel runs; one not running is cancelled at once, a running one at its next step boundary. `p_reasons` (one
+-- error document per run, or null) says why. Returns how many runs were
+-- cancelled or will be.
+CREATE FUNCTION {schema}.cancel_set(p_runs uuid[], p_reasons jsonb[] DEFAULT NULL)
+RETURNS int LANGUAGE sql AS $$
+    WITH asked AS (
+        SELECT DISTINCT ON (a.run_id) a.run_id, coalesce(a.reason, jsonb_build_object(
+                   'type', 'Cancelled', 'message', 'cancelled by request', 'traceback', null))
+                   AS reason
+        FROM unnest(p_runs, p_reasons) AS a(run_id, reason)
+        WHERE a.run_id IS NOT NULL
+    ), locked AS MATERIALIZED (  -- in run order, as flush locks them
+        SELECT q.run_id, a.reason FROM {schema}.queue q JOIN asked a USING (run_id)
+        WHERE q.run_id = ANY(p_runs) ORDER BY q.run_id FOR UPDATE OF q
     ), flagged AS (
-        UPDATE {schema}.queue SET cancel_requested = true
-        WHERE run_id IN (SELECT run_id FROM locked) AND status = 'running'
-        RETURNING run_id
+        UPDATE {schema}.queue q SET cancel_requested = true, cancel_reason = l.reason
+        FROM locked l
+        WHERE q.run_id = l.run_id AND q.status = 'running'
+        RETURNING q.run_id
     ), removed AS (
-        DELETE FROM {schema}.queue WHERE run_id IN (SELECT run_id FROM locked) AND status <> 'running'
-        RETURNING run_id, attempt, started_at
-    ), unwaited AS (
-        DELETE FROM {schema}.waits WHERE run_id IN (SELECT run_id FROM removed)
+        DELETE FROM {schema}.queue q USING locked l
+        WHERE q.run_id = l.run_id AND q.status <> 'running'
+        RETURNING q.run_id, q.attempt, q.started_at, l.reason
     ), cancelled AS (
         INSERT INTO {schema}.results (run_id, status, attempt, started_at, error)
-        SELECT run_id, 'cancelled', attempt, started_at,
-               jsonb_build_object('type', 'Cancelled', 'message', 'cancelled by request',
-                                  'traceback', null)
-        FROM removed
+        SELECT run_id, 'cancelled', attempt, started_at, reason FROM removed
         RETURNING run_id
     )
     SELECT ((SELECT count(*) FROM flagged) + (SELECT count(*) FROM cancelled))::int;

@@ -1,0 +1,97 @@
+"""Cron triggers: one run per tick, whichever workers are up.
+
+Each scheduled function has a row in `<schema>.schedules` holding its next
+tick. A worker that finds the row due locks it (`FOR UPDATE SKIP LOCKED`),
+sends the tick's `pgdurable/cron` event with its run, and moves the row to
+the following tick, in one transaction: another worker looking at the same
+moment skips the row, and a crash before the commit leaves it due.
+
+A tick seen more than `MISSED_AFTER` late was missed (no worker was up);
+the function's `catch_up` decides: `none` skips missed ticks, `latest` runs
+the last of them, `all` runs every one.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+from croniter import croniter
+
+from .events import PreparedEvent
+from .functions import FunctionDef, Schedule
+from .store import Store
+
+CRON_EVENT = "pgdurable/cron"
+MISSED_AFTER = timedelta(seconds=60)
+MAX_TICKS_PER_PASS = 1000  # catch_up="all" after a long outage goes on at the next pass
+
+
+def following_tick(schedule: Schedule, after: datetime) -> datetime:
+    """The first tick of `schedule` strictly after `after`, in UTC."""
+    local = after.astimezone(ZoneInfo(schedule.timezone))
+    tick: datetime = croniter(schedule.cron, local).get_next(datetime)
+    return tick.astimezone(UTC)
+
+
+def ticks_to_run(schedule: Schedule, due: datetime, now: datetime) -> tuple[list[datetime], datetime]:
+    """The ticks from `due` up to `now` that get a run, and the tick after them."""
+    ticks: list[datetime] = []
+    tick = due
+    while tick <= now and len(ticks) < MAX_TICKS_PER_PASS:
+        ticks.append(tick)
+        tick = following_tick(schedule, tick)
+    on_time = [t for t in ticks if now - t <= MISSED_AFTER]
+    missed = [t for t in ticks if now - t > MISSED_AFTER]
+    if schedule.catch_up == "all":
+        return missed + on_time, tick
+    if schedule.catch_up == "latest" and missed:
+        return [missed[-1], *on_time], tick
+    return on_time, tick
+
+
+class Scheduler:
+    """Starts the runs of the cron-triggered functions among `functions`."""
+
+    def __init__(self, store: Store, functions: dict[str, FunctionDef], dedupe: timedelta) -> None:
+        self._store = store
+        self._scheduled = {f.id: f for f in functions.values() if f.schedule is not None}
+        self._dedupe = dedupe
+
+    @property
+    def function_ids(self) -> list[str]:
+        return sorted(self._scheduled)
+
+    def register(self, conn: psycopg.Connection[Any], all_ids: list[str]) -> None:
+        """Write the schedules of these functions (and drop those they lost)."""
+        now = datetime.now(UTC)
+        rows = []
+        for fdef in self._scheduled.values():
+            assert fdef.schedule is not None
+            rows.append((fdef.id, fdef.schedule.cron, fdef.schedule.timezone,
+                         following_tick(fdef.schedule, now)))
+        self._store.register_schedules(conn, all_ids, rows)
+
+    def start_due_runs(self, conn: psycopg.Connection[Any]) -> datetime | None:
+        """Start the runs of every due tick; return when the next tick is due."""
+        with conn.transaction():
+            for function_id, due, now in self._store.due_schedules(conn, self.function_ids):
+                fdef = self._scheduled[function_id]
+                assert fdef.schedule is not None
+                ticks, following = ticks_to_run(fdef.schedule, due, now)
+                if ticks:
+                    events = [self._tick_event(fdef, tick) for tick in ticks]
+                    runs = [[n, fdef.id, fdef.retries] for n in range(1, len(events) + 1)]
+                    self._store.send_events(conn, events, runs, self._dedupe)
+                self._store.set_next_tick(conn, function_id, following)
+        return self._store.next_tick(conn, self.function_ids)
+
+    @staticmethod
+    def _tick_event(fdef: FunctionDef, tick: datetime) -> PreparedEvent:
+        assert fdef.schedule is not None
+        data = {"function_id": fdef.id, "cron": fdef.schedule.cron,
+                "timezone": fdef.schedule.timezone, "tick": tick.isoformat()}
+        return PreparedEvent(f"cron/{fdef.id}/{tick.isoformat()}", CRON_EVENT, json.dumps(data), tick)

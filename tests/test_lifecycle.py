@@ -1,0 +1,160 @@
+"""cancel_on, on_failure and timeouts (against real Postgres)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import run_of, status_of, wait_until
+
+from pgdurable import Cancel, Context, Durable, InvalidEventError, Timeouts
+
+
+def test_cancel_on_cancels_sleeping_waiting_and_running_runs(app: Durable) -> None:
+    in_step = threading.Event()
+    release = threading.Event()
+
+    @app.function(id="drip", event="user/signed-up",
+                  cancel_on=[Cancel(event="user/deleted", match="data.user_id")])
+    def drip(ctx: Context) -> str:
+        if ctx.event.data["mode"] == "sleep":
+            ctx.step.sleep("nap", "1h")
+        elif ctx.event.data["mode"] == "wait":
+            ctx.step.wait_for_event("reply", event="user/replied", timeout="1h")
+        else:
+            ctx.step.run("busy", lambda: in_step.set() or release.wait(30))
+            ctx.step.run("after", lambda: "never")
+        return "finished"
+
+    app.start(threads=2)
+    runs = {mode: run_of(app, "user/signed-up", {"user_id": mode, "mode": mode})
+            for mode in ("sleep", "wait", "run")}
+    wait_until(lambda: status_of(app, runs["sleep"]) == "sleeping", what="the sleep")
+    wait_until(lambda: status_of(app, runs["wait"]) == "waiting", what="the wait")
+    assert in_step.wait(20)
+    app.send("user/deleted", {"user_id": "nobody"})  # matches no run
+    deleted = {mode: app.send("user/deleted", {"user_id": mode})[0] for mode in runs}
+    for mode in ("sleep", "wait"):
+        run = app.wait_for_run(runs[mode], 10)
+        assert run.status == "cancelled" and run.error is not None
+        assert run.error.message == f"cancelled by event user/deleted (id {deleted[mode]})"
+    release.set()  # the running one stops at its next step boundary
+    run = app.wait_for_run(runs["run"], 20)
+    assert run.status == "cancelled" and run.error is not None
+    assert run.error.message == f"cancelled by event user/deleted (id {deleted['run']})"
+
+
+def test_cancel_on_with_if_and_a_timeout(app: Durable, db: psycopg.Connection[Any]) -> None:
+    @app.function(id="order", event="order/placed", cancel_on=[
+        Cancel(event="order/cancelled", match="data.order", if_="async.data.refund == true"),
+        Cancel(event="shop/closed", timeout="1s"),
+    ])
+    def order(ctx: Context) -> None:
+        ctx.step.sleep("settle", "1h")
+
+    app.start(threads=1)
+    run_id = run_of(app, "order/placed", {"order": 7})
+    wait_until(lambda: status_of(app, run_id) == "sleeping", what="the sleep")
+    app.send("order/cancelled", {"order": 7, "refund": False})  # the if_ does not hold
+    listeners = db.execute(f"SELECT min(expires_at) - now() FROM {app.schema}.waits "
+                           "WHERE run_id = %s AND cancel", (run_id,)).fetchone()
+    assert listeners is not None and listeners[0] is not None
+    time.sleep(max(0.0, listeners[0].total_seconds()) + 0.1)  # let the 1s listener expire
+    app.send("shop/closed", {})  # too late: no longer listened for
+    assert status_of(app, run_id) == "sleeping"
+    app.send("order/cancelled", {"order": 7, "refund": True})
+    assert app.wait_for_run(run_id, 10).status == "cancelled"
+    assert db.execute(f"SELECT count(*) FROM {app.schema}.waits WHERE run_id = %s",
+                      (run_id,)).fetchone() == (0,)  # its listeners went with it
+
+
+def test_cancel_on_needs_the_match_field_at_send_time(app: Durable, db: psycopg.Connection[Any]) -> None:
+    @app.function(id="drip", event="user/signed-up",
+                  cancel_on=[Cancel(event="user/deleted", match="data.user_id")])
+    def drip(ctx: Context) -> None:
+        return None
+
+    with pytest.raises(InvalidEventError, match=r"has no value at 'data\.user_id'"):
+        app.send("user/signed-up", {"email": "a@example.com"})
+    assert db.execute(f"SELECT count(*) FROM {app.schema}.events").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"cancel_on": "user/deleted"}, "cancel_on takes a list of Cancel"),
+    ({"cancel_on": [Cancel(event="")]}, "event name in cancel_on"),
+    ({"cancel_on": [Cancel(event="x", match="data..id")]}, "not a dotted field path"),
+    ({"timeouts": {"start": "1m"}}, "timeouts takes Timeouts"),
+    ({"timeouts": Timeouts(finish="soon")}, "timeouts.finish"),
+    ({"on_failure": "notify"}, "on_failure must be a handler"),
+])
+def test_bad_lifecycle_options_are_refused_at_import(
+    app: Durable, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):  # ConfigurationError or InvalidEventError
+        app.function(id="f", event="e", **options)(lambda ctx: None)
+
+
+def test_on_failure_runs_once_with_the_event_and_the_error(app: Durable) -> None:
+    seen: list[tuple[str, Any, str, str, str]] = []
+
+    def report(ctx: Context) -> str:
+        assert ctx.error is not None
+        seen.append((ctx.event.name, ctx.event.data, ctx.error.type, ctx.error.message,
+                     ctx.error.run_id))
+        return "reported"
+
+    @app.function(id="charge", event="card/charge", retries=1, on_failure=report)
+    def charge(ctx: Context) -> str:
+        if ctx.event.data["ok"]:
+            return "charged"
+        return str(ctx.step.run("call-bank", lambda: 1 / 0))
+
+    app.start(threads=2)
+    good = run_of(app, "card/charge", {"ok": True})
+    bad = run_of(app, "card/charge", {"ok": False})
+    assert app.wait_for_run(good, 20).status == "completed"
+    assert app.wait_for_run(bad, 20).status == "failed"
+    [handler] = wait_until(lambda: app.list_runs(function="charge/on-failure"), what="the handler")
+    assert app.wait_for_run(handler.id, 20).output == "reported"
+    assert seen == [("card/charge", {"ok": False}, "StepError",
+                     "step 'call-bank' failed: ZeroDivisionError: division by zero", bad)]
+    assert len(app.list_runs(function="charge/on-failure")) == 1  # not for the good run
+
+
+def test_a_run_not_started_within_its_start_timeout_is_cancelled(app: Durable) -> None:
+    @app.function(id="prompt", event="go", timeouts=Timeouts(start="1s"))
+    def prompt(ctx: Context) -> str:
+        return "ran"
+
+    late = run_of(app, "go")
+    time.sleep(1.2)  # no worker up for longer than the start timeout
+    app.start(threads=1)
+    on_time = run_of(app, "go")
+    assert app.wait_for_run(on_time, 20).output == "ran"
+    run = app.wait_for_run(late, 20)
+    assert run.status == "cancelled" and run.error is not None
+    assert (run.error.type, run.error.message) == (
+        "TimeoutError", "timeouts.start: the run did not start within 0:00:01")
+
+
+def test_a_run_past_its_finish_timeout_is_cancelled_at_a_step_boundary(app: Durable) -> None:
+    ran: list[str] = []
+
+    @app.function(id="slow", event="slow", timeouts=Timeouts(finish="1s"))
+    def slow(ctx: Context) -> None:
+        ctx.step.run("long", lambda: time.sleep(1.2) or ran.append("long"))  # the slow work itself
+        ctx.step.run("next", lambda: ran.append("next"))
+
+    @app.function(id="sleeper", event="sleepy", timeouts=Timeouts(finish="1s"))
+    def sleeper(ctx: Context) -> None:
+        ctx.step.sleep("nap", "1h")
+
+    app.start(threads=2)
+    for run_id in (run_of(app, "slow"), run_of(app, "sleepy")):
+        run = app.wait_for_run(run_id, 20)  # the sleeper is woken at its deadline
+        assert run.status == "cancelled" and run.error is not None
+        assert run.error.message == "timeouts.finish: the run did not finish within 0:00:01"
+    assert ran == ["long"]
