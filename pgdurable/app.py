@@ -27,6 +27,7 @@ from .functions import (
     DEFAULT_RETRIES,
     FunctionDef,
     Handler,
+    batch_spec,
     cancel_listeners,
     define,
     failure_handler,
@@ -207,13 +208,16 @@ class Durable:
 
     @staticmethod
     def _run_spec(index: int, event: PreparedEvent, fdef: FunctionDef) -> list[Any]:
-        """What `send_events` needs to create a run of `fdef` for an event."""
-        if not fdef.cancel_on:
+        """What `send_events` needs to create a run of `fdef` for an event
+        (or to put the event in one of its batches)."""
+        if not fdef.cancel_on and fdef.batch is None:
             return [index, fdef.id, fdef.retries]
-        doc = {"id": event.id, "name": event.name, "data": json.loads(event.data_json),
+        data = json.loads(event.data_json)
+        doc = {"id": event.id, "name": event.name, "data": data,
                "ts": event.ts.isoformat() if event.ts else None}
         try:
-            return [index, fdef.id, fdef.retries, cancel_listeners(fdef, doc)]
+            return [index, fdef.id, fdef.retries, cancel_listeners(fdef, doc),
+                    batch_spec(fdef, Event(event.name, data, event.id, event.ts))]
         except ConfigurationError as exc:
             raise InvalidEventError(f"event {event.name!r} (id {event.id}): {exc}") from None
 

@@ -96,6 +96,32 @@ def event_filter(
     return Filter(path, value, condition)
 
 
+def check_key(key: object, *, what: str) -> None:
+    """Validate a key option: None, a callable of the event, or a dotted path
+    into it such as "event.data.user_id" (the "event." prefix is optional)."""
+    if key is None or callable(key):
+        return
+    if not isinstance(key, str):
+        raise ConfigurationError(f"{what} must be a dotted path or a callable, not {key!r}")
+    field_path(key.removeprefix("event."), what=what)
+
+
+def key_of(key: object, event: Any, *, what: str) -> str:
+    """An event's key value, as JSON text ("" when there is no key)."""
+    if key is None:
+        return ""
+    if callable(key):
+        value = key(event)
+    else:
+        assert isinstance(key, str)
+        doc = {"id": event.id, "name": event.name, "data": event.data}
+        value = lookup(doc, field_path(key.removeprefix("event."), what=what), what=what)
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{what}: the key value {value!r} is not JSON") from exc
+
+
 class _Parser:
     def __init__(self, expression: str, trigger: Mapping[str, Any]) -> None:
         self.expression = expression

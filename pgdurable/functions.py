@@ -14,9 +14,9 @@ from croniter import croniter
 
 from .durations import parse_duration
 from .errors import ConfigurationError
-from .events import check_name
-from .expressions import event_filter, field_path
-from .options import Cancel, Timeouts
+from .events import Event, check_name
+from .expressions import check_key, event_filter, field_path, key_of
+from .options import Batch, Cancel, Timeouts
 
 Handler = Callable[..., Any]
 
@@ -25,9 +25,9 @@ _FUNCTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 # Options of the public API that this version does not enforce yet. They are
 # refused with a clear error: a limit that is silently ignored is worse.
 UNSUPPORTED_OPTIONS = (
-    "concurrency", "throttle", "rate_limit", "debounce", "batch", "priority",
-    "idempotency", "singleton",
+    "concurrency", "throttle", "rate_limit", "debounce", "priority", "idempotency", "singleton",
 )
+MAX_BATCH_SIZE = 10_000
 CATCH_UP = ("none", "latest", "all")
 
 DEFAULT_RETRIES = 3  # retries after the first attempt, as in Inngest
@@ -62,6 +62,8 @@ class FunctionDef:
     finish_timeout: timedelta | None = None
     on_failure: Handler | None = None
     failure_of: str | None = None
+    batch: Batch | None = None
+    batch_timeout: timedelta | None = None
 
 
 def define(
@@ -75,7 +77,7 @@ def define(
             "starting with a letter or digit"
         )
     options = {name: value for name, value in options.items() if value is not None}
-    known = {"cron", "timezone", "catch_up", "cancel_on", "timeouts", "on_failure"}
+    known = {"cron", "timezone", "catch_up", "cancel_on", "timeouts", "on_failure", "batch"}
     for name in sorted(set(options) - known):
         if name in UNSUPPORTED_OPTIONS:
             raise ConfigurationError(f"function {id!r}: option {name}= is not supported yet")
@@ -89,6 +91,7 @@ def define(
     on_failure = options.get("on_failure")
     if on_failure is not None and not callable(on_failure):
         raise ConfigurationError(f"function {id!r}: on_failure must be a handler function")
+    batch, batch_timeout = _batch(id, options)
     return FunctionDef(
         id=id,
         handler=handler,
@@ -100,6 +103,8 @@ def define(
         start_timeout=timeouts[0],
         finish_timeout=timeouts[1],
         on_failure=on_failure,
+        batch=batch,
+        batch_timeout=batch_timeout,
     )
 
 
@@ -132,6 +137,22 @@ def _schedule(function_id: str, options: dict[str, Any]) -> Schedule | None:
         raise ConfigurationError(
             f"function {function_id!r}: catch_up must be one of {', '.join(CATCH_UP)}, not {catch_up!r}")
     return Schedule(cron, timezone, catch_up)
+
+
+def _batch(function_id: str, options: dict[str, Any]) -> tuple[Batch | None, timedelta | None]:
+    batch = options.get("batch")
+    if batch is None:
+        return None, None
+    if not isinstance(batch, Batch):
+        raise ConfigurationError(f"function {function_id!r}: batch takes Batch(max_size=, timeout=, key=)")
+    size = batch.max_size
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH_SIZE:
+        raise ConfigurationError(
+            f"function {function_id!r}: Batch.max_size must be an int from 1 to {MAX_BATCH_SIZE:,}")
+    if options.get("cancel_on") is not None or options.get("cron") is not None:
+        raise ConfigurationError(f"function {function_id!r}: batch= cannot go with cancel_on= or cron=")
+    check_key(batch.key, what=f"batch key of function {function_id!r}")
+    return batch, parse_duration(batch.timeout, what=f"Batch.timeout of function {function_id!r}")
 
 
 def _cancel_on(function_id: str, value: Any) -> tuple[Cancel, ...]:
@@ -195,3 +216,12 @@ def cancel_listeners(fdef: FunctionDef, trigger: dict[str, Any]) -> list[list[An
             expires.isoformat() if expires else None,
         ])
     return specs
+
+
+def batch_spec(fdef: FunctionDef, event: Event) -> list[Any] | None:
+    """Where an event goes in `fdef`'s batches: [key, max size, timeout in
+    seconds]; None when `fdef` does not batch."""
+    if fdef.batch is None or fdef.batch_timeout is None:
+        return None
+    key = key_of(fdef.batch.key, event, what=f"batch key of function {fdef.id!r}")
+    return [key, fdef.batch.max_size, fdef.batch_timeout.total_seconds()]

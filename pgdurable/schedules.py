@@ -1,4 +1,6 @@
-"""Cron triggers: one run per tick, whichever workers are up.
+"""Runs that no send starts at once: cron ticks and batches that time out.
+
+Cron: one run per tick, whichever workers are up.
 
 Each scheduled function has a row in `<schema>.schedules` holding its next
 tick. A worker that finds the row due locks it (`FOR UPDATE SKIP LOCKED`),
@@ -9,6 +11,9 @@ moment skips the row, and a crash before the commit leaves it due.
 A tick seen more than `MISSED_AFTER` late was missed (no worker was up);
 the function's `catch_up` decides: `none` skips missed ticks, `latest` runs
 the last of them, `all` runs every one.
+
+Batches: a send that fills a batch starts its run itself (in SQL); a batch
+whose oldest event has waited its timeout is started here.
 """
 
 from __future__ import annotations
@@ -54,16 +59,30 @@ def ticks_to_run(schedule: Schedule, due: datetime, now: datetime) -> tuple[list
 
 
 class Scheduler:
-    """Starts the runs of the cron-triggered functions among `functions`."""
+    """Starts the timed runs of `functions`: cron ticks and timed-out batches."""
 
     def __init__(self, store: Store, functions: dict[str, FunctionDef], dedupe: timedelta) -> None:
         self._store = store
         self._scheduled = {f.id: f for f in functions.values() if f.schedule is not None}
+        self._batched = sorted(f.id for f in functions.values() if f.batch is not None)
         self._dedupe = dedupe
 
     @property
     def function_ids(self) -> list[str]:
         return sorted(self._scheduled)
+
+    @property
+    def has_timers(self) -> bool:
+        return bool(self._scheduled or self._batched)
+
+    def start_due(self, conn: psycopg.Connection[Any]) -> datetime | None:
+        """Start every due tick and timed-out batch; return when the next is due."""
+        due = []
+        if self._scheduled:
+            due.append(self.start_due_runs(conn))
+        if self._batched:
+            due.append(self._store.start_due_batches(conn, self._batched))
+        return min((d for d in due if d is not None), default=None)
 
     def register(self, conn: psycopg.Connection[Any], all_ids: list[str]) -> None:
         """Write the schedules of these functions (and drop those they lost)."""

@@ -91,7 +91,7 @@ class Worker:
             ("claimer", self._claim_loop), ("listener", self._listen_loop),
             ("heartbeat", self._heartbeat_loop),
         ]
-        if self._scheduler.function_ids:
+        if self._scheduler.has_timers:
             loops.append(("scheduler", self._schedule_loop))
         loops += [(f"executor-{n}", self._execute_loop) for n in range(self._threads)]
         for name, target in loops:
@@ -240,7 +240,7 @@ class Worker:
 
     def _schedule_loop(self) -> None:
         while True:
-            next_tick = self._with_db("start scheduled runs", self._scheduler.start_due_runs,
+            next_tick = self._with_db("start scheduled runs", self._scheduler.start_due,
                                       until=self._draining)
             wait = self._poll_interval
             if next_tick is not None:

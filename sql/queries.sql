@@ -123,6 +123,9 @@ UPDATE {schema}.schedules SET next_tick = %s WHERE function_id = %s;
 -- name: next_tick
 SELECT min(next_tick) FROM {schema}.schedules WHERE function_id = ANY(%s::text[]);
 
+-- name: start_due_batches
+SELECT {schema}.start_due_batches(%s::text[]);
+
 -- name: get_run
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
        created_at, started_at, finished_at

@@ -4,8 +4,9 @@
 -- and the runs they trigger, in one statement; NOTIFY once if any run is due.
 --   p_events: [[id, name, data, ts or null], ...]
 --   p_runs:   [[1-based index of the event, function id, retries, cancels], ...]
---             cancels (optional): [[event name, match path, match value,
---                                   condition, condition vars, expires], ...]
+--             cancels (or null): [[event name, match path, match value,
+--                                  condition, condition vars, expires], ...]
+--             batch (optional): [batch key, max size, timeout in seconds]
 -- New events are then delivered to the steps waiting for them. Senders
 -- hold a shared lock per event name until they commit; a step that starts
 -- waiting takes it exclusively (register_wait), so either the sender sees
@@ -16,6 +17,8 @@ DECLARE
     v_due boolean;
     v_inserted text[];
     v_names text[];
+    v_batch_functions text[];
+    v_batch_keys text[];
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(k)
     FROM (SELECT DISTINCT {schema}.event_lock_key(x ->> 1) AS k
@@ -36,17 +39,24 @@ BEGIN
     ), planned AS MATERIALIZED (
         SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
                inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at,
-               r -> 3 AS cancels
+               nullif(r -> 3, 'null') AS cancels, nullif(r -> 4, 'null') AS batch
         FROM jsonb_array_elements(p_runs) AS r
         JOIN input ON input.idx = (r ->> 0)::int
         JOIN inserted ON inserted.id = input.id
     ), new_runs AS (
         INSERT INTO {schema}.runs (id, function_id, event_ids)
-        SELECT id, fn, ARRAY[event_id] FROM planned
+        SELECT id, fn, ARRAY[event_id] FROM planned WHERE batch IS NULL
     ), queued AS (
         INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
-        SELECT id, fn, event_id, available_at, retries FROM planned
+        SELECT id, fn, event_id, available_at, retries FROM planned WHERE batch IS NULL
         RETURNING available_at
+    ), batched AS (  -- batch=: the event waits for its batch instead
+        INSERT INTO {schema}.batch_items (function_id, batch_key, event_id, max_size, retries, fire_at)
+        SELECT fn, batch ->> 0, event_id, (batch ->> 1)::int, retries,
+               available_at + make_interval(secs => (batch ->> 2)::float8)
+        FROM planned WHERE batch IS NOT NULL
+        ORDER BY event_id
+        RETURNING function_id, batch_key
     ), listening AS (  -- cancel_on: the run listens for the events that cancel it
         INSERT INTO {schema}.waits (run_id, step_key, event_name, match_path, match_value,
                                     condition, condition_vars, cancel, expires_at)
@@ -62,10 +72,16 @@ BEGIN
         SELECT DISTINCT event_name, match_path FROM listening
         ON CONFLICT DO NOTHING
     )
-    SELECT coalesce(bool_or(available_at <= now()), false),
+    SELECT coalesce((SELECT bool_or(available_at <= now()) FROM queued), false),
            (SELECT array_agg(id ORDER BY input.idx) FROM inserted JOIN input USING (id)),
-           (SELECT array_agg(DISTINCT name) FROM inserted)
-    INTO v_due, v_inserted, v_names FROM queued;
+           (SELECT array_agg(DISTINCT name) FROM inserted),
+           (SELECT array_agg(function_id) FROM batched),
+           (SELECT array_agg(batch_key) FROM batched)
+    INTO v_due, v_inserted, v_names, v_batch_functions, v_batch_keys;
+
+    IF v_batch_functions IS NOT NULL THEN
+        PERFORM {schema}.start_full_batches(v_batch_functions, v_batch_keys);
+    END IF;
 
     IF EXISTS (SELECT FROM {schema}.wait_paths WHERE event_name = ANY(v_names)) THEN
         v_due := {schema}.deliver_events(v_inserted) > 0 OR v_due;
