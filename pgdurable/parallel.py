@@ -122,16 +122,27 @@ class StepGate:
     """Counts the run's steps executing now, and parks the run between them.
 
     Used from threads (`def` handlers); `AsyncStepGate` is the same for tasks.
+    Until `share` is called the run has one thread, and the gate costs nothing.
     """
 
+    _cond: threading.Condition
+
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._shared = False
         self.executing = 0
         self.parking = False  # a step is parking the run: others wait for the outcome
         self.parked = False
 
+    def share(self) -> None:
+        """Branches are about to run: from now on steps may overlap."""
+        if not self._shared:
+            self._cond = threading.Condition()
+            self._shared = True
+
     def enter(self) -> None:
         """A step starts executing; raises `Park` once the run is parked."""
+        if not self._shared:
+            return
         with self._cond:
             self._cond.wait_for(lambda: not self.parking)
             if self.parked:
@@ -139,12 +150,16 @@ class StepGate:
             self.executing += 1
 
     def leave(self) -> None:
+        if not self._shared:
+            return
         with self._cond:
             self.executing -= 1
             self._cond.notify_all()
 
     def park(self, then: Callable[[], Any]) -> Any:
         """Call `then` (which may park the run) once no other step executes."""
+        if not self._shared:
+            return then()
         with self._cond:
             self._cond.wait_for(lambda: not self.parking and self.executing == 0)
             if self.parked:

@@ -428,6 +428,7 @@ class Step:
     def parallel(self, branches: Iterable[Callable[[], Any]]) -> tuple[Any, ...]:
         """Call each branch (a callable that runs steps) in its own thread and
         return their results in order, once all have ended."""
+        self._gate.share()
         return run_threads(branches)
 
     def _follow(self, plan: _Plan) -> Any:
