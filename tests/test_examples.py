@@ -18,6 +18,7 @@ sys.path.insert(0, str(EXAMPLES))
 
 import clips  # noqa: E402
 import context_files  # noqa: E402
+import notifications  # noqa: E402
 import onboarding  # noqa: E402
 import receipts  # noqa: E402
 
@@ -112,3 +113,25 @@ def test_onboarding_sleeps_waits_invokes_and_sends_once(dsn: str, schema: str) -
     assert outputs == ["activated", f"nudged (lead score {len('u2@example.com') % 10})"]
     assert sorted((m["to"], m["kind"]) for m in outbox) == [
         ("u1@example.com", "welcome"), ("u2@example.com", "nudge"), ("u2@example.com", "welcome")]
+
+
+def test_notifications_batch_cancel_fail_and_tick(dsn: str, schema: str) -> None:
+    app, outbox = notifications.build(dsn, schema, trial="300ms")
+    try:
+        app.migrate()
+        app.start(threads=4)
+        trials = notifications.send_demo_events(app)
+        statuses = [app.wait_for_run(r.id, 60).status for e in trials for r in app.runs_for_event(e)]
+        wait_until(lambda: len(outbox) == 5 and len(app.list_runs(function="housekeeping")) >= 2,
+                   what="every email and two cron ticks")
+    finally:
+        app.stop()
+    assert statuses == ["completed", "cancelled"]  # bob was deleted during his trial
+    digests = sorted((m["to"], len(m["comments"])) for m in outbox if m["kind"] == "digest")
+    assert digests == [("ann", 2), ("ann", 5), ("bob", 2)]
+    others = sorted((m for m in outbox if m["kind"] != "digest"), key=lambda m: m["kind"])
+    assert others == [
+        {"to": "bob", "kind": "payment-failed",
+         "reason": "step 'call-bank' failed: NonRetriableError: card declined"},
+        {"to": "ann", "kind": "trial-over"},
+    ]
