@@ -11,7 +11,7 @@ import time
 
 from psycopg import sql
 
-from pgdurable import Context, Durable
+from pgdurable import Batch, Context, Durable
 
 app = Durable(os.environ["PGDURABLE_DSN"], schema=os.environ["PGDURABLE_SCHEMA"],
               lease="2s", retry_backoff=("20ms", "200ms"),
@@ -83,3 +83,12 @@ if os.environ.get("PGDURABLE_TEST_CRON"):  # only in the test of schedules
     @app.function(id="every-second", cron="* * * * * *")
     def every_second(ctx: Context) -> str:
         return str(ctx.event.data["tick"])
+
+
+if os.environ.get("PGDURABLE_TEST_BATCH"):  # only in the test of batches
+
+    @app.function(id="batched", event="test/batched", batch=Batch(10, "1s", key="data.k"))
+    def batched(ctx: Context) -> int:
+        for event in ctx.events:
+            ctx.step.run(f"handle-{event.id}", effect, ctx.run_id, str(event.id))
+        return len(ctx.events)

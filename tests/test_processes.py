@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from conftest import WorkerProcess, wait_until
 
-from pgdurable import Durable, Event
+from pgdurable import Batch, Durable, Event
 from pgdurable.embedded import EmbeddedPostgres, _free_port, _system_bindir
 
 
@@ -80,6 +80,33 @@ def test_a_replay_after_sigkill_reruns_only_unfinished_parallel_steps(
     done = app.wait_for_run(run.id, timeout=60)
     assert (done.status, done.output) == ("completed", ["quick", "blocked"])
     assert effects(db, app.schema, run.id) == {"quick": 1, "blocked-start": 2}
+
+
+def test_batches_across_processes_lose_and_double_no_event(
+    tables: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = tables
+    app.function(id="batched", event="test/batched", batch=Batch(10, "1s", key="data.k"))(
+        lambda ctx: None)
+    for _ in range(3):
+        worker_process(threads=2, PGDURABLE_TEST_BATCH="1")
+    sent: list[str] = []
+
+    def sender(n: int) -> None:
+        for size in range(1, 26):
+            sent.extend(app.send([Event("test/batched", {"k": (n + i) % 4}) for i in range(size % 9 + 1)]))
+
+    senders = [threading.Thread(target=sender, args=(n,)) for n in range(3)]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join(60)
+    wait_until(lambda: sum(effects(db, app.schema).values()) >= len(sent), timeout=60,
+               what="every event handled")
+    handled = effects(db, app.schema)
+    assert set(handled) == set(sent) and set(handled.values()) == {1}
+    in_runs = db.execute(f"SELECT unnest(event_ids) FROM {app.schema}.runs").fetchall()
+    assert sorted(e for (e,) in in_runs) == sorted(sent)  # each in exactly one batch
 
 
 def test_a_worker_killed_while_runs_sleep_and_wait_loses_nothing(
