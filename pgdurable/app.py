@@ -27,10 +27,10 @@ from .functions import (
     DEFAULT_RETRIES,
     FunctionDef,
     Handler,
-    batch_spec,
     cancel_listeners,
     define,
     failure_handler,
+    run_options,
 )
 from .runs import Run
 from .store import Store
@@ -210,16 +210,18 @@ class Durable:
     def _run_spec(index: int, event: PreparedEvent, fdef: FunctionDef) -> list[Any]:
         """What `send_events` needs to create a run of `fdef` for an event
         (or to put the event in one of its batches)."""
-        if not fdef.cancel_on and fdef.batch is None:
+        if not fdef.has_run_options:
             return [index, fdef.id, fdef.retries]
         data = json.loads(event.data_json)
         doc = {"id": event.id, "name": event.name, "data": data,
                "ts": event.ts.isoformat() if event.ts else None}
         try:
-            return [index, fdef.id, fdef.retries, cancel_listeners(fdef, doc),
-                    batch_spec(fdef, Event(event.name, data, event.id, event.ts))]
+            options = run_options(fdef, Event(event.name, data, event.id, event.ts))
+            if fdef.cancel_on:
+                options["cancels"] = cancel_listeners(fdef, doc)
         except ConfigurationError as exc:
             raise InvalidEventError(f"event {event.name!r} (id {event.id}): {exc}") from None
+        return [index, fdef.id, fdef.retries, options]
 
     @staticmethod
     def _events_of(

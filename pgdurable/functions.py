@@ -16,7 +16,7 @@ from .durations import parse_duration
 from .errors import ConfigurationError
 from .events import Event, check_name
 from .expressions import check_key, event_filter, field_path, key_of
-from .options import Batch, Cancel, Timeouts
+from .options import Batch, Cancel, Key, RateLimit, Timeouts
 
 Handler = Callable[..., Any]
 
@@ -24,9 +24,7 @@ _FUNCTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 # Options of the public API that this version does not enforce yet. They are
 # refused with a clear error: a limit that is silently ignored is worse.
-UNSUPPORTED_OPTIONS = (
-    "concurrency", "throttle", "rate_limit", "debounce", "priority", "idempotency", "singleton",
-)
+UNSUPPORTED_OPTIONS = ("concurrency", "throttle", "debounce", "priority", "singleton")
 MAX_BATCH_SIZE = 10_000
 CATCH_UP = ("none", "latest", "all")
 
@@ -64,6 +62,15 @@ class FunctionDef:
     failure_of: str | None = None
     batch: Batch | None = None
     batch_timeout: timedelta | None = None
+    idempotency: Key = None
+    rate_limit: RateLimit | None = None
+    rate_period: timedelta | None = None
+
+    @property
+    def has_run_options(self) -> bool:
+        """Whether sending its events needs more than (event, function, retries)."""
+        return bool(self.cancel_on) or any(
+            x is not None for x in (self.batch, self.idempotency, self.rate_limit))
 
 
 def define(
@@ -77,7 +84,8 @@ def define(
             "starting with a letter or digit"
         )
     options = {name: value for name, value in options.items() if value is not None}
-    known = {"cron", "timezone", "catch_up", "cancel_on", "timeouts", "on_failure", "batch"}
+    known = {"cron", "timezone", "catch_up", "cancel_on", "timeouts", "on_failure", "batch",
+             "idempotency", "rate_limit"}
     for name in sorted(set(options) - known):
         if name in UNSUPPORTED_OPTIONS:
             raise ConfigurationError(f"function {id!r}: option {name}= is not supported yet")
@@ -92,6 +100,10 @@ def define(
     if on_failure is not None and not callable(on_failure):
         raise ConfigurationError(f"function {id!r}: on_failure must be a handler function")
     batch, batch_timeout = _batch(id, options)
+    rate_limit, rate_period = _rate_limit(id, options.get("rate_limit"))
+    check_key(options.get("idempotency"), what=f"idempotency key of function {id!r}")
+    if batch is not None and (rate_limit is not None or "idempotency" in options):
+        raise ConfigurationError(f"function {id!r}: batch= cannot go with idempotency= or rate_limit=")
     return FunctionDef(
         id=id,
         handler=handler,
@@ -105,6 +117,9 @@ def define(
         on_failure=on_failure,
         batch=batch,
         batch_timeout=batch_timeout,
+        idempotency=options.get("idempotency"),
+        rate_limit=rate_limit,
+        rate_period=rate_period,
     )
 
 
@@ -153,6 +168,21 @@ def _batch(function_id: str, options: dict[str, Any]) -> tuple[Batch | None, tim
         raise ConfigurationError(f"function {function_id!r}: batch= cannot go with cancel_on= or cron=")
     check_key(batch.key, what=f"batch key of function {function_id!r}")
     return batch, parse_duration(batch.timeout, what=f"Batch.timeout of function {function_id!r}")
+
+
+def _rate_limit(function_id: str, value: Any) -> tuple[RateLimit | None, timedelta | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, RateLimit):
+        raise ConfigurationError(
+            f"function {function_id!r}: rate_limit takes RateLimit(limit=, period=, key=)")
+    if isinstance(value.limit, bool) or not isinstance(value.limit, int) or value.limit < 1:
+        raise ConfigurationError(f"function {function_id!r}: RateLimit.limit must be an int of at least 1")
+    period = parse_duration(value.period, what=f"RateLimit.period of function {function_id!r}")
+    if period <= timedelta(0):
+        raise ConfigurationError(f"function {function_id!r}: RateLimit.period must be positive")
+    check_key(value.key, what=f"rate limit key of function {function_id!r}")
+    return value, period
 
 
 def _cancel_on(function_id: str, value: Any) -> tuple[Cancel, ...]:
@@ -218,10 +248,17 @@ def cancel_listeners(fdef: FunctionDef, trigger: dict[str, Any]) -> list[list[An
     return specs
 
 
-def batch_spec(fdef: FunctionDef, event: Event) -> list[Any] | None:
-    """Where an event goes in `fdef`'s batches: [key, max size, timeout in
-    seconds]; None when `fdef` does not batch."""
-    if fdef.batch is None or fdef.batch_timeout is None:
-        return None
-    key = key_of(fdef.batch.key, event, what=f"batch key of function {fdef.id!r}")
-    return [key, fdef.batch.max_size, fdef.batch_timeout.total_seconds()]
+def run_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
+    """The per-run options `send_events` needs for an event: batch placement,
+    idempotency key, rate-limit key (cancel listeners: `cancel_listeners`)."""
+    options: dict[str, Any] = {}
+    if fdef.batch is not None and fdef.batch_timeout is not None:
+        key = key_of(fdef.batch.key, event, what=f"batch key of function {fdef.id!r}")
+        options["batch"] = [key, fdef.batch.max_size, fdef.batch_timeout.total_seconds()]
+    if fdef.idempotency is not None:
+        options["idempotency"] = key_of(
+            fdef.idempotency, event, what=f"idempotency key of function {fdef.id!r}")
+    if fdef.rate_limit is not None and fdef.rate_period is not None:
+        key = key_of(fdef.rate_limit.key, event, what=f"rate limit key of function {fdef.id!r}")
+        options["rate_limit"] = [key, fdef.rate_limit.limit, fdef.rate_period.total_seconds()]
+    return options

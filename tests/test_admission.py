@@ -1,0 +1,95 @@
+"""idempotency= and rate_limit=: decided in the sending transaction."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+from conftest import run_of, wait_until
+
+from pgdurable import ConfigurationError, Context, Durable, Event, InvalidEventError, RateLimit
+
+
+def statuses(app: Durable, function: str) -> Counter[str]:
+    return Counter(run.status for run in app.list_runs(function=function, limit=1000))
+
+
+def test_one_run_per_idempotency_key(app: Durable) -> None:
+    @app.function(id="fulfil", event="order/paid", idempotency="event.data.order")
+    def fulfil(ctx: Context) -> Any:
+        return ctx.event.data["order"]
+
+    first = app.send("order/paid", {"order": 1})
+    again = app.send([Event("order/paid", {"order": 1}), Event("order/paid", {"order": 2})])
+    assert len(app.runs_for_event(first[0])) == 1
+    assert app.runs_for_event(again[0]) == []  # same key: no run at all
+    assert len(app.runs_for_event(again[1])) == 1
+    app.start(threads=1)
+    outputs = sorted(app.wait_for_run(r.id, 20).output for r in app.list_runs(function="fulfil"))
+    assert outputs == [1, 2]
+
+
+def test_an_idempotency_key_is_free_again_after_the_window(make_app: Any) -> None:
+    app = make_app(dedupe_window="1s")
+    app.migrate()
+    app.function(id="fulfil", event="order/paid", idempotency=lambda e: e.data["order"])(
+        lambda ctx: None)
+    app.send("order/paid", {"order": 1})
+    wait_until(lambda: app.send("order/paid", {"order": 1}) and len(
+        app.list_runs(function="fulfil")) == 2, timeout=10, what="the key to expire")
+
+
+def test_concurrent_senders_of_one_key_start_one_run(app: Durable) -> None:
+    app.function(id="fulfil", event="order/paid", idempotency="data.order")(lambda ctx: None)
+    threads = [threading.Thread(target=lambda: [app.send("order/paid", {"order": 9})
+                                                for _ in range(5)]) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(app.list_runs(function="fulfil")) == 1
+
+
+def test_runs_over_the_rate_limit_are_skipped_and_say_why(app: Durable) -> None:
+    @app.function(id="sync-crm", event="crm/changed",
+                  rate_limit=RateLimit(limit=2, period="1h", key="event.data.user"))
+    def sync_crm(ctx: Context) -> str:
+        return str(ctx.event.data["user"])
+
+    ids = app.send([Event("crm/changed", {"user": "ann"}) for _ in range(5)])
+    bob = run_of(app, "crm/changed", {"user": "bob"})
+    app.start(threads=1)
+    runs = [r for e in ids for r in app.runs_for_event(e)]
+    finished = [app.wait_for_run(r.id, 20) for r in runs]
+    assert [r.status for r in finished] == ["completed"] * 2 + ["skipped"] * 3
+    error = finished[-1].error
+    assert error is not None and error.type == "RateLimited"
+    assert error.message == 'rate limit of 2 runs per 01:00:00 reached for key "ann"'
+    assert app.wait_for_run(bob, 20).status == "completed"
+
+
+def test_the_rate_limit_holds_across_concurrent_senders_and_refills(app: Durable) -> None:
+    app.function(id="ping", event="ping", rate_limit=RateLimit(limit=5, period="2s"))(
+        lambda ctx: None)
+    threads = [threading.Thread(target=lambda: [app.send("ping", {}) for _ in range(10)])
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert statuses(app, "ping") == {"queued": 5, "skipped": 35}
+    # one slot comes back every 2 s / 5 = 0.4 s
+    wait_until(lambda: app.send("ping", {}) and statuses(app, "ping")["queued"] == 6,
+               timeout=10, what="the limit to refill")
+
+
+def test_bad_admission_options(app: Durable) -> None:
+    with pytest.raises(ConfigurationError, match=r"RateLimit\.limit must be an int"):
+        app.function(id="a", event="e", rate_limit=RateLimit(0, "1m"))(lambda ctx: None)
+    with pytest.raises(ConfigurationError, match="not a dotted field path"):
+        app.function(id="b", event="e", idempotency="data..x")(lambda ctx: None)
+    app.function(id="c", event="e", idempotency="data.order")(lambda ctx: None)
+    with pytest.raises(InvalidEventError, match=r"idempotency key of function 'c'"):
+        app.send("e", {"other": 1})
