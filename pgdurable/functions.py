@@ -16,7 +16,7 @@ from .durations import parse_duration
 from .errors import ConfigurationError
 from .events import Event, check_name
 from .expressions import check_key, event_filter, field_path, key_of
-from .options import Batch, Cancel, Key, RateLimit, Timeouts
+from .options import Batch, Cancel, Key, RateLimit, Singleton, Timeouts
 
 Handler = Callable[..., Any]
 
@@ -24,7 +24,7 @@ _FUNCTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 # Options of the public API that this version does not enforce yet. They are
 # refused with a clear error: a limit that is silently ignored is worse.
-UNSUPPORTED_OPTIONS = ("concurrency", "throttle", "debounce", "priority", "singleton")
+UNSUPPORTED_OPTIONS = ("concurrency", "throttle", "debounce", "priority")
 MAX_BATCH_SIZE = 10_000
 CATCH_UP = ("none", "latest", "all")
 
@@ -65,12 +65,13 @@ class FunctionDef:
     idempotency: Key = None
     rate_limit: RateLimit | None = None
     rate_period: timedelta | None = None
+    singleton: Singleton | None = None
 
     @property
     def has_run_options(self) -> bool:
         """Whether sending its events needs more than (event, function, retries)."""
         return bool(self.cancel_on) or any(
-            x is not None for x in (self.batch, self.idempotency, self.rate_limit))
+            x is not None for x in (self.batch, self.idempotency, self.rate_limit, self.singleton))
 
 
 def define(
@@ -85,7 +86,7 @@ def define(
         )
     options = {name: value for name, value in options.items() if value is not None}
     known = {"cron", "timezone", "catch_up", "cancel_on", "timeouts", "on_failure", "batch",
-             "idempotency", "rate_limit"}
+             "idempotency", "rate_limit", "singleton"}
     for name in sorted(set(options) - known):
         if name in UNSUPPORTED_OPTIONS:
             raise ConfigurationError(f"function {id!r}: option {name}= is not supported yet")
@@ -102,8 +103,10 @@ def define(
     batch, batch_timeout = _batch(id, options)
     rate_limit, rate_period = _rate_limit(id, options.get("rate_limit"))
     check_key(options.get("idempotency"), what=f"idempotency key of function {id!r}")
-    if batch is not None and (rate_limit is not None or "idempotency" in options):
-        raise ConfigurationError(f"function {id!r}: batch= cannot go with idempotency= or rate_limit=")
+    singleton = _singleton(id, options.get("singleton"))
+    if batch is not None and {"idempotency", "rate_limit", "singleton"} & set(options):
+        raise ConfigurationError(
+            f"function {id!r}: batch= cannot go with idempotency=, rate_limit= or singleton=")
     return FunctionDef(
         id=id,
         handler=handler,
@@ -120,6 +123,7 @@ def define(
         idempotency=options.get("idempotency"),
         rate_limit=rate_limit,
         rate_period=rate_period,
+        singleton=singleton,
     )
 
 
@@ -183,6 +187,18 @@ def _rate_limit(function_id: str, value: Any) -> tuple[RateLimit | None, timedel
         raise ConfigurationError(f"function {function_id!r}: RateLimit.period must be positive")
     check_key(value.key, what=f"rate limit key of function {function_id!r}")
     return value, period
+
+
+def _singleton(function_id: str, value: Any) -> Singleton | None:
+    if value is None:
+        return None
+    if not isinstance(value, Singleton):
+        raise ConfigurationError(f"function {function_id!r}: singleton takes Singleton(key=, mode=)")
+    if value.mode not in ("skip", "cancel"):
+        raise ConfigurationError(
+            f"function {function_id!r}: Singleton.mode must be 'skip' or 'cancel', not {value.mode!r}")
+    check_key(value.key, what=f"singleton key of function {function_id!r}")
+    return value
 
 
 def _cancel_on(function_id: str, value: Any) -> tuple[Cancel, ...]:
@@ -250,7 +266,8 @@ def cancel_listeners(fdef: FunctionDef, trigger: dict[str, Any]) -> list[list[An
 
 def run_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
     """The per-run options `send_events` needs for an event: batch placement,
-    idempotency key, rate-limit key (cancel listeners: `cancel_listeners`)."""
+    idempotency, rate-limit and singleton keys (cancel listeners:
+    `cancel_listeners`)."""
     options: dict[str, Any] = {}
     if fdef.batch is not None and fdef.batch_timeout is not None:
         key = key_of(fdef.batch.key, event, what=f"batch key of function {fdef.id!r}")
@@ -261,4 +278,7 @@ def run_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
     if fdef.rate_limit is not None and fdef.rate_period is not None:
         key = key_of(fdef.rate_limit.key, event, what=f"rate limit key of function {fdef.id!r}")
         options["rate_limit"] = [key, fdef.rate_limit.limit, fdef.rate_period.total_seconds()]
+    if fdef.singleton is not None:
+        key = key_of(fdef.singleton.key, event, what=f"singleton key of function {fdef.id!r}")
+        options["singleton"] = [key, fdef.singleton.mode]
     return options

@@ -1,4 +1,4 @@
-"""idempotency= and rate_limit=: decided in the sending transaction."""
+"""idempotency=, rate_limit= and singleton=: decided in the sending transaction."""
 
 from __future__ import annotations
 
@@ -7,9 +7,17 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import run_of, wait_until
+from conftest import run_of, status_of, wait_until
 
-from pgdurable import ConfigurationError, Context, Durable, Event, InvalidEventError, RateLimit
+from pgdurable import (
+    ConfigurationError,
+    Context,
+    Durable,
+    Event,
+    InvalidEventError,
+    RateLimit,
+    Singleton,
+)
 
 
 def statuses(app: Durable, function: str) -> Counter[str]:
@@ -93,3 +101,51 @@ def test_bad_admission_options(app: Durable) -> None:
     app.function(id="c", event="e", idempotency="data.order")(lambda ctx: None)
     with pytest.raises(InvalidEventError, match=r"idempotency key of function 'c'"):
         app.send("e", {"other": 1})
+
+
+def test_singleton_skip_lets_one_run_per_key_at_a_time(app: Durable) -> None:
+    release = threading.Event()
+
+    @app.function(id="import", event="import/requested", singleton=Singleton(key="data.account"))
+    def import_(ctx: Context) -> str:
+        ctx.step.run("copy", release.wait, 30)
+        return str(ctx.event.data["account"])
+
+    first = run_of(app, "import/requested", {"account": "a"})
+    second = run_of(app, "import/requested", {"account": "a"})
+    other = run_of(app, "import/requested", {"account": "b"})
+    skipped = app.get_run(second)
+    assert skipped is not None and skipped.status == "skipped" and skipped.error is not None
+    assert skipped.error.message == f'run {first} of this function is in progress for key "a"'
+    app.start(threads=2)
+    release.set()
+    assert app.wait_for_run(first, 20).status == app.wait_for_run(other, 20).status == "completed"
+    again = run_of(app, "import/requested", {"account": "a"})  # the key is free once it ended
+    assert app.wait_for_run(again, 20).status == "completed"
+
+
+def test_singleton_cancel_replaces_the_run_in_progress(app: Durable) -> None:
+    @app.function(id="rebuild", event="index/changed", singleton=Singleton(mode="cancel"))
+    def rebuild(ctx: Context) -> str:
+        ctx.step.sleep("debounce", "1h")
+        return "rebuilt"
+
+    app.start(threads=1)
+    old = run_of(app, "index/changed")
+    wait_until(lambda: status_of(app, old) == "sleeping", what="the first run to sleep")
+    new = run_of(app, "index/changed")
+    replaced = app.wait_for_run(old, 10)
+    assert replaced.status == "cancelled" and replaced.error is not None
+    assert replaced.error.message == f"replaced by run {new} (singleton)"
+    wait_until(lambda: status_of(app, new) == "sleeping", what="the new run to take over")
+
+
+def test_concurrent_senders_admit_one_singleton(app: Durable) -> None:
+    app.function(id="only-one", event="go", singleton=Singleton(key="data.k"))(lambda ctx: None)
+    threads = [threading.Thread(target=lambda: [app.send("go", {"k": 1}) for _ in range(5)])
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert statuses(app, "only-one") == {"queued": 1, "skipped": 19}

@@ -8,7 +8,7 @@
 --               cancels: [[event name, match path, match value, condition,
 --                          condition vars, expires], ...]
 --               batch: [batch key, max size, timeout in seconds]
---               idempotency, rate_limit: see admit
+--               idempotency, rate_limit, singleton: see admit
 -- New events are then delivered to the steps waiting for them. Senders
 -- hold a shared lock per event name until they commit; a step that starts
 -- waiting takes it exclusively (register_wait), so either the sender sees
@@ -39,31 +39,29 @@ BEGIN
             WHERE e.received_at < now() - p_dedupe
         RETURNING e.id, e.name, e.ts
     ), planned AS MATERIALIZED (
-        SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
-               inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at,
-               r -> 3 -> 'cancels' AS cancels, r -> 3 -> 'batch' AS batch,
-               CASE WHEN r -> 3 ?| ARRAY['idempotency', 'rate_limit']
-                    THEN {schema}.admit(r ->> 1, r -> 3, p_dedupe) ELSE 'run' END AS verdict,
-               r -> 3 -> 'rate_limit' AS rate_limit
-        FROM jsonb_array_elements(p_runs) AS r
-        JOIN input ON input.idx = (r ->> 0)::int
-        JOIN inserted ON inserted.id = input.id
-        ORDER BY input.idx
+        SELECT p.*, CASE WHEN p.options ?| ARRAY['idempotency', 'rate_limit', 'singleton']
+                         THEN {schema}.admit(p.id, p.fn, p.options, p_dedupe)
+                         ELSE '"run"' END AS verdict
+        FROM (SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
+                     inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at,
+                     r -> 3 AS options, r -> 3 -> 'cancels' AS cancels,
+                     r -> 3 -> 'batch' AS batch, input.idx
+              FROM jsonb_array_elements(p_runs) AS r
+              JOIN input ON input.idx = (r ->> 0)::int
+              JOIN inserted ON inserted.id = input.id) p
+        ORDER BY p.idx
     ), new_runs AS (
         INSERT INTO {schema}.runs (id, function_id, event_ids)
-        SELECT id, fn, ARRAY[event_id] FROM planned WHERE batch IS NULL AND verdict <> 'duplicate'
+        SELECT id, fn, ARRAY[event_id] FROM planned
+        WHERE batch IS NULL AND verdict <> '"duplicate"'
     ), queued AS (
         INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
         SELECT id, fn, event_id, available_at, retries FROM planned
-        WHERE batch IS NULL AND verdict = 'run'
+        WHERE batch IS NULL AND verdict = '"run"'
         RETURNING available_at
-    ), skipped AS (  -- rate_limit=: recorded, not run
+    ), skipped AS (  -- rate_limit=, singleton=: recorded with the reason, not run
         INSERT INTO {schema}.results (run_id, status, error, attempt)
-        SELECT id, 'skipped', jsonb_build_object(
-                   'type', 'RateLimited', 'traceback', null, 'message',
-                   format('rate limit of %s runs per %s reached for key %s', rate_limit ->> 1,
-                          make_interval(secs => (rate_limit ->> 2)::float8), rate_limit ->> 0)), 0
-        FROM planned WHERE verdict = 'rate_limited'
+        SELECT id, 'skipped', verdict, 0 FROM planned WHERE jsonb_typeof(verdict) = 'object'
     ), batched AS (  -- batch=: the event waits for its batch instead
         INSERT INTO {schema}.batch_items (function_id, batch_key, event_id, max_size, retries, fire_at)
         SELECT fn, batch ->> 0, event_id, (batch ->> 1)::int, retries,
@@ -79,7 +77,7 @@ BEGIN
                (c.spec ->> 3)::jsonpath, nullif(c.spec -> 4, 'null'), true,
                (c.spec ->> 5)::timestamptz
         FROM planned p, jsonb_array_elements(p.cancels) WITH ORDINALITY AS c(spec, ord)
-        WHERE p.cancels IS NOT NULL AND p.verdict = 'run'
+        WHERE p.cancels IS NOT NULL AND p.verdict = '"run"'
         RETURNING event_name, match_path
     ), listened AS (
         INSERT INTO {schema}.wait_paths (event_name, match_path)

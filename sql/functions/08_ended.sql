@@ -2,7 +2,8 @@
 -- its worker lost too often): one trigger on `results`, once per statement.
 
 -- runs_ended:
--- - its remaining waits go (cancel_on listeners; steps of a cancelled run);
+-- - its remaining waits go (cancel_on listeners; steps of a cancelled run),
+--   and its singleton key is free again;
 -- - a parent waiting for it in step.invoke wakes with a
 --   'pgdurable/run.finished' document (one probe of `waits_match` per run);
 -- - if it failed and its function has an on_failure handler, that handler's
@@ -16,6 +17,7 @@ DECLARE
     v_handlers int;
 BEGIN
     DELETE FROM {schema}.waits w WHERE w.run_id = ANY(ARRAY(SELECT run_id FROM ended));
+    DELETE FROM {schema}.singletons s WHERE s.run_id = ANY(ARRAY(SELECT run_id FROM ended));
 
     SELECT array_agg(w.run_id), array_agg(w.step_key), array_agg(jsonb_build_object(
                'name', 'pgdurable/run.finished',
