@@ -20,6 +20,16 @@ from pgdurable import (
 )
 
 
+def send_concurrently(app: Durable, name: str, data: dict[str, Any], *, each: int) -> None:
+    """Four threads each send `each` copies of an event at once."""
+    threads = [threading.Thread(target=lambda: [app.send(name, data) for _ in range(each)])
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+
 def statuses(app: Durable, function: str) -> Counter[str]:
     return Counter(run.status for run in app.list_runs(function=function, limit=1000))
 
@@ -51,12 +61,7 @@ def test_an_idempotency_key_is_free_again_after_the_window(make_app: Any) -> Non
 
 def test_concurrent_senders_of_one_key_start_one_run(app: Durable) -> None:
     app.function(id="fulfil", event="order/paid", idempotency="data.order")(lambda ctx: None)
-    threads = [threading.Thread(target=lambda: [app.send("order/paid", {"order": 9})
-                                                for _ in range(5)]) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    send_concurrently(app, "order/paid", {"order": 9}, each=5)
     assert len(app.list_runs(function="fulfil")) == 1
 
 
@@ -81,12 +86,7 @@ def test_runs_over_the_rate_limit_are_skipped_and_say_why(app: Durable) -> None:
 def test_the_rate_limit_holds_across_concurrent_senders_and_refills(app: Durable) -> None:
     app.function(id="ping", event="ping", rate_limit=RateLimit(limit=5, period="2s"))(
         lambda ctx: None)
-    threads = [threading.Thread(target=lambda: [app.send("ping", {}) for _ in range(10)])
-               for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    send_concurrently(app, "ping", {}, each=10)
     assert statuses(app, "ping") == {"queued": 5, "skipped": 35}
     # one slot comes back every 2 s / 5 = 0.4 s
     wait_until(lambda: app.send("ping", {}) and statuses(app, "ping")["queued"] == 6,
@@ -142,10 +142,5 @@ def test_singleton_cancel_replaces_the_run_in_progress(app: Durable) -> None:
 
 def test_concurrent_senders_admit_one_singleton(app: Durable) -> None:
     app.function(id="only-one", event="go", singleton=Singleton(key="data.k"))(lambda ctx: None)
-    threads = [threading.Thread(target=lambda: [app.send("go", {"k": 1}) for _ in range(5)])
-               for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    send_concurrently(app, "go", {"k": 1}, each=5)
     assert statuses(app, "only-one") == {"queued": 1, "skipped": 19}
