@@ -16,7 +16,7 @@ from .durations import parse_duration
 from .errors import ConfigurationError
 from .events import Event, check_name
 from .expressions import check_key, event_filter, field_path, key_of
-from .options import Batch, Cancel, Key, RateLimit, Singleton, Timeouts
+from .options import Batch, Cancel, Debounce, Key, RateLimit, Singleton, Timeouts
 
 Handler = Callable[..., Any]
 
@@ -24,7 +24,7 @@ _FUNCTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 # Options of the public API that this version does not enforce yet. They are
 # refused with a clear error: a limit that is silently ignored is worse.
-UNSUPPORTED_OPTIONS = ("concurrency", "throttle", "debounce", "priority")
+UNSUPPORTED_OPTIONS = ("concurrency", "throttle", "priority")
 MAX_BATCH_SIZE = 10_000
 CATCH_UP = ("none", "latest", "all")
 
@@ -66,12 +66,15 @@ class FunctionDef:
     rate_limit: RateLimit | None = None
     rate_period: timedelta | None = None
     singleton: Singleton | None = None
+    debounce: Debounce | None = None
+    debounce_spec: tuple[float, float | None] | None = None  # period and timeout, in seconds
 
     @property
     def has_run_options(self) -> bool:
         """Whether sending its events needs more than (event, function, retries)."""
         return bool(self.cancel_on) or any(
-            x is not None for x in (self.batch, self.idempotency, self.rate_limit, self.singleton))
+            x is not None
+            for x in (self.batch, self.idempotency, self.rate_limit, self.singleton, self.debounce))
 
 
 def define(
@@ -86,7 +89,7 @@ def define(
         )
     options = {name: value for name, value in options.items() if value is not None}
     known = {"cron", "timezone", "catch_up", "cancel_on", "timeouts", "on_failure", "batch",
-             "idempotency", "rate_limit", "singleton"}
+             "idempotency", "rate_limit", "singleton", "debounce"}
     for name in sorted(set(options) - known):
         if name in UNSUPPORTED_OPTIONS:
             raise ConfigurationError(f"function {id!r}: option {name}= is not supported yet")
@@ -104,9 +107,10 @@ def define(
     rate_limit, rate_period = _rate_limit(id, options.get("rate_limit"))
     check_key(options.get("idempotency"), what=f"idempotency key of function {id!r}")
     singleton = _singleton(id, options.get("singleton"))
-    if batch is not None and {"idempotency", "rate_limit", "singleton"} & set(options):
-        raise ConfigurationError(
-            f"function {id!r}: batch= cannot go with idempotency=, rate_limit= or singleton=")
+    debounce, debounce_spec = _debounce(id, options.get("debounce"))
+    if batch is not None and {"idempotency", "rate_limit", "singleton", "debounce"} & set(options):
+        raise ConfigurationError(f"function {id!r}: batch= cannot go with idempotency=, "
+                                 "rate_limit=, singleton= or debounce=")
     return FunctionDef(
         id=id,
         handler=handler,
@@ -124,6 +128,8 @@ def define(
         rate_limit=rate_limit,
         rate_period=rate_period,
         singleton=singleton,
+        debounce=debounce,
+        debounce_spec=debounce_spec,
     )
 
 
@@ -187,6 +193,24 @@ def _rate_limit(function_id: str, value: Any) -> tuple[RateLimit | None, timedel
         raise ConfigurationError(f"function {function_id!r}: RateLimit.period must be positive")
     check_key(value.key, what=f"rate limit key of function {function_id!r}")
     return value, period
+
+
+def _debounce(
+    function_id: str, value: Any
+) -> tuple[Debounce | None, tuple[float, float | None] | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, Debounce):
+        raise ConfigurationError(
+            f"function {function_id!r}: debounce takes Debounce(period=, key=, timeout=)")
+    what = f"of function {function_id!r}"
+    period = parse_duration(value.period, what=f"Debounce.period {what}")
+    if period <= timedelta(0):
+        raise ConfigurationError(f"function {function_id!r}: Debounce.period must be positive")
+    timeout = None if value.timeout is None else parse_duration(
+        value.timeout, what=f"Debounce.timeout {what}").total_seconds()
+    check_key(value.key, what=f"debounce key {what}")
+    return value, (period.total_seconds(), timeout)
 
 
 def _singleton(function_id: str, value: Any) -> Singleton | None:
@@ -278,6 +302,9 @@ def run_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
     if fdef.rate_limit is not None and fdef.rate_period is not None:
         key = key_of(fdef.rate_limit.key, event, what=f"rate limit key of function {fdef.id!r}")
         options["rate_limit"] = [key, fdef.rate_limit.limit, fdef.rate_period.total_seconds()]
+    if fdef.debounce is not None and fdef.debounce_spec is not None:
+        key = key_of(fdef.debounce.key, event, what=f"debounce key of function {fdef.id!r}")
+        options["debounce"] = [key, *fdef.debounce_spec]
     if fdef.singleton is not None:
         key = key_of(fdef.singleton.key, event, what=f"singleton key of function {fdef.id!r}")
         options["singleton"] = [key, fdef.singleton.mode]

@@ -1,4 +1,5 @@
-"""Runs that no send starts at once: cron ticks and batches that time out.
+"""Runs that no send starts at once: cron ticks, batches that time out, and
+debounced runs.
 
 Cron: one run per tick, whichever workers are up.
 
@@ -13,7 +14,8 @@ the function's `catch_up` decides: `none` skips missed ticks, `latest` runs
 the last of them, `all` runs every one.
 
 Batches: a send that fills a batch starts its run itself (in SQL); a batch
-whose oldest event has waited its timeout is started here.
+whose oldest event has waited its timeout is started here, as is a
+debounced run once its key has been quiet for the period.
 """
 
 from __future__ import annotations
@@ -59,12 +61,13 @@ def ticks_to_run(schedule: Schedule, due: datetime, now: datetime) -> tuple[list
 
 
 class Scheduler:
-    """Starts the timed runs of `functions`: cron ticks and timed-out batches."""
+    """Starts the timed runs of `functions`: cron ticks, batches, debounces."""
 
     def __init__(self, store: Store, functions: dict[str, FunctionDef], dedupe: timedelta) -> None:
         self._store = store
         self._scheduled = {f.id: f for f in functions.values() if f.schedule is not None}
         self._batched = sorted(f.id for f in functions.values() if f.batch is not None)
+        self._debounced = sorted(f.id for f in functions.values() if f.debounce is not None)
         self._dedupe = dedupe
 
     @property
@@ -73,15 +76,17 @@ class Scheduler:
 
     @property
     def has_timers(self) -> bool:
-        return bool(self._scheduled or self._batched)
+        return bool(self._scheduled or self._batched or self._debounced)
 
     def start_due(self, conn: psycopg.Connection[Any]) -> datetime | None:
-        """Start every due tick and timed-out batch; return when the next is due."""
+        """Start every due tick, timed-out batch and debounce; return when the next is due."""
         due = []
         if self._scheduled:
             due.append(self.start_due_runs(conn))
         if self._batched:
             due.append(self._store.start_due_batches(conn, self._batched))
+        if self._debounced:
+            due.append(self._store.start_due_debounces(conn, self._debounced))
         return min((d for d in due if d is not None), default=None)
 
     def register(self, conn: psycopg.Connection[Any], all_ids: list[str]) -> None:

@@ -352,6 +352,13 @@ class Store:
         row = self._run(conn, "start_due_batches", (list(function_ids),)).fetchone()
         return None if row is None else row[0]
 
+    def start_due_debounces(
+        self, conn: psycopg.Connection[Any], function_ids: Sequence[str]
+    ) -> datetime | None:
+        """Start the runs of debounces that came due; when the next is due."""
+        row = self._run(conn, "start_due_debounces", (list(function_ids),)).fetchone()
+        return None if row is None else row[0]
+
     # -- management -------------------------------------------------------
 
     def cancel_run(self, conn: psycopg.Connection[Any], run_id: str) -> bool:

@@ -126,6 +126,9 @@ SELECT min(next_tick) FROM {schema}.schedules WHERE function_id = ANY(%s::text[]
 -- name: start_due_batches
 SELECT {schema}.start_due_batches(%s::text[]);
 
+-- name: start_due_debounces
+SELECT {schema}.start_due_debounces(%s::text[]);
+
 -- name: get_run
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
        created_at, started_at, finished_at

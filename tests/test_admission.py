@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -12,6 +13,7 @@ from conftest import run_of, status_of, wait_until
 from pgdurable import (
     ConfigurationError,
     Context,
+    Debounce,
     Durable,
     Event,
     InvalidEventError,
@@ -144,3 +146,39 @@ def test_concurrent_senders_admit_one_singleton(app: Durable) -> None:
     app.function(id="only-one", event="go", singleton=Singleton(key="data.k"))(lambda ctx: None)
     send_concurrently(app, "go", {"k": 1}, each=5)
     assert statuses(app, "only-one") == {"queued": 1, "skipped": 19}
+
+
+def test_debounce_starts_one_run_with_the_last_event_once_the_key_is_quiet(app: Durable) -> None:
+    @app.function(id="reindex", event="doc/edited", debounce=Debounce(period="1s", key="data.doc"))
+    def reindex(ctx: Context) -> Any:
+        return ctx.event.data["rev"]
+
+    app.start(threads=1, poll_interval=5.0)  # woken by the due time, not a poll
+    ids = app.send([Event("doc/edited", {"doc": d, "rev": r}) for d, r in
+                    (("a", 1), ("b", 1), ("a", 2))])
+    sent_last = app.send("doc/edited", {"doc": "a", "rev": 3})
+    assert app.runs_for_event(sent_last[0]) == []  # not yet: it fires when the key is quiet
+    runs = wait_until(lambda: r if len(r := app.list_runs(function="reindex")) == 2 else None,
+                      what="one run per key")
+    outputs = sorted(app.wait_for_run(r.id, 20).output for r in runs)
+    assert outputs == [1, 3]
+    assert app.runs_for_event(ids[0]) == [] and len(app.runs_for_event(sent_last[0])) == 1
+
+
+def test_debounce_timeout_caps_the_delay(app: Durable) -> None:
+    @app.function(id="autosave", event="doc/typed",
+                  debounce=Debounce(period="1s", timeout="2s"))
+    def autosave(ctx: Context) -> Any:
+        return ctx.event.data["n"]
+
+    app.start(threads=1)
+    first = time.monotonic()
+    n = 0
+    while not app.list_runs(function="autosave") and time.monotonic() - first < 10:
+        n += 1
+        app.send("doc/typed", {"n": n})  # never quiet for a whole period
+        time.sleep(0.2)  # the typing being simulated
+    waited = time.monotonic() - first
+    [run] = app.list_runs(function="autosave")
+    assert 1.8 <= waited <= 5  # the 2 s cap, not the never-ending 1 s quiet period
+    assert 5 <= app.wait_for_run(run.id, 20).output <= n  # the latest event at the cap

@@ -8,6 +8,7 @@
 --               cancels: [[event name, match path, match value, condition,
 --                          condition vars, expires], ...]
 --               batch: [batch key, max size, timeout in seconds]
+--               debounce: [key, period in seconds, timeout in seconds or null]
 --               idempotency, rate_limit, singleton: see admit
 -- New events are then delivered to the steps waiting for them. Senders
 -- hold a shared lock per event name until they commit; a step that starts
@@ -45,7 +46,7 @@ BEGIN
         FROM (SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
                      inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at,
                      r -> 3 AS options, r -> 3 -> 'cancels' AS cancels,
-                     r -> 3 -> 'batch' AS batch, input.idx
+                     r -> 3 -> 'batch' AS batch, r -> 3 -> 'debounce' AS debounce, input.idx
               FROM jsonb_array_elements(p_runs) AS r
               JOIN input ON input.idx = (r ->> 0)::int
               JOIN inserted ON inserted.id = input.id) p
@@ -53,15 +54,27 @@ BEGIN
     ), new_runs AS (
         INSERT INTO {schema}.runs (id, function_id, event_ids)
         SELECT id, fn, ARRAY[event_id] FROM planned
-        WHERE batch IS NULL AND verdict <> '"duplicate"'
+        WHERE batch IS NULL AND debounce IS NULL AND verdict <> '"duplicate"'
     ), queued AS (
         INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
         SELECT id, fn, event_id, available_at, retries FROM planned
-        WHERE batch IS NULL AND verdict = '"run"'
+        WHERE batch IS NULL AND debounce IS NULL AND verdict = '"run"'
         RETURNING available_at
     ), skipped AS (  -- rate_limit=, singleton=: recorded with the reason, not run
         INSERT INTO {schema}.results (run_id, status, error, attempt)
         SELECT id, 'skipped', verdict, 0 FROM planned WHERE jsonb_typeof(verdict) = 'object'
+    ), debounced AS (  -- debounce=: the latest event of a key replaces the pending one
+        INSERT INTO {schema}.debounces AS d (function_id, key, event_id, retries, due_at, deadline)
+        SELECT DISTINCT ON (fn, debounce ->> 0)
+               fn, debounce ->> 0, event_id, retries,
+               available_at + make_interval(secs => (debounce ->> 1)::float8),
+               coalesce(available_at + make_interval(secs => (debounce ->> 2)::float8),
+                        'infinity')
+        FROM planned WHERE debounce IS NOT NULL AND verdict = '"run"'
+        ORDER BY fn, debounce ->> 0, idx DESC
+        ON CONFLICT (function_id, key) DO UPDATE
+            SET event_id = excluded.event_id, retries = excluded.retries,
+                due_at = least(excluded.due_at, d.deadline)
     ), batched AS (  -- batch=: the event waits for its batch instead
         INSERT INTO {schema}.batch_items (function_id, batch_key, event_id, max_size, retries, fire_at)
         SELECT fn, batch ->> 0, event_id, (batch ->> 1)::int, retries,

@@ -1,4 +1,4 @@
--- Batches of events for one run.
+-- Runs started later than their event: batches, and debounces.
 
 -- start_batch: take up to p_max of the oldest items of a batch (skipping
 -- those another transaction is taking) and start one run with their events,
@@ -77,5 +77,33 @@ BEGIN
         PERFORM {schema}.start_batch(v_function, v_key, v_max);
     END LOOP;
     RETURN (SELECT min(fire_at) FROM {schema}.batch_items WHERE function_id = ANY(p_functions));
+END
+$$;
+
+-- start_due_debounces: start the run of every debounce of these functions
+-- that came due, with its latest event (a sender pushing one back holds
+-- its row: skipped). Returns when the next is due.
+CREATE FUNCTION {schema}.start_due_debounces(p_functions text[])
+RETURNS timestamptz LANGUAGE plpgsql AS $$
+BEGIN
+    WITH due AS (
+        SELECT function_id, key FROM {schema}.debounces
+        WHERE due_at <= now() AND function_id = ANY(p_functions)
+        ORDER BY due_at
+        FOR UPDATE SKIP LOCKED
+    ), fired AS (
+        DELETE FROM {schema}.debounces d USING due
+        WHERE d.function_id = due.function_id AND d.key = due.key
+        RETURNING {schema}.uuid_v7() AS id, d.function_id, d.event_id, d.retries
+    ), new_runs AS (
+        INSERT INTO {schema}.runs (id, function_id, event_ids)
+        SELECT id, function_id, ARRAY[event_id] FROM fired
+    )
+    INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
+    SELECT id, function_id, event_id, now(), retries FROM fired;
+    IF FOUND THEN
+        PERFORM pg_notify('{channel}', '');
+    END IF;
+    RETURN (SELECT min(due_at) FROM {schema}.debounces WHERE function_id = ANY(p_functions));
 END
 $$;
