@@ -20,8 +20,6 @@ DECLARE
     v_due boolean;
     v_inserted text[];
     v_names text[];
-    v_batch_functions text[];
-    v_batch_keys text[];
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(k)
     FROM (SELECT DISTINCT {schema}.event_lock_key(x ->> 1) AS k
@@ -39,17 +37,63 @@ BEGIN
                 received_at = now()
             WHERE e.received_at < now() - p_dedupe
         RETURNING e.id, e.name, e.ts
-    ), planned AS MATERIALIZED (
+    ), planned AS MATERIALIZED (  -- plain runs; those with options: start_runs_with_options
+        SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
+               inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at
+        FROM jsonb_array_elements(p_runs) AS r
+        JOIN input ON input.idx = (r ->> 0)::int
+        JOIN inserted ON inserted.id = input.id
+        WHERE jsonb_array_length(r) = 3
+    ), new_runs AS (
+        INSERT INTO {schema}.runs (id, function_id, event_ids)
+        SELECT id, fn, ARRAY[event_id] FROM planned
+    ), queued AS (
+        INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
+        SELECT id, fn, event_id, available_at, retries FROM planned
+        RETURNING available_at
+    )
+    SELECT coalesce(bool_or(available_at <= now()), false),
+           (SELECT array_agg(id ORDER BY input.idx) FROM inserted JOIN input USING (id)),
+           (SELECT array_agg(DISTINCT name) FROM inserted)
+    INTO v_due, v_inserted, v_names FROM queued;
+
+    IF jsonb_path_exists(p_runs, 'strict $[*] ? (@.size() > 3)') THEN
+        v_due := {schema}.start_runs_with_options(p_events, p_runs, v_inserted, p_dedupe) OR v_due;
+    END IF;
+    IF EXISTS (SELECT FROM {schema}.wait_paths WHERE event_name = ANY(v_names)) THEN
+        v_due := {schema}.deliver_events(v_inserted) > 0 OR v_due;
+    END IF;
+    IF v_due THEN
+        PERFORM pg_notify('{channel}', '');
+    END IF;
+END
+$$;
+
+-- start_runs_with_options: the runs of send_events whose functions have
+-- options (p_runs entries with a 4th element), for the events it inserted
+-- (p_inserted): admission (idempotency, rate limit, singleton), skipped
+-- runs, debounces, batches and cancel_on listeners. Returns whether a run
+-- it queued is due now.
+CREATE FUNCTION {schema}.start_runs_with_options(
+    p_events jsonb, p_runs jsonb, p_inserted text[], p_dedupe interval
+) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_due boolean;
+    v_batch_functions text[];
+    v_batch_keys text[];
+BEGIN
+    WITH planned AS MATERIALIZED (
         SELECT p.*, CASE WHEN p.options ?| ARRAY['idempotency', 'rate_limit', 'singleton']
                          THEN {schema}.admit(p.id, p.fn, p.options, p_dedupe)
                          ELSE '"run"' END AS verdict
         FROM (SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
-                     inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at,
+                     e.id AS event_id, greatest(e.ts, now()) AS available_at,
                      r -> 3 AS options, r -> 3 -> 'cancels' AS cancels,
-                     r -> 3 -> 'batch' AS batch, r -> 3 -> 'debounce' AS debounce, input.idx
+                     r -> 3 -> 'batch' AS batch, r -> 3 -> 'debounce' AS debounce,
+                     (r ->> 0)::int AS idx
               FROM jsonb_array_elements(p_runs) AS r
-              JOIN input ON input.idx = (r ->> 0)::int
-              JOIN inserted ON inserted.id = input.id) p
+              JOIN {schema}.events e ON e.id = p_events -> ((r ->> 0)::int - 1) ->> 0
+              WHERE jsonb_array_length(r) > 3 AND e.id = ANY(p_inserted)) p
         ORDER BY p.idx
     ), new_runs AS (
         INSERT INTO {schema}.runs (id, function_id, event_ids)
@@ -98,22 +142,14 @@ BEGIN
         ON CONFLICT DO NOTHING
     )
     SELECT coalesce((SELECT bool_or(available_at <= now()) FROM queued), false),
-           (SELECT array_agg(id ORDER BY input.idx) FROM inserted JOIN input USING (id)),
-           (SELECT array_agg(DISTINCT name) FROM inserted),
            (SELECT array_agg(function_id) FROM batched),
            (SELECT array_agg(batch_key) FROM batched)
-    INTO v_due, v_inserted, v_names, v_batch_functions, v_batch_keys;
+    INTO v_due, v_batch_functions, v_batch_keys;
 
     IF v_batch_functions IS NOT NULL THEN
         PERFORM {schema}.start_full_batches(v_batch_functions, v_batch_keys);
     END IF;
-
-    IF EXISTS (SELECT FROM {schema}.wait_paths WHERE event_name = ANY(v_names)) THEN
-        v_due := {schema}.deliver_events(v_inserted) > 0 OR v_due;
-    END IF;
-    IF v_due THEN
-        PERFORM pg_notify('{channel}', '');
-    END IF;
+    RETURN v_due;
 END
 $$;
 
