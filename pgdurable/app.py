@@ -27,7 +27,6 @@ from .functions import (
     DEFAULT_RETRIES,
     FunctionDef,
     Handler,
-    cancel_listeners,
     define,
     failure_handler,
     run_options,
@@ -212,13 +211,9 @@ class Durable:
         (or to put the event in one of its batches)."""
         if not fdef.has_run_options:
             return [index, fdef.id, fdef.retries]
-        data = json.loads(event.data_json)
-        doc = {"id": event.id, "name": event.name, "data": data,
-               "ts": event.ts.isoformat() if event.ts else None}
         try:
-            options = run_options(fdef, Event(event.name, data, event.id, event.ts))
-            if fdef.cancel_on:
-                options["cancels"] = cancel_listeners(fdef, doc)
+            options = run_options(fdef, Event(event.name, json.loads(event.data_json), event.id,
+                                              event.ts))
         except ConfigurationError as exc:
             raise InvalidEventError(f"event {event.name!r} (id {event.id}): {exc}") from None
         return [index, fdef.id, fdef.retries, options]

@@ -35,6 +35,12 @@ class Event:
         """An event as the database returns it: {id, name, data, ts (ISO text)}."""
         return cls(doc["name"], doc["data"], doc["id"], datetime.fromisoformat(doc["ts"]))
 
+    def to_doc(self) -> dict[str, Any]:
+        """The event as `from_doc` reads it, and as `match=`, `if_=` and keys see
+        it; `data` must be JSON already (as stored or as `send` parsed it)."""
+        return {"id": self.id, "name": self.name, "data": self.data,
+                "ts": self.ts.isoformat() if self.ts else None}
+
 
 @dataclass(frozen=True, slots=True)
 class PreparedEvent:

@@ -114,8 +114,7 @@ def key_of(key: object, event: Any, *, what: str) -> str:
         value = key(event)
     else:
         assert isinstance(key, str)
-        doc = {"id": event.id, "name": event.name, "data": event.data}
-        value = lookup(doc, field_path(key.removeprefix("event."), what=what), what=what)
+        value = lookup(event.to_doc(), field_path(key.removeprefix("event."), what=what), what=what)
     try:
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
     except (TypeError, ValueError) as exc:

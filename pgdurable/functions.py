@@ -180,6 +180,13 @@ def _batch(function_id: str, options: dict[str, Any]) -> tuple[Batch | None, tim
     return batch, parse_duration(batch.timeout, what=f"Batch.timeout of function {function_id!r}")
 
 
+def _period(function_id: str, what: str, value: Any) -> timedelta:
+    period = parse_duration(value, what=f"{what} of function {function_id!r}")
+    if period <= timedelta(0):
+        raise ConfigurationError(f"function {function_id!r}: {what} must be positive")
+    return period
+
+
 def _rate_limit(function_id: str, value: Any) -> tuple[RateLimit | None, timedelta | None]:
     if value is None:
         return None, None
@@ -188,9 +195,7 @@ def _rate_limit(function_id: str, value: Any) -> tuple[RateLimit | None, timedel
             f"function {function_id!r}: rate_limit takes RateLimit(limit=, period=, key=)")
     if isinstance(value.limit, bool) or not isinstance(value.limit, int) or value.limit < 1:
         raise ConfigurationError(f"function {function_id!r}: RateLimit.limit must be an int of at least 1")
-    period = parse_duration(value.period, what=f"RateLimit.period of function {function_id!r}")
-    if period <= timedelta(0):
-        raise ConfigurationError(f"function {function_id!r}: RateLimit.period must be positive")
+    period = _period(function_id, "RateLimit.period", value.period)
     check_key(value.key, what=f"rate limit key of function {function_id!r}")
     return value, period
 
@@ -204,9 +209,7 @@ def _debounce(
         raise ConfigurationError(
             f"function {function_id!r}: debounce takes Debounce(period=, key=, timeout=)")
     what = f"of function {function_id!r}"
-    period = parse_duration(value.period, what=f"Debounce.period {what}")
-    if period <= timedelta(0):
-        raise ConfigurationError(f"function {function_id!r}: Debounce.period must be positive")
+    period = _period(function_id, "Debounce.period", value.period)
     timeout = None if value.timeout is None else parse_duration(
         value.timeout, what=f"Debounce.timeout {what}").total_seconds()
     check_key(value.key, what=f"debounce key {what}")
@@ -268,12 +271,10 @@ def _triggers(
     return tuple(dict.fromkeys(names))
 
 
-def cancel_listeners(fdef: FunctionDef, trigger: dict[str, Any]) -> list[list[Any]] | None:
+def _cancel_listeners(fdef: FunctionDef, trigger: dict[str, Any]) -> list[list[Any]]:
     """What a new run of `fdef` with this triggering event listens for to be
     cancelled: [event name, match path, match value, condition, its
-    variables, expiry] per Cancel; None when it has no cancel_on."""
-    if not fdef.cancel_on:
-        return None
+    variables, expiry] per Cancel."""
     now, specs = datetime.now(UTC), []
     for cancel in fdef.cancel_on:
         what = f"cancel_on of function {fdef.id!r}"
@@ -289,10 +290,11 @@ def cancel_listeners(fdef: FunctionDef, trigger: dict[str, Any]) -> list[list[An
 
 
 def run_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
-    """The per-run options `send_events` needs for an event: batch placement,
-    idempotency, rate-limit and singleton keys (cancel listeners:
-    `cancel_listeners`)."""
+    """The per-run options `send_events` needs for an event: cancel_on
+    listeners, batch placement, and the keys of the flow-control options."""
     options: dict[str, Any] = {}
+    if fdef.cancel_on:
+        options["cancels"] = _cancel_listeners(fdef, event.to_doc())
     if fdef.batch is not None and fdef.batch_timeout is not None:
         key = key_of(fdef.batch.key, event, what=f"batch key of function {fdef.id!r}")
         options["batch"] = [key, fdef.batch.max_size, fdef.batch_timeout.total_seconds()]

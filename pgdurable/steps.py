@@ -95,6 +95,12 @@ def retry_time(exc: BaseException, failures: int, backoff: Backoff) -> datetime:
     return now + backoff.delay(failures)
 
 
+def _checked_id(step_id: object) -> str:
+    if not isinstance(step_id, str) or not step_id:
+        raise TypeError(f"step id must be a non-empty str, not {step_id!r}")
+    return step_id
+
+
 class RunState:
     """What one execution of a run knows: journal, step numbering, checkpoints."""
 
@@ -119,21 +125,21 @@ class RunState:
 
     def key_for(self, step_id: object) -> str:
         """The journal key of a step id: repeats are numbered in order, `id:1`, `id:2`..."""
-        if not isinstance(step_id, str) or not step_id:
-            raise TypeError(f"step id must be a non-empty str, not {step_id!r}")
-        claim_step_id(step_id)
+        name = _checked_id(step_id)
+        claim_step_id(name)
         with self._lock:
-            key = self.peek_key(step_id)
-            self._seen[step_id] += 1
+            key = self._next_key(name)
+            self._seen[name] += 1
             self._positions[key] = len(self._positions) + 1
         return key
 
     def peek_key(self, step_id: object) -> str:
         """The key the next step called `step_id` will get."""
-        if not isinstance(step_id, str) or not step_id:
-            raise TypeError(f"step id must be a non-empty str, not {step_id!r}")
-        count = self._seen[step_id]
-        return step_id if count == 0 else f"{step_id}:{count}"
+        return self._next_key(_checked_id(step_id))
+
+    def _next_key(self, name: str) -> str:
+        count = self._seen[name]
+        return name if count == 0 else f"{name}:{count}"
 
     def position(self, key: str) -> int:
         return self._positions[key]
@@ -269,7 +275,7 @@ def _wait_spec(
     names = _one_or_many(event, str)
     if not names or not all(names):
         raise TypeError(f"wait_for_event: event must be a name or a list of names, not {event!r}")
-    found = event_filter(match, if_, _event_doc(state.claimed.events[0]), what="wait_for_event")
+    found = event_filter(match, if_, state.claimed.events[0].to_doc(), what="wait_for_event")
     condition = found.condition
     expires = state.bounded(None if timeout is None else _deadline(timeout, "wait_for_event timeout"))
     return WaitSpec(
@@ -286,12 +292,6 @@ def _one_or_many(value: object, kind: type) -> list[Any]:
     """`value` as a list if it is one `kind` or a list/tuple of them; else []."""
     items = [value] if isinstance(value, kind) else value if isinstance(value, list | tuple) else []
     return list(items) if all(isinstance(item, kind) for item in items) else []
-
-
-def _event_doc(event: Event) -> dict[str, Any]:
-    data = serde.loads(serde.dumps(event.data, what="event data"))
-    return {"id": event.id, "name": event.name, "data": data,
-            "ts": event.ts.isoformat() if event.ts else None}
 
 
 def _event_of(doc: dict[str, Any] | None) -> Event | None:

@@ -151,16 +151,9 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
 
 -- name: replay_run
-WITH new_run AS (
-    INSERT INTO {schema}.runs (id, function_id, event_ids, parent_run_id)
-    SELECT {schema}.uuid_v7(), function_id, event_ids, parent_run_id
-    FROM {schema}.runs WHERE id = %(run)s::uuid
-    RETURNING id, function_id, event_ids
-), queued AS (
-    INSERT INTO {schema}.queue (run_id, function_id, event_id, event_count, available_at, retries)
-    SELECT id, function_id, event_ids[1], cardinality(event_ids), now(), %(retries)s FROM new_run
-)
-SELECT id, pg_notify('{channel}', '') FROM new_run;
+SELECT {schema}.start_run(function_id, event_ids, %(retries)s, parent_run_id),
+       pg_notify('{channel}', '')
+FROM {schema}.runs WHERE id = %(run)s::uuid;
 
 -- name: listen
 LISTEN {channel_ident};

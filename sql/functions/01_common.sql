@@ -26,3 +26,21 @@ CREATE FUNCTION {schema}.event_doc(e {schema}.events) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts);
 $$;
+
+-- start_run: a new run of p_function for the events p_events (the first
+-- is its triggering event), due now; returns its id. Sends create their
+-- runs in sets instead (send_events: the hot path); this is for the runs
+-- started one by one (children, batches, debounces, failure handlers, replays).
+CREATE FUNCTION {schema}.start_run(
+    p_function text, p_events text[], p_retries int, p_parent uuid DEFAULT NULL
+) RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE
+    v_run uuid := {schema}.uuid_v7();
+BEGIN
+    INSERT INTO {schema}.runs (id, function_id, event_ids, parent_run_id)
+    VALUES (v_run, p_function, p_events, p_parent);
+    INSERT INTO {schema}.queue (run_id, function_id, event_id, event_count, available_at, retries)
+    VALUES (v_run, p_function, p_events[1], cardinality(p_events), now(), p_retries);
+    RETURN v_run;
+END
+$$;

@@ -204,9 +204,12 @@ BEGIN
     IF v_runs IS NULL AND v_cancel IS NULL THEN
         RETURN 0;
     END IF;
-    -- Wake and cancel lock queue rows; lock them all first, in run order.
-    PERFORM FROM {schema}.queue q
-    WHERE q.run_id = ANY(v_runs || v_cancel) ORDER BY q.run_id FOR UPDATE;
+    IF v_runs IS NOT NULL AND v_cancel IS NOT NULL THEN
+        -- Both lock queue rows, each in run order; lock the union first so
+        -- that two senders cannot take them in crossing orders.
+        PERFORM FROM {schema}.queue q
+        WHERE q.run_id = ANY(v_runs || v_cancel) ORDER BY q.run_id FOR UPDATE;
+    END IF;
     IF v_runs IS NOT NULL THEN
         v_woken := {schema}.wake(v_runs, v_keys, v_docs);
     END IF;

@@ -119,7 +119,7 @@ CREATE FUNCTION {schema}.invoke_child(
     p_event_id text, p_data jsonb, p_expires timestamptz
 ) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
-    v_child uuid := {schema}.uuid_v7();
+    v_child uuid;
 BEGIN
     PERFORM FROM {schema}.queue q
     WHERE q.run_id = p_run AND q.lease_token = p_token AND q.status = 'running'
@@ -130,10 +130,7 @@ BEGIN
     INSERT INTO {schema}.events (id, name, data, ts)
     VALUES (p_event_id, 'pgdurable/invoked', p_data, now())
     ON CONFLICT (id) DO NOTHING;
-    INSERT INTO {schema}.runs (id, function_id, event_ids, parent_run_id)
-    VALUES (v_child, p_function, ARRAY[p_event_id], p_run);
-    INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
-    VALUES (v_child, p_function, p_event_id, now(), p_retries);
+    v_child := {schema}.start_run(p_function, ARRAY[p_event_id], p_retries, p_run);
 
     INSERT INTO {schema}.steps (run_id, step_key, position, status, started_at)
     VALUES (p_run, p_key, p_position, 'waiting', now())

@@ -51,16 +51,9 @@ BEGIN
         SELECT run_id || '/failed', 'pgdurable/function.failed', data, now() FROM failed
         ON CONFLICT (id) DO NOTHING
         RETURNING id
-    ), planned AS MATERIALIZED (
-        SELECT {schema}.uuid_v7() AS id, f.handler_id, f.retries, a.id AS event_id
-        FROM failed f JOIN announced a ON a.id = f.run_id || '/failed'
-    ), new_runs AS (
-        INSERT INTO {schema}.runs (id, function_id, event_ids)
-        SELECT id, handler_id, ARRAY[event_id] FROM planned
     )
-    INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
-    SELECT id, handler_id, event_id, now(), retries FROM planned;
-    GET DIAGNOSTICS v_handlers = ROW_COUNT;
+    SELECT count({schema}.start_run(f.handler_id, ARRAY[a.id], f.retries)) INTO v_handlers
+    FROM failed f JOIN announced a ON a.id = f.run_id || '/failed';
     IF v_handlers > 0 THEN
         PERFORM pg_notify('{channel}', '');
     END IF;

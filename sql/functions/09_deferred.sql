@@ -8,7 +8,6 @@ RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     v_events text[];
     v_retries int;
-    v_run uuid := {schema}.uuid_v7();
 BEGIN
     WITH chosen AS (
         SELECT seq FROM {schema}.batch_items
@@ -24,10 +23,7 @@ BEGIN
     IF v_events IS NULL THEN
         RETURN 0;
     END IF;
-    INSERT INTO {schema}.runs (id, function_id, event_ids)
-    VALUES (v_run, p_function, v_events);
-    INSERT INTO {schema}.queue (run_id, function_id, event_id, event_count, available_at, retries)
-    VALUES (v_run, p_function, v_events[1], cardinality(v_events), now(), v_retries);
+    PERFORM {schema}.start_run(p_function, v_events, v_retries);
     PERFORM pg_notify('{channel}', '');
     RETURN cardinality(v_events);
 END
@@ -85,6 +81,8 @@ $$;
 -- its row: skipped). Returns when the next is due.
 CREATE FUNCTION {schema}.start_due_debounces(p_functions text[])
 RETURNS timestamptz LANGUAGE plpgsql AS $$
+DECLARE
+    v_started int;
 BEGIN
     WITH due AS (
         SELECT function_id, key FROM {schema}.debounces
@@ -94,14 +92,11 @@ BEGIN
     ), fired AS (
         DELETE FROM {schema}.debounces d USING due
         WHERE d.function_id = due.function_id AND d.key = due.key
-        RETURNING {schema}.uuid_v7() AS id, d.function_id, d.event_id, d.retries
-    ), new_runs AS (
-        INSERT INTO {schema}.runs (id, function_id, event_ids)
-        SELECT id, function_id, ARRAY[event_id] FROM fired
+        RETURNING d.function_id, d.event_id, d.retries
     )
-    INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
-    SELECT id, function_id, event_id, now(), retries FROM fired;
-    IF FOUND THEN
+    SELECT count({schema}.start_run(function_id, ARRAY[event_id], retries)) INTO v_started
+    FROM fired;
+    IF v_started > 0 THEN
         PERFORM pg_notify('{channel}', '');
     END IF;
     RETURN (SELECT min(due_at) FROM {schema}.debounces WHERE function_id = ANY(p_functions));
