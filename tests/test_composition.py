@@ -172,3 +172,24 @@ def test_cancel_runs_by_function_and_creation_time(app: Durable) -> None:
         app.cancel_runs("nope")
     with pytest.raises(ConfigurationError, match="naive"):
         app.cancel_runs("batch-job", created_after=datetime.now())
+
+
+def test_a_cancel_racing_a_claim_is_not_lost(app: Durable, dsn: str) -> None:
+    app.function(id="claimed", event="go")(lambda ctx: None)
+    run_id = run_of(app, "go")
+    with psycopg.connect(dsn) as claimer:  # a claim in flight: the row locked, not yet committed
+        claimer.execute(f"UPDATE {app.schema}.queue SET status = 'running', lease_token = 1 "
+                        "WHERE run_id = %s", (run_id,))
+        answer: list[bool] = []
+        canceller = threading.Thread(target=lambda: answer.append(app.cancel(run_id)))
+        canceller.start()
+        wait_until(lambda: claimer.execute(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone() != (0,),
+            what="the cancel to wait for the claim")
+        claimer.commit()
+        canceller.join(10)
+    assert answer == [True]
+    with app.connection() as conn:
+        flagged = conn.execute(f"SELECT cancel_requested FROM {app.schema}.queue WHERE run_id = %s",
+                               (run_id,)).fetchone()
+    assert flagged == (True,)  # the running run stops at its next step boundary

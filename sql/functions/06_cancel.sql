@@ -1,34 +1,44 @@
 -- Cancelling runs.
 
--- cancel_set: cancel runs; one not running is cancelled at once, a running one at its next step boundary. `p_reasons` (one
--- error document per run, or null) says why. Returns how many runs were
--- cancelled or will be.
+-- cancel_set: cancel runs; one not running is cancelled at once, a running
+-- one at its next step boundary. `p_reasons` (one error document per run,
+-- or null) says why. Returns how many runs were cancelled or will be.
+--
+-- The rows are locked by a statement of their own: one being claimed at
+-- that moment is waited for, and only a later statement's snapshot sees it
+-- `running` (in one statement, the update and delete below would both see
+-- it `queued` and then skip it as changed: the cancel would be lost).
 CREATE FUNCTION {schema}.cancel_set(p_runs uuid[], p_reasons jsonb[] DEFAULT NULL)
-RETURNS int LANGUAGE sql AS $$
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    v_count int;
+BEGIN
+    PERFORM FROM {schema}.queue q  -- in run order, as flush locks them
+    WHERE q.run_id = ANY(p_runs) ORDER BY q.run_id FOR UPDATE;
+
     WITH asked AS (
         SELECT DISTINCT ON (a.run_id) a.run_id, coalesce(a.reason, jsonb_build_object(
                    'type', 'Cancelled', 'message', 'cancelled by request', 'traceback', null))
                    AS reason
         FROM unnest(p_runs, p_reasons) AS a(run_id, reason)
         WHERE a.run_id IS NOT NULL
-    ), locked AS MATERIALIZED (  -- in run order, as flush locks them
-        SELECT q.run_id, a.reason FROM {schema}.queue q JOIN asked a USING (run_id)
-        WHERE q.run_id = ANY(p_runs) ORDER BY q.run_id FOR UPDATE OF q
     ), flagged AS (
-        UPDATE {schema}.queue q SET cancel_requested = true, cancel_reason = l.reason
-        FROM locked l
-        WHERE q.run_id = l.run_id AND q.status = 'running'
+        UPDATE {schema}.queue q SET cancel_requested = true, cancel_reason = a.reason
+        FROM asked a
+        WHERE q.run_id = ANY(p_runs) AND q.run_id = a.run_id AND q.status = 'running'
         RETURNING q.run_id
     ), removed AS (
-        DELETE FROM {schema}.queue q USING locked l
-        WHERE q.run_id = l.run_id AND q.status <> 'running'
-        RETURNING q.run_id, q.attempt, q.started_at, l.reason
+        DELETE FROM {schema}.queue q USING asked a
+        WHERE q.run_id = ANY(p_runs) AND q.run_id = a.run_id AND q.status <> 'running'
+        RETURNING q.run_id, q.attempt, q.started_at, a.reason
     ), cancelled AS (
         INSERT INTO {schema}.results (run_id, status, attempt, started_at, error)
         SELECT run_id, 'cancelled', attempt, started_at, reason FROM removed
         RETURNING run_id
     )
-    SELECT ((SELECT count(*) FROM flagged) + (SELECT count(*) FROM cancelled))::int;
+    SELECT (SELECT count(*) FROM flagged) + (SELECT count(*) FROM cancelled) INTO v_count;
+    RETURN v_count;
+END
 $$;
 
 -- cancel_run: cancel one run; true if it was cancelled or will be.
