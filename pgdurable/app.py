@@ -29,6 +29,7 @@ from .functions import (
     Handler,
     define,
     failure_handler,
+    flow_options,
     run_options,
 )
 from .runs import Run
@@ -332,7 +333,9 @@ class Durable:
                 raise DurableError(f"no run with id {run_id!r}")
             fdef = self.functions.get(run.function_id)
             retries = fdef.retries if fdef else DEFAULT_RETRIES
-            new_id = self.store.replay_run(conn, run.id, retries)
+            event = self.store.event(conn, run.event_ids[0])
+            options = flow_options(fdef, event) if fdef and event else {}
+            new_id = self.store.replay_run(conn, run.id, retries, options)
         assert new_id is not None
         return new_id
 

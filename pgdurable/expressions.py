@@ -106,15 +106,19 @@ def check_key(key: object, *, what: str) -> None:
     field_path(key.removeprefix("event."), what=what)
 
 
+def value_of(key: object, event: Any, *, what: str) -> Any:
+    """The value a key option (a callable or a dotted path) gives for an event."""
+    if callable(key):
+        return key(event)
+    assert isinstance(key, str)
+    return lookup(event.to_doc(), field_path(key.removeprefix("event."), what=what), what=what)
+
+
 def key_of(key: object, event: Any, *, what: str) -> str:
     """An event's key value, as JSON text ("" when there is no key)."""
     if key is None:
         return ""
-    if callable(key):
-        value = key(event)
-    else:
-        assert isinstance(key, str)
-        value = lookup(event.to_doc(), field_path(key.removeprefix("event."), what=what), what=what)
+    value = value_of(key, event, what=what)
     try:
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
     except (TypeError, ValueError) as exc:

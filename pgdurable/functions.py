@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -15,17 +15,28 @@ from croniter import croniter
 from .durations import parse_duration
 from .errors import ConfigurationError
 from .events import Event, check_name
-from .expressions import check_key, event_filter, field_path, key_of
-from .options import Batch, Cancel, Debounce, Key, RateLimit, Singleton, Timeouts
+from .expressions import check_key, event_filter, field_path, key_of, value_of
+from .options import (
+    Batch,
+    Cancel,
+    Concurrency,
+    Debounce,
+    Key,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+)
 
 Handler = Callable[..., Any]
+T = TypeVar("T")
 
 _FUNCTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
-# Options of the public API that this version does not enforce yet. They are
-# refused with a clear error: a limit that is silently ignored is worse.
-UNSUPPORTED_OPTIONS = ("concurrency", "throttle", "priority")
 MAX_BATCH_SIZE = 10_000
+MAX_CONCURRENCY_CONSTRAINTS = 2  # as in Inngest: e.g. a global cap and a per-user cap
+MAX_PRIORITY = 600  # seconds a priority moves a run ahead (or back), as in Inngest
 CATCH_UP = ("none", "latest", "all")
 
 DEFAULT_RETRIES = 3  # retries after the first attempt, as in Inngest
@@ -68,13 +79,18 @@ class FunctionDef:
     singleton: Singleton | None = None
     debounce: Debounce | None = None
     debounce_spec: tuple[float, float | None] | None = None  # period and timeout, in seconds
+    concurrency: tuple[Concurrency, ...] = ()
+    throttle: Throttle | None = None
+    throttle_period: timedelta | None = None
+    priority: Priority | None = None
 
     @property
     def has_run_options(self) -> bool:
         """Whether sending its events needs more than (event, function, retries)."""
-        return bool(self.cancel_on) or any(
+        return bool(self.cancel_on or self.concurrency) or any(
             x is not None
-            for x in (self.batch, self.idempotency, self.rate_limit, self.singleton, self.debounce))
+            for x in (self.batch, self.idempotency, self.rate_limit, self.singleton, self.debounce,
+                      self.throttle, self.priority))
 
 
 def define(
@@ -89,10 +105,9 @@ def define(
         )
     options = {name: value for name, value in options.items() if value is not None}
     known = {"cron", "timezone", "catch_up", "cancel_on", "timeouts", "on_failure", "batch",
-             "idempotency", "rate_limit", "singleton", "debounce"}
+             "idempotency", "rate_limit", "singleton", "debounce", "concurrency", "throttle",
+             "priority"}
     for name in sorted(set(options) - known):
-        if name in UNSUPPORTED_OPTIONS:
-            raise ConfigurationError(f"function {id!r}: option {name}= is not supported yet")
         raise ConfigurationError(f"function {id!r}: unknown option {name}=")
     if not callable(handler):
         raise ConfigurationError(f"function {id!r}: the handler is not callable")
@@ -108,6 +123,7 @@ def define(
     check_key(options.get("idempotency"), what=f"idempotency key of function {id!r}")
     singleton = _singleton(id, options.get("singleton"))
     debounce, debounce_spec = _debounce(id, options.get("debounce"))
+    throttle, throttle_period = _throttle(id, options.get("throttle"))
     if batch is not None and {"idempotency", "rate_limit", "singleton", "debounce"} & set(options):
         raise ConfigurationError(f"function {id!r}: batch= cannot go with idempotency=, "
                                  "rate_limit=, singleton= or debounce=")
@@ -130,6 +146,10 @@ def define(
         singleton=singleton,
         debounce=debounce,
         debounce_spec=debounce_spec,
+        concurrency=_concurrency(id, options.get("concurrency")),
+        throttle=throttle,
+        throttle_period=throttle_period,
+        priority=_priority(id, options.get("priority")),
     )
 
 
@@ -193,8 +213,7 @@ def _rate_limit(function_id: str, value: Any) -> tuple[RateLimit | None, timedel
     if not isinstance(value, RateLimit):
         raise ConfigurationError(
             f"function {function_id!r}: rate_limit takes RateLimit(limit=, period=, key=)")
-    if isinstance(value.limit, bool) or not isinstance(value.limit, int) or value.limit < 1:
-        raise ConfigurationError(f"function {function_id!r}: RateLimit.limit must be an int of at least 1")
+    _positive_int(function_id, "RateLimit.limit", value.limit)
     period = _period(function_id, "RateLimit.period", value.period)
     check_key(value.key, what=f"rate limit key of function {function_id!r}")
     return value, period
@@ -216,6 +235,60 @@ def _debounce(
     return value, (period.total_seconds(), timeout)
 
 
+def _one_or_more(function_id: str, value: Any, kind: type[T], usage: str) -> list[T]:
+    """An option given as one `kind` or a non-empty list of them."""
+    items = [value] if isinstance(value, kind) else value if isinstance(value, list | tuple) else None
+    if not items or not all(isinstance(item, kind) for item in items):
+        raise ConfigurationError(f"function {function_id!r}: {usage}")
+    return list(items)
+
+
+def _positive_int(function_id: str, what: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"function {function_id!r}: {what} must be an int of at least 1")
+
+
+def _concurrency(function_id: str, value: Any) -> tuple[Concurrency, ...]:
+    if value is None:
+        return ()
+    items = _one_or_more(function_id, value, Concurrency, "concurrency takes Concurrency("
+                         f"limit=, key=, scope=) or a list of up to {MAX_CONCURRENCY_CONSTRAINTS}")
+    if len(items) > MAX_CONCURRENCY_CONSTRAINTS:
+        raise ConfigurationError(
+            f"function {function_id!r}: at most {MAX_CONCURRENCY_CONSTRAINTS} concurrency "
+            f"constraints, not {len(items)}")
+    for item in items:
+        _positive_int(function_id, "Concurrency.limit", item.limit)
+        if item.scope not in ("function", "app"):
+            raise ConfigurationError(f"function {function_id!r}: Concurrency.scope must be "
+                                     f"'function' or 'app', not {item.scope!r}")
+        check_key(item.key, what=f"concurrency key of function {function_id!r}")
+    return tuple(items)
+
+
+def _throttle(function_id: str, value: Any) -> tuple[Throttle | None, timedelta | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, Throttle):
+        raise ConfigurationError(
+            f"function {function_id!r}: throttle takes Throttle(limit=, period=, burst=, key=)")
+    _positive_int(function_id, "Throttle.limit", value.limit)
+    _positive_int(function_id, "Throttle.burst", value.burst)
+    period = _period(function_id, "Throttle.period", value.period)
+    check_key(value.key, what=f"throttle key of function {function_id!r}")
+    return value, period
+
+
+def _priority(function_id: str, value: Any) -> Priority | None:
+    if value is None:
+        return None
+    if not isinstance(value, Priority) or value.run is None:
+        raise ConfigurationError(f"function {function_id!r}: priority takes Priority(run=), where run "
+                                 "is a dotted path to a number of seconds or a callable of the event")
+    check_key(value.run, what=f"priority of function {function_id!r}")
+    return value
+
+
 def _singleton(function_id: str, value: Any) -> Singleton | None:
     if value is None:
         return None
@@ -231,9 +304,7 @@ def _singleton(function_id: str, value: Any) -> Singleton | None:
 def _cancel_on(function_id: str, value: Any) -> tuple[Cancel, ...]:
     if value is None:
         return ()
-    items = [value] if isinstance(value, Cancel) else value if isinstance(value, list | tuple) else None
-    if not items or not all(isinstance(item, Cancel) for item in items):
-        raise ConfigurationError(f"function {function_id!r}: cancel_on takes a list of Cancel(...)")
+    items = _one_or_more(function_id, value, Cancel, "cancel_on takes a list of Cancel(...)")
     what = f"cancel_on of function {function_id!r}"
     for cancel in items:
         check_name(cancel.event, what=f"event name in {what}")
@@ -310,4 +381,37 @@ def run_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
     if fdef.singleton is not None:
         key = key_of(fdef.singleton.key, event, what=f"singleton key of function {fdef.id!r}")
         options["singleton"] = [key, fdef.singleton.mode]
+    options.update(flow_options(fdef, event))
     return options
+
+
+def flow_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
+    """The options a run of `fdef` for `event` is claimed under, however it
+    starts: concurrency keys and limits, throttle, priority in seconds."""
+    options: dict[str, Any] = {}
+    if fdef.concurrency:
+        options["slots"] = [[_slot_key(fdef, c, event), c.limit] for c in fdef.concurrency]
+    if fdef.throttle is not None and fdef.throttle_period is not None:
+        key = key_of(fdef.throttle.key, event, what=f"throttle key of function {fdef.id!r}")
+        options["throttle"] = [key, fdef.throttle.limit, fdef.throttle_period.total_seconds(),
+                               fdef.throttle.burst]
+    if fdef.priority is not None:
+        options["priority"] = _priority_seconds(fdef, event)
+    return options
+
+
+def _slot_key(fdef: FunctionDef, constraint: Concurrency, event: Event) -> str:
+    """A concurrency key as stored: scoped to the function ('<id> <key>') or
+    to the app ('* <key>'); neither a function id nor a key holds a space
+    at that place, so scopes cannot collide."""
+    key = key_of(constraint.key, event, what=f"concurrency key of function {fdef.id!r}")
+    return f"{'*' if constraint.scope == 'app' else fdef.id} {key}"
+
+
+def _priority_seconds(fdef: FunctionDef, event: Event) -> float:
+    assert fdef.priority is not None
+    what = f"priority of function {fdef.id!r}"
+    value = value_of(fdef.priority.run, event, what=what)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ConfigurationError(f"{what}: {value!r} is not a number of seconds")
+    return float(max(-MAX_PRIORITY, min(MAX_PRIORITY, value)))

@@ -1,8 +1,7 @@
 """Flow-control and scheduling options of `@app.function`.
 
-They are part of the public API so that code can be written against them;
-this version validates them all and refuses the ones it does not enforce yet
-(see `functions.UNSUPPORTED_OPTIONS`), rather than silently ignoring a limit.
+`functions.define` validates them when a function is registered; the
+database enforces them (sql/functions/10_admission.sql, 11_flow.sql).
 """
 
 from __future__ import annotations

@@ -303,10 +303,12 @@ class Store:
     def invoke_child(
         self, conn: psycopg.Connection[Any], run_id: str, token: int, key: str, position: int,
         function_id: str, retries: int, event_id: str, data_json: str, expires: datetime | None,
+        options: dict[str, Any],
     ) -> bool:
         """Start a child run and park the parent until it ends; False if the lease is lost."""
         row = self._run(conn, "invoke_child", (
             run_id, token, key, position, function_id, retries, event_id, data_json, expires,
+            json.dumps(options),
         )).fetchone()
         return bool(row and row[0])
 
@@ -384,6 +386,13 @@ class Store:
         params = {"function": function, "status": status, "limit": limit}
         return [Run.from_row(r) for r in self._run(conn, "list_runs", params)]
 
-    def replay_run(self, conn: psycopg.Connection[Any], run_id: str, retries: int) -> str | None:
-        row = self._run(conn, "replay_run", {"run": run_id, "retries": retries}).fetchone()
+    def replay_run(
+        self, conn: psycopg.Connection[Any], run_id: str, retries: int, options: dict[str, Any]
+    ) -> str | None:
+        row = self._run(conn, "replay_run", {
+            "run": run_id, "retries": retries, "options": json.dumps(options)}).fetchone()
         return None if row is None else str(row[0])
+
+    def event(self, conn: psycopg.Connection[Any], event_id: str) -> Event | None:
+        row = self._run(conn, "event", (event_id,)).fetchone()
+        return None if row is None else Event.from_doc(row[0])

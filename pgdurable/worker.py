@@ -34,11 +34,13 @@ from .context import Context
 from .control import Cancelled, Park, Suspend
 from .errors import ConfigurationError, RetryAfterError, StepError
 from .events import Event
-from .functions import FunctionDef
+from .functions import FunctionDef, flow_options
 from .journal import Journal
 from .schedules import Scheduler
 from .steps import Backoff, RunState, error_json, gives_up, retry_time
 from .store import ClaimedRow, Finish, Store, WaitSpec
+
+INVOKED_EVENT = "pgdurable/invoked"  # the event of a run started by step.invoke
 
 if TYPE_CHECKING:
     from .app import Durable
@@ -270,10 +272,13 @@ class Worker:
         data_json: str, expires: datetime | None,
     ) -> bool:
         claimed = state.claimed
+        event_id = f"{claimed.id}/{key}"
+        options = flow_options(self._functions[function_id],
+                               Event(INVOKED_EVENT, serde.loads(data_json), id=event_id))
         return bool(self._with_db("invoke a function", partial(
             self._store.invoke_child, run_id=claimed.id, token=claimed.token, key=key,
             position=position, function_id=function_id, retries=retries,
-            event_id=f"{claimed.id}/{key}", data_json=data_json, expires=expires)))
+            event_id=event_id, data_json=data_json, expires=expires, options=options)))
 
     def send(self, events: list[Event]) -> list[str]:
         return self._app.send(events)

@@ -77,7 +77,7 @@ SELECT * FROM {schema}.register_wait(%s::uuid, %s, %s, %s, %s::text[], %s::text[
                                      %s::jsonpath, %s::jsonb, %s);
 
 -- name: invoke_child
-SELECT {schema}.invoke_child(%s::uuid, %s, %s, %s, %s, %s, %s, %s::jsonb, %s);
+SELECT {schema}.invoke_child(%s::uuid, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s);
 
 -- name: next_due
 SELECT {schema}.next_due(%s::text[]);
@@ -151,9 +151,13 @@ ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s;
 
 -- name: replay_run
-SELECT {schema}.start_run(function_id, event_ids, %(retries)s, parent_run_id),
+SELECT {schema}.start_run(function_id, event_ids, %(retries)s, parent_run_id,
+                         %(options)s::jsonb),
        pg_notify('{channel}', '')
 FROM {schema}.runs WHERE id = %(run)s::uuid;
+
+-- name: event
+SELECT {schema}.event_doc(e) FROM {schema}.events e WHERE e.id = %s;
 
 -- name: listen
 LISTEN {channel_ident};

@@ -11,7 +11,7 @@ import time
 
 from psycopg import sql
 
-from pgdurable import Batch, Context, Durable
+from pgdurable import Batch, Concurrency, Context, Durable, Priority, Throttle
 
 app = Durable(os.environ["PGDURABLE_DSN"], schema=os.environ["PGDURABLE_SCHEMA"],
               lease="2s", retry_backoff=("20ms", "200ms"),
@@ -92,3 +92,47 @@ if os.environ.get("PGDURABLE_TEST_BATCH"):  # only in the test of batches
         for event in ctx.events:
             ctx.step.run(f"handle-{event.id}", effect, ctx.run_id, str(event.id))
         return len(ctx.events)
+
+
+if os.environ.get("PGDURABLE_TEST_FLOW"):  # only in the tests of flow control
+
+    def span(run_id: str, key: str, seconds: float) -> None:
+        """Record when this step executed, in the test's `spans` table."""
+        table = sql.Identifier(app.schema, "spans")
+        with app.connection() as conn:
+            conn.execute(sql.SQL("INSERT INTO {} (run_id, key, started) "
+                                 "VALUES (%s, %s, clock_timestamp())").format(table), (run_id, key))
+        time.sleep(seconds)
+        with app.connection() as conn:
+            conn.execute(sql.SQL("UPDATE {} SET ended = clock_timestamp() "
+                                 "WHERE run_id = %s AND ended IS NULL").format(table), (run_id,))
+
+    @app.function(id="limited", event="test/limited",
+                  concurrency=[Concurrency(limit=3), Concurrency(limit=1, key="data.user")])
+    def limited(ctx: Context) -> None:
+        ctx.step.run("work", span, ctx.run_id, str(ctx.event.data["user"]), 0.02)
+
+    @app.function(id="ordered", event="test/ordered", concurrency=Concurrency(limit=1),
+                  priority=Priority(run="data.priority"))
+    def ordered(ctx: Context) -> None:
+        ctx.step.run("work", span, ctx.run_id, "", 0.01)
+
+    @app.function(id="throttled", event="test/throttled",
+                  throttle=Throttle(limit=5, period="1s", burst=2))
+    def throttled(ctx: Context) -> None:
+        ctx.step.run("work", span, ctx.run_id, "", 0)
+
+    @app.function(id="hog", event="test/hog", concurrency=Concurrency(limit=1))
+    def hog(ctx: Context) -> None:
+        def work() -> None:
+            effect(ctx.run_id, "hog-start")
+            first_time = ctx.event.data["n"] == 0 and not flag_is_set(ctx.run_id)
+            if first_time:
+                with app.connection() as conn:
+                    conn.execute(sql.SQL("INSERT INTO {} VALUES (%s)").format(
+                        sql.Identifier(app.schema, "flags")), (ctx.run_id,))
+            while first_time:
+                time.sleep(0.05)  # holds its slot until its worker is killed
+
+        ctx.step.run("work", span, ctx.run_id, "", 0)
+        ctx.step.run("hold", work)

@@ -335,7 +335,7 @@ def test_duplicate_function_ids_are_refused(app: Durable) -> None:
         ({"id": "f", "event": "a", "retries": -1}, "retries"),
         ({"id": "f", "event": "a", "retries": "3"}, "retries"),
         ({"id": "f", "event": "a", "colour": "blue"}, "unknown option colour"),
-        ({"id": "f", "event": "a", "concurrency": 5}, "not supported yet"),
+        ({"id": "f", "event": "a", "concurrency": 5}, "concurrency takes Concurrency"),
     ],
 )
 def test_bad_function_definitions(app: Durable, options: dict[str, Any], message: str) -> None:

@@ -5,6 +5,12 @@
 
 -- Helpers shared by the other functions.
 
+-- Functions on the hot path pin their plans with `SET enable_... = off`
+-- (see each). A plan that needs a disabled node anyway (a sort to lock rows
+-- in order, a nested loop over unnest) is then costed past jit_above_cost,
+-- and JIT compiling it would take far longer than running it: they also
+-- `SET jit = off`.
+
 -- Run ids are UUIDv7: time-ordered, so the primary keys of runs, queue,
 -- results and steps grow at their right edge instead of touching random
 -- pages of indexes that hold every run ever made.
@@ -28,19 +34,24 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- start_run: a new run of p_function for the events p_events (the first
--- is its triggering event), due now; returns its id. Sends create their
--- runs in sets instead (send_events: the hot path); this is for the runs
--- started one by one (children, batches, debounces, failure handlers, replays).
+-- is its triggering event), due now, with the flow-control options
+-- p_options (see send_events); returns its id. Sends create their runs in
+-- sets instead (send_events: the hot path); this is for the runs started
+-- one by one (children, batches, debounces, failure handlers, replays).
 CREATE FUNCTION {schema}.start_run(
-    p_function text, p_events text[], p_retries int, p_parent uuid DEFAULT NULL
+    p_function text, p_events text[], p_retries int, p_parent uuid DEFAULT NULL,
+    p_options jsonb DEFAULT NULL
 ) RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
     v_run uuid := {schema}.uuid_v7();
 BEGIN
     INSERT INTO {schema}.runs (id, function_id, event_ids, parent_run_id)
     VALUES (v_run, p_function, p_events, p_parent);
-    INSERT INTO {schema}.queue (run_id, function_id, event_id, event_count, available_at, retries)
-    VALUES (v_run, p_function, p_events[1], cardinality(p_events), now(), p_retries);
+    INSERT INTO {schema}.queue (run_id, function_id, event_id, event_count, available_at, retries,
+                                slot_keys, slot_limits, throttle)
+    VALUES (v_run, p_function, p_events[1], cardinality(p_events),
+            {schema}.flow_due(now(), p_options), p_retries, {schema}.flow_keys(p_options),
+            {schema}.flow_limits(p_options), p_options -> 'throttle');
     RETURN v_run;
 END
 $$;

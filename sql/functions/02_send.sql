@@ -10,6 +10,7 @@
 --               batch: [batch key, max size, timeout in seconds]
 --               debounce: [key, period in seconds, timeout in seconds or null]
 --               idempotency, rate_limit, singleton: see admit
+--               slots, throttle, priority: see 11_flow.sql
 -- New events are then delivered to the steps waiting for them. Senders
 -- hold a shared lock per event name until they commit; a step that starts
 -- waiting takes it exclusively (register_wait), so either the sender sees
@@ -100,29 +101,34 @@ BEGIN
         SELECT id, fn, ARRAY[event_id] FROM planned
         WHERE batch IS NULL AND debounce IS NULL AND verdict <> '"duplicate"'
     ), queued AS (
-        INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
-        SELECT id, fn, event_id, available_at, retries FROM planned
+        INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries,
+                                    slot_keys, slot_limits, throttle)
+        SELECT id, fn, event_id, {schema}.flow_due(available_at, options), retries,
+               {schema}.flow_keys(options), {schema}.flow_limits(options), options -> 'throttle'
+        FROM planned
         WHERE batch IS NULL AND debounce IS NULL AND verdict = '"run"'
         RETURNING available_at
     ), skipped AS (  -- rate_limit=, singleton=: recorded with the reason, not run
         INSERT INTO {schema}.results (run_id, status, error, attempt)
         SELECT id, 'skipped', verdict, 0 FROM planned WHERE jsonb_typeof(verdict) = 'object'
     ), debounced AS (  -- debounce=: the latest event of a key replaces the pending one
-        INSERT INTO {schema}.debounces AS d (function_id, key, event_id, retries, due_at, deadline)
+        INSERT INTO {schema}.debounces AS d
+            (function_id, key, event_id, retries, due_at, deadline, flow)
         SELECT DISTINCT ON (fn, debounce ->> 0)
                fn, debounce ->> 0, event_id, retries,
                available_at + make_interval(secs => (debounce ->> 1)::float8),
                coalesce(available_at + make_interval(secs => (debounce ->> 2)::float8),
-                        'infinity')
+                        'infinity'), options
         FROM planned WHERE debounce IS NOT NULL AND verdict = '"run"'
         ORDER BY fn, debounce ->> 0, idx DESC
         ON CONFLICT (function_id, key) DO UPDATE
-            SET event_id = excluded.event_id, retries = excluded.retries,
+            SET event_id = excluded.event_id, retries = excluded.retries, flow = excluded.flow,
                 due_at = least(excluded.due_at, d.deadline)
     ), batched AS (  -- batch=: the event waits for its batch instead
-        INSERT INTO {schema}.batch_items (function_id, batch_key, event_id, max_size, retries, fire_at)
+        INSERT INTO {schema}.batch_items
+            (function_id, batch_key, event_id, max_size, retries, fire_at, flow)
         SELECT fn, batch ->> 0, event_id, (batch ->> 1)::int, retries,
-               available_at + make_interval(secs => (batch ->> 2)::float8)
+               available_at + make_interval(secs => (batch ->> 2)::float8), options
         FROM planned WHERE batch IS NOT NULL
         ORDER BY event_id
         RETURNING function_id, batch_key
@@ -162,7 +168,7 @@ LANGUAGE plpgsql
 -- Each incoming event must probe `waits_match` with its own field value.
 -- Statistics of `waits` are always stale (it churns), and the planner would
 -- rather hash-join a sequential scan of it: O(waiting runs x events).
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 DECLARE
     v_runs uuid[];
     v_keys text[];

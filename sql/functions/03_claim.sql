@@ -29,21 +29,42 @@ CREATE FUNCTION {schema}.claim_runs(
 -- planner may instead fetch every due row and sort them: O(backlog) per claim.
 -- Every other access is by key; a sequential scan of `steps` to resolve the
 -- parked runs' steps would cost O(journal) per claim.
-SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off AS $$
+SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off SET jit = off AS $$
+DECLARE
+    v_ids uuid[];
+    v_flow uuid[];
+    v_exhausted uuid[];
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT array_agg(c.run_id),
+           array_agg(c.run_id ORDER BY c.available_at)
+               FILTER (WHERE c.flow AND NOT c.exhausted AND NOT c.holds_slots),
+           array_agg(c.run_id) FILTER (WHERE c.exhausted)
+    INTO v_ids, v_flow, v_exhausted
+    FROM (SELECT q.run_id, q.available_at, q.holds_slots,
+                 q.slot_keys IS NOT NULL OR q.throttle IS NOT NULL AS flow,
+                 q.status = 'running' AND q.handler_attempts >= q.retries AS exhausted
+          FROM {schema}.queue q
+          WHERE q.available_at <= now() AND q.function_id = ANY(p_functions)
+            AND q.blocked_key IS NULL
+            -- a live worker whose lease lapsed still holds the run in memory
+            AND (q.worker_id IS NULL OR q.worker_id <> p_worker)
+          ORDER BY q.available_at
+          LIMIT p_limit
+          FOR UPDATE SKIP LOCKED) c;
+    IF v_flow IS NOT NULL THEN  -- concurrency= and throttle= may hold some back
+        v_ids := ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest({schema}.admit_flow(v_flow)));
+    END IF;
+    IF v_exhausted IS NOT NULL THEN
+        PERFORM {schema}.release_slots(v_exhausted);
+    END IF;
     RETURN QUERY
-    WITH candidates AS MATERIALIZED (
+    WITH candidates AS MATERIALIZED (  -- locked above
         SELECT q.run_id, q.status = 'running' AS lost, q.started_at IS NOT NULL AS resumed,
                q.status = 'running' AND q.handler_attempts >= q.retries AS exhausted,
                q.status IN ('sleeping', 'waiting') AS parked, q.available_at AS due_at
         FROM {schema}.queue q
-        WHERE q.available_at <= now() AND q.function_id = ANY(p_functions)
-          -- a live worker whose lease lapsed still holds the run in memory
-          AND (q.worker_id IS NULL OR q.worker_id <> p_worker)
-        ORDER BY q.available_at
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
+        WHERE q.run_id = ANY(v_ids)
     ), claimed AS (
         UPDATE {schema}.queue q
         SET status = 'running',
@@ -105,7 +126,8 @@ BEGIN
                 FROM {schema}.steps s WHERE s.run_id = c.run_id) END,
            c.resumed, c.due_at, c.started_at
     FROM claimed c
-    LEFT JOIN {schema}.events e ON e.id = c.event_id;
+    LEFT JOIN {schema}.events e ON e.id = c.event_id
+    ORDER BY c.due_at;  -- the order they are handed to executors
 END
 $$;
 
@@ -120,7 +142,7 @@ CREATE FUNCTION {schema}.heartbeat(
 ) RETURNS SETOF uuid LANGUAGE plpgsql
 -- Every access is by key, in sets: index scans and hash joins are right
 -- whatever the (often stale) statistics of the churning queue say.
-SET enable_seqscan = off SET enable_nestloop = off AS $$
+SET enable_seqscan = off SET enable_nestloop = off SET jit = off AS $$
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     RETURN QUERY
@@ -144,7 +166,7 @@ $$;
 CREATE FUNCTION {schema}.next_due(p_functions text[]) RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
     SELECT q.available_at FROM {schema}.queue q
-    WHERE q.available_at > now() AND q.available_at < 'infinity'
+    WHERE q.available_at > now() AND q.available_at < 'infinity' AND q.blocked_key IS NULL
       AND q.status <> 'running' AND q.function_id = ANY(p_functions)
     ORDER BY q.available_at LIMIT 1;
 $$;

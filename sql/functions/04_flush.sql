@@ -15,12 +15,13 @@ CREATE FUNCTION {schema}.flush(p_steps jsonb, p_finishes jsonb) RETURNS SETOF uu
 LANGUAGE plpgsql
 -- Every access is by key, in sets: index scans and hash joins are right
 -- whatever the (often stale) statistics of the churning queue say.
-SET enable_seqscan = off SET enable_nestloop = off AS $$
+SET enable_seqscan = off SET enable_nestloop = off SET jit = off AS $$
 DECLARE
     v_step_runs uuid[] := ARRAY(SELECT (e ->> 0)::uuid FROM jsonb_array_elements(p_steps) e);
     v_fin_runs uuid[] := ARRAY(SELECT (e ->> 0)::uuid FROM jsonb_array_elements(p_finishes) e);
     v_due boolean;
     v_cancelled uuid[];
+    v_holders uuid[];
 BEGIN
     IF cardinality(v_step_runs) > 0 THEN
         -- One pass over the queue both checks the leases and reads the
@@ -49,8 +50,18 @@ BEGIN
 
     IF cardinality(v_fin_runs) > 0 THEN
         -- Lock in run order, as cancel_set does, so the two cannot deadlock.
-        PERFORM FROM {schema}.queue q WHERE q.run_id = ANY(v_fin_runs)
-        ORDER BY q.run_id FOR UPDATE;
+        WITH locked AS MATERIALIZED (
+            SELECT q.run_id, q.lease_token, q.status, q.holds_slots FROM {schema}.queue q
+            WHERE q.run_id = ANY(v_fin_runs) ORDER BY q.run_id FOR UPDATE
+        )
+        SELECT array_agg(l.run_id) INTO v_holders
+        FROM locked l
+        JOIN jsonb_array_elements(p_finishes) e
+          ON l.run_id = (e ->> 0)::uuid AND l.lease_token = (e ->> 1)::bigint
+        WHERE l.holds_slots AND l.status = 'running';
+        IF v_holders IS NOT NULL THEN  -- whatever comes next, they stop running
+            PERFORM {schema}.release_slots(v_holders);
+        END IF;
         WITH fin AS MATERIALIZED (
             SELECT (e ->> 0)::uuid AS run_id, (e ->> 1)::bigint AS token, e ->> 2 AS status,
                    e -> 3 AS output, nullif(e -> 4, 'null') AS error,

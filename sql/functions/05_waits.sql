@@ -8,7 +8,7 @@
 CREATE FUNCTION {schema}.wake(p_runs uuid[], p_keys text[], p_outputs jsonb[])
 RETURNS int LANGUAGE plpgsql
 -- By key, in sets, whatever the stale statistics of the churning tables say.
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 DECLARE
     v_woken int;
 BEGIN
@@ -94,6 +94,7 @@ BEGIN
         RETURN;
     END IF;
 
+    PERFORM {schema}.release_slots(ARRAY[p_run]);  -- a parked run holds no slot
     INSERT INTO {schema}.waits (run_id, step_key, event_name, match_path, match_value,
                                 condition, condition_vars)
     SELECT p_run, p_key, n, p_match_path, p_match_value, p_condition, p_vars
@@ -110,13 +111,14 @@ END
 $$;
 
 -- invoke_child: the step p_key of a running run starts a child run of
--- p_function with the event (p_event_id, 'pgdurable/invoked', p_data) and
+-- p_function (with the flow-control options p_options) with the event
+-- (p_event_id, 'pgdurable/invoked', p_data) and
 -- parks until the child ends or p_expires passes. The child cannot end
 -- before this commits, so no lock is needed against the wake. Returns
 -- false if the caller no longer holds the run's lease.
 CREATE FUNCTION {schema}.invoke_child(
     p_run uuid, p_token bigint, p_key text, p_position int, p_function text, p_retries int,
-    p_event_id text, p_data jsonb, p_expires timestamptz
+    p_event_id text, p_data jsonb, p_expires timestamptz, p_options jsonb
 ) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     v_child uuid;
@@ -127,10 +129,11 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    PERFORM {schema}.release_slots(ARRAY[p_run]);  -- a parked run holds no slot
     INSERT INTO {schema}.events (id, name, data, ts)
     VALUES (p_event_id, 'pgdurable/invoked', p_data, now())
     ON CONFLICT (id) DO NOTHING;
-    v_child := {schema}.start_run(p_function, ARRAY[p_event_id], p_retries, p_run);
+    v_child := {schema}.start_run(p_function, ARRAY[p_event_id], p_retries, p_run, p_options);
 
     INSERT INTO {schema}.steps (run_id, step_key, position, status, started_at)
     VALUES (p_run, p_key, p_position, 'waiting', now())

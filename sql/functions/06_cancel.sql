@@ -15,6 +15,9 @@ DECLARE
 BEGIN
     PERFORM FROM {schema}.queue q  -- in run order, as flush locks them
     WHERE q.run_id = ANY(p_runs) ORDER BY q.run_id FOR UPDATE;
+    PERFORM {schema}.release_slots(ARRAY(  -- woken runs pass on the slot handed to them
+        SELECT q.run_id FROM {schema}.queue q
+        WHERE q.run_id = ANY(p_runs) AND q.status <> 'running' AND q.reserved_key IS NOT NULL));
 
     WITH asked AS (
         SELECT DISTINCT ON (a.run_id) a.run_id, coalesce(a.reason, jsonb_build_object(

@@ -2,12 +2,13 @@
 
 -- start_batch: take up to p_max of the oldest items of a batch (skipping
 -- those another transaction is taking) and start one run with their events,
--- in order. Returns how many events it took.
+-- in order, under the flow control of the first. Returns how many events it took.
 CREATE FUNCTION {schema}.start_batch(p_function text, p_key text, p_max int)
 RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     v_events text[];
     v_retries int;
+    v_flow jsonb;
 BEGIN
     WITH chosen AS (
         SELECT seq FROM {schema}.batch_items
@@ -17,13 +18,14 @@ BEGIN
     ), taken AS (
         DELETE FROM {schema}.batch_items b USING chosen c
         WHERE b.function_id = p_function AND b.batch_key = p_key AND b.seq = c.seq
-        RETURNING b.seq, b.event_id, b.retries
+        RETURNING b.seq, b.event_id, b.retries, b.flow
     )
-    SELECT array_agg(event_id ORDER BY seq), max(retries) INTO v_events, v_retries FROM taken;
+    SELECT array_agg(event_id ORDER BY seq), max(retries), (array_agg(flow ORDER BY seq))[1]
+    INTO v_events, v_retries, v_flow FROM taken;
     IF v_events IS NULL THEN
         RETURN 0;
     END IF;
-    PERFORM {schema}.start_run(p_function, v_events, v_retries);
+    PERFORM {schema}.start_run(p_function, v_events, v_retries, NULL, v_flow);
     PERFORM pg_notify('{channel}', '');
     RETURN cardinality(v_events);
 END
@@ -92,9 +94,10 @@ BEGIN
     ), fired AS (
         DELETE FROM {schema}.debounces d USING due
         WHERE d.function_id = due.function_id AND d.key = due.key
-        RETURNING d.function_id, d.event_id, d.retries
+        RETURNING d.function_id, d.event_id, d.retries, d.flow
     )
-    SELECT count({schema}.start_run(function_id, ARRAY[event_id], retries)) INTO v_started
+    SELECT count({schema}.start_run(function_id, ARRAY[event_id], retries, NULL, flow))
+    INTO v_started
     FROM fired;
     IF v_started > 0 THEN
         PERFORM pg_notify('{channel}', '');

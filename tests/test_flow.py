@@ -1,0 +1,289 @@
+"""concurrency=, throttle= and priority=: enforced when workers claim runs.
+
+The proofs record when every step executed (a `spans` table, written from
+inside the steps) and check the limits on those records: the maximum
+overlap of steps per key, the number of run starts in any window.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import wait_until
+
+from pgdurable import (
+    Concurrency,
+    ConfigurationError,
+    Context,
+    Durable,
+    Event,
+    InvalidEventError,
+    Priority,
+    Throttle,
+)
+from pgdurable.store import Finish
+
+FLOW = {"PGDURABLE_TEST_FLOW": "1"}
+
+
+@pytest.fixture
+def spans(app: Durable, db: psycopg.Connection[Any]) -> Durable:
+    db.execute(f"CREATE TABLE {app.schema}.spans "
+               "(run_id uuid, key text, started timestamptz, ended timestamptz)")
+    db.execute(f"CREATE TABLE {app.schema}.effects (run_id uuid, what text)")
+    db.execute(f"CREATE TABLE {app.schema}.flags (name text)")
+    return app
+
+
+def record(app: Durable, run_id: str, key: str, hold: threading.Event | None = None) -> None:
+    """In-process twin of procapp.span: a step's start and end, in `spans`."""
+    with app.connection() as conn:
+        conn.execute(f"INSERT INTO {app.schema}.spans VALUES (%s, %s, clock_timestamp(), null)",
+                     (run_id, key))
+    if hold is not None:
+        hold.wait(30)
+    with app.connection() as conn:
+        conn.execute(f"UPDATE {app.schema}.spans SET ended = clock_timestamp() "
+                     "WHERE run_id = %s AND ended IS NULL", (run_id,))
+
+
+def max_overlap(db: psycopg.Connection[Any], schema: str, *, per_key: bool = False) -> int:
+    """The most steps that executed at once (per key: the most for any one key)."""
+    partition = "PARTITION BY key" if per_key else ""
+    row = db.execute(f"""
+        SELECT coalesce(max(n), 0) FROM (
+            SELECT sum(d) OVER ({partition} ORDER BY t, d ROWS UNBOUNDED PRECEDING) AS n
+            FROM (SELECT key, started AS t, 1 AS d FROM {schema}.spans WHERE ended IS NOT NULL
+                  UNION ALL
+                  SELECT key, ended, -1 FROM {schema}.spans WHERE ended IS NOT NULL) x) y
+    """).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def finished(app: Durable, function: str, count: int, timeout: float = 120) -> None:
+    def done() -> bool:
+        runs = app.list_runs(function=function, limit=count + 1)
+        return len(runs) == count and all(r.is_terminal for r in runs)
+
+    wait_until(done, timeout=timeout, what=f"{count} runs of {function} to finish")
+    statuses = {r.status for r in app.list_runs(function=function, limit=count)}
+    assert statuses == {"completed"}
+
+
+# -- concurrency ----------------------------------------------------------
+
+
+def test_three_processes_never_exceed_a_global_and_a_per_key_limit(
+    spans: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = spans
+    app.function(id="limited", event="test/limited",
+                 concurrency=[Concurrency(limit=3), Concurrency(limit=1, key="data.user")])(
+        lambda ctx: None)
+    for _ in range(3):
+        worker_process(threads=4, **FLOW)
+    app.send([Event("test/limited", {"user": n % 5}) for n in range(150)])
+    finished(app, "limited", 150)
+    assert db.execute(f"SELECT count(*) FROM {app.schema}.spans").fetchone() == (150,)
+    assert max_overlap(db, app.schema) == 3  # reached, never passed
+    assert max_overlap(db, app.schema, per_key=True) == 1
+    assert db.execute(f"SELECT count(*) FROM {app.schema}.slots").fetchone() == (0,)
+
+
+def test_over_the_limit_runs_wait_in_order_and_priority_goes_first(
+    spans: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = spans
+    app.function(id="ordered", event="test/ordered", concurrency=Concurrency(limit=1),
+                 priority=Priority(run="data.priority"))(lambda ctx: None)
+    sent = [app.send("test/ordered", {"n": n, "priority": 0})[0] for n in range(10)]
+    urgent = [app.send("test/ordered", {"n": n, "priority": 60})[0] for n in range(10, 14)]
+    for _ in range(3):
+        worker_process(threads=4, **FLOW)
+    finished(app, "ordered", 14)
+    started = db.execute(f"""
+        SELECT r.event_ids[1] FROM {app.schema}.spans s JOIN {app.schema}.runs r ON r.id = s.run_id
+        ORDER BY s.started""").fetchall()
+    assert [e for (e,) in started] == urgent + sent
+    assert max_overlap(db, app.schema) == 1
+
+
+def test_a_killed_worker_s_slot_comes_back_when_its_lease_expires(
+    spans: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = spans
+    app.function(id="hog", event="test/hog", concurrency=Concurrency(limit=1))(lambda ctx: None)
+    [first] = app.runs_for_event(app.send("test/hog", {"n": 0})[0])
+    doomed = worker_process(threads=2, **FLOW)
+    wait_until(lambda: db.execute(f"SELECT count(*) FROM {app.schema}.flags").fetchone() == (1,),
+               what="the first run to hold its slot")
+    app.send([Event("test/hog", {"n": n}) for n in (1, 2)])
+    doomed.kill()
+    worker_process(threads=2, **FLOW)
+    finished(app, "hog", 3)
+    assert db.execute(f"SELECT count(*) FROM {app.schema}.effects WHERE run_id = %s",
+                      (first.id,)).fetchone() == (2,)  # its step ran again, under the same slot
+    assert max_overlap(db, app.schema) == 1
+    assert db.execute(f"SELECT count(*) FROM {app.schema}.slots").fetchone() == (0,)
+
+
+def test_a_run_holds_no_slot_while_it_sleeps(spans: Durable, db: psycopg.Connection[Any]) -> None:
+    app = spans
+
+    @app.function(id="napper", event="nap", concurrency=Concurrency(limit=1))
+    def napper(ctx: Context) -> None:
+        ctx.step.run("before", record, app, ctx.run_id, "before")
+        ctx.step.sleep("nap", "2s")
+        ctx.step.run("after", record, app, ctx.run_id, "after")
+
+    app.send([Event("nap", {}) for _ in range(3)])
+    app.start(threads=4)
+    finished(app, "napper", 3)
+    # Had the first run kept its slot while asleep, the second could not
+    # have started before the first's last step.
+    steps = [k for (k,) in db.execute(
+        f"SELECT key FROM {app.schema}.spans ORDER BY started").fetchall()]
+    assert steps == ["before"] * 3 + ["after"] * 3
+    assert max_overlap(db, app.schema) == 1
+
+
+def test_a_flood_of_one_key_does_not_starve_another(app: Durable) -> None:
+    release = threading.Event()
+
+    @app.function(id="per-user", event="job", concurrency=Concurrency(limit=2, key="data.user"))
+    def per_user(ctx: Context) -> str:
+        if ctx.event.data["user"] == "flood":
+            release.wait(30)
+        return str(ctx.event.data["user"])
+
+    app.send([Event("job", {"user": "flood"}) for _ in range(100)])
+    [other] = app.runs_for_event(app.send("job", {"user": "other"})[0])
+    app.start(threads=4)
+    assert app.wait_for_run(other.id, 30).status == "completed"
+    assert len(app.list_runs(function="per-user", status="completed", limit=400)) == 1
+    release.set()
+
+
+def test_app_scope_shares_a_limit_between_functions(
+    spans: Durable, db: psycopg.Connection[Any]
+) -> None:
+    app = spans
+    shared = Concurrency(limit=1, key="data.account", scope="app")
+    for fid in ("export", "import"):
+        app.function(id=fid, event="sync", concurrency=shared)(
+            lambda ctx: ctx.step.run("work", record, app, ctx.run_id, str(ctx.event.data["account"])))
+    app.send([Event("sync", {"account": n % 2}) for n in range(10)])
+    app.start(threads=6)
+    finished(app, "export", 10)
+    finished(app, "import", 10)
+    assert max_overlap(db, app.schema, per_key=True) == 1
+
+
+def test_a_cancelled_run_passes_on_the_slot_handed_to_it(
+    app: Durable, db: psycopg.Connection[Any]
+) -> None:
+    app.function(id="single", event="go", concurrency=Concurrency(limit=1))(lambda ctx: None)
+    runs = [app.runs_for_event(app.send("go", {"n": n})[0])[0].id for n in range(3)]
+    lease = timedelta(seconds=30)
+    with app.connection() as conn:
+        [first] = app.store.claim_runs(conn, "w", ["single"], 10, lease)  # the others block
+    assert first.id == runs[0]
+    with app.connection() as conn:  # it ends: its slot is handed to the second
+        app.store.flush(conn, [], [Finish(first.id, first.token, "completed", "null")])
+    assert app.cancel(runs[1])  # which passes it on to the third
+    with app.connection() as conn:
+        assert [r.id for r in app.store.claim_runs(conn, "w", ["single"], 10, lease)] == [runs[2]]
+    assert db.execute(f"SELECT used, reserved FROM {app.schema}.slots").fetchall() == [(1, 0)]
+
+
+# -- throttle ---------------------------------------------------------------
+
+
+def test_three_processes_start_throttled_runs_no_faster_than_the_limit(
+    spans: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = spans
+    app.function(id="throttled", event="test/throttled",
+                 throttle=Throttle(limit=5, period="1s", burst=2))(lambda ctx: None)
+    for _ in range(3):
+        worker_process(threads=4, **FLOW)
+    app.send([Event("test/throttled", {}) for _ in range(16)])
+    finished(app, "throttled", 16)
+    starts = [s for (s,) in db.execute(
+        f"SELECT started_at FROM {app.schema}.results ORDER BY started_at").fetchall()]
+    # GCRA: 2 at once, then one every 200 ms: 14 more take 2.8 s...
+    assert starts[-1] - starts[0] >= timedelta(seconds=2.8 - 0.05)
+    # ...and any 1 s window holds at most limit + burst - 1 starts.
+    assert max(sum(1 for t in starts if s <= t < s + timedelta(seconds=1)) for s in starts) == 6
+
+
+def test_throttle_is_per_key_and_drops_nothing(app: Durable) -> None:
+    @app.function(id="per-key", event="t",
+                  throttle=Throttle(limit=1, period="1h", key="data.k"))
+    def per_key(ctx: Context) -> int:
+        return int(ctx.event.data["k"])
+
+    app.send([Event("t", {"k": k}) for k in (1, 2, 3, 1)])
+    app.start(threads=2)
+    wait_until(lambda: len(app.list_runs(function="per-key", status="completed")) == 3,
+               what="one run per key")
+    queued = app.list_runs(function="per-key", status="queued")
+    assert len(queued) == 1  # the second of key 1: waits its turn, an hour on
+    assert app.get_run(queued[0].id) is not None
+
+
+# -- priority ----------------------------------------------------------------
+
+
+def test_priority_moves_a_run_ahead_of_runs_queued_before_it(app: Durable) -> None:
+    order: list[str] = []
+
+    @app.function(id="prioritised", event="p", priority=Priority(run=lambda e: e.data["p"]))
+    def prioritised(ctx: Context) -> None:
+        order.append(ctx.event.data["name"])
+
+    for name, p in (("a", 0), ("b", 0), ("c", 30), ("d", -600), ("e", 10_000)):
+        app.send("p", {"name": name, "p": p})
+    app.start(threads=1, prefetch=1)
+    wait_until(lambda: len(order) == 4, what="four runs")
+    assert order == ["e", "c", "a", "b"]  # 10,000 s counts as the maximum, 600 s
+    [held_back] = app.list_runs(function="prioritised", status="queued")
+    assert held_back.status == "queued"  # "d" waits 10 minutes
+
+
+# -- validation ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"concurrency": Concurrency(limit=0)}, "Concurrency.limit must be an int"),
+        ({"concurrency": [Concurrency(1)] * 3}, "at most 2 concurrency constraints"),
+        ({"concurrency": Concurrency(1, scope="account")}, "scope must be"),  # type: ignore[arg-type]
+        ({"concurrency": Concurrency(1, key="data.")}, "not a dotted field path"),
+        ({"throttle": Throttle(limit=1, period="0s")}, "Throttle.period must be positive"),
+        ({"throttle": Throttle(limit=1, period="1s", burst=0)}, "Throttle.burst must be"),
+        ({"priority": 5}, "priority takes Priority"),
+    ],
+)
+def test_bad_flow_options_are_refused_at_definition(
+    app: Durable, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        app.function(id="f", event="e", **options)(lambda ctx: None)
+
+
+def test_a_missing_key_or_a_priority_that_is_not_a_number_fails_the_send(app: Durable) -> None:
+    app.function(id="keyed", event="k", concurrency=Concurrency(1, key="data.user"))(
+        lambda ctx: None)
+    app.function(id="ranked", event="r", priority=Priority(run="data.p"))(lambda ctx: None)
+    with pytest.raises(InvalidEventError, match=r"no value at 'data\.user'"):
+        app.send("k", {"other": 1})
+    with pytest.raises(InvalidEventError, match="'high' is not a number of seconds"):
+        app.send("r", {"p": "high"})
+    assert app.list_runs() == []
