@@ -57,6 +57,9 @@ def drain_arguments(runs: int, threads: int, prefetch: int) -> argparse.Namespac
     parser.add_argument("--prefetch", type=int, default=prefetch)
     parser.add_argument("--finished", type=int, default=0,
                         help="finished runs (with events, results, journal) to load first")
+    parser.add_argument("--concurrency", type=int, default=0,
+                        help="give the function Concurrency(limit=this, key=data.k)")
+    parser.add_argument("--keys", type=int, default=100, help="distinct values of data.k")
     return parser.parse_args()
 
 
@@ -114,7 +117,7 @@ def drain(app: Durable, schema: str, args: argparse.Namespace, event: str, funct
     return the seconds until the queue is empty."""
     if args.finished:
         load_finished(schema, function_id, args.finished)
-    send_in_batches(app, event, ({"i": i} for i in range(args.runs)))
+    send_in_batches(app, event, ({"i": i, "k": i % args.keys} for i in range(args.runs)))
     with psycopg.connect(DSN, autocommit=True) as conn:
         def done() -> bool:
             row = conn.execute(f"SELECT NOT EXISTS (SELECT FROM {schema}.queue)").fetchone()
