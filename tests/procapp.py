@@ -11,7 +11,16 @@ import time
 
 from psycopg import sql
 
-from pgdurable import Batch, Concurrency, Context, Durable, Priority, Throttle
+from pgdurable import (
+    Batch,
+    Concurrency,
+    Context,
+    Durable,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+)
 
 app = Durable(os.environ["PGDURABLE_DSN"], schema=os.environ["PGDURABLE_SCHEMA"],
               lease="2s", retry_backoff=("20ms", "200ms"),
@@ -136,3 +145,8 @@ if os.environ.get("PGDURABLE_TEST_FLOW"):  # only in the tests of flow control
 
         ctx.step.run("work", span, ctx.run_id, "", 0)
         ctx.step.run("hold", work)
+
+    @app.function(id="solo", event="test/solo", singleton=Singleton(key="data.k"),
+                  rate_limit=RateLimit(limit=4, period="1h", key="data.k"))
+    def solo(ctx: Context) -> None:
+        ctx.step.run("work", span, ctx.run_id, str(ctx.event.data["k"]), 0.05)

@@ -23,6 +23,8 @@ from pgdurable import (
     Event,
     InvalidEventError,
     Priority,
+    RateLimit,
+    Singleton,
     Throttle,
 )
 from pgdurable.store import Finish
@@ -199,6 +201,36 @@ def test_a_cancelled_run_passes_on_the_slot_handed_to_it(
     with app.connection() as conn:
         assert [r.id for r in app.store.claim_runs(conn, "w", ["single"], 10, lease)] == [runs[2]]
     assert db.execute(f"SELECT used, reserved FROM {app.schema}.slots").fetchall() == [(1, 0)]
+
+
+def test_send_time_limits_hold_with_three_processes_and_three_senders(
+    spans: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = spans
+    app.function(id="solo", event="test/solo", singleton=Singleton(key="data.k"),
+                 rate_limit=RateLimit(limit=4, period="1h", key="data.k"))(lambda ctx: None)
+    for _ in range(3):
+        worker_process(threads=4, **FLOW)
+
+    def sender() -> None:
+        for n in range(20):
+            app.send("test/solo", {"k": n % 3})
+
+    senders = [threading.Thread(target=sender) for _ in range(3)]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join(60)
+    wait_until(lambda: all(r.is_terminal for r in app.list_runs(function="solo", limit=100)),
+               what="every run to finish or be skipped")
+    runs = app.list_runs(function="solo", limit=100)
+    assert len(runs) == 60  # none lost: each event has its run, run or skipped
+    ran = db.execute(f"SELECT key, count(*) FROM {app.schema}.spans GROUP BY key").fetchall()
+    assert all(1 <= n <= 4 for _, n in ran) and len(ran) == 3  # the rate limit, per key
+    assert max_overlap(db, app.schema, per_key=True) == 1  # the singleton, per key
+    skipped = [r for r in runs if r.status == "skipped"]
+    assert len(skipped) == 60 - sum(n for _, n in ran)
+    assert {r.error.type for r in skipped} <= {"RateLimited", "SingletonRunning"}  # type: ignore[union-attr]
 
 
 # -- throttle ---------------------------------------------------------------
