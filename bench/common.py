@@ -89,10 +89,10 @@ def load_finished(schema: str, function_id: str, count: int) -> None:
 
 
 @contextmanager
-def drain_app() -> Iterator[tuple[Durable, str]]:
+def bench_app(**options: Any) -> Iterator[tuple[Durable, str]]:
     """An app on a fresh, migrated schema, stopped (and the schema dropped) after."""
     with fresh_schema() as schema:
-        app = Durable(DSN, schema=schema, pool_size=4)
+        app = Durable(DSN, schema=schema, **options)
         app.migrate()
         try:
             yield app, schema

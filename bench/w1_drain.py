@@ -10,14 +10,14 @@ runs at once per key, over `--keys` keys: the cost of flow control.
 
 from __future__ import annotations
 
-from common import describe, drain, drain_app, drain_arguments
+from common import bench_app, describe, drain, drain_arguments
 
 from pgdurable import Concurrency, Context
 
 
 def main() -> None:
     args = drain_arguments(runs=20_000, threads=8, prefetch=1000)
-    with drain_app() as (app, schema):
+    with bench_app(pool_size=4) as (app, schema):
         limit = Concurrency(args.concurrency, key="data.k") if args.concurrency else None
 
         @app.function(id="one-step", event="bench/w1", concurrency=limit)

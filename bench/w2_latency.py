@@ -13,9 +13,9 @@ import argparse
 import threading
 import time
 
-from common import DSN, describe, fresh_schema, percentiles
+from common import bench_app, describe, percentiles
 
-from pgdurable import Context, Durable
+from pgdurable import Context
 
 
 def main() -> None:
@@ -27,9 +27,7 @@ def main() -> None:
 
     started: dict[int, float] = {}
     all_started = threading.Event()
-    with fresh_schema() as schema:
-        app = Durable(DSN, schema=schema)
-        app.migrate()
+    with bench_app() as (app, _):
 
         @app.function(id="latency", event="bench/w2")
         def latency(ctx: Context) -> None:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import psycopg
-from common import DSN, describe, drain, drain_app, drain_arguments
+from common import DSN, bench_app, describe, drain, drain_arguments
 
 from pgdurable import Context
 
@@ -15,7 +15,7 @@ STEPS = 5
 
 def main() -> None:
     args = drain_arguments(runs=5000, threads=64, prefetch=1000)
-    with drain_app() as (app, schema):
+    with bench_app(pool_size=4) as (app, schema):
         @app.function(id="five-steps", event="bench/w3")
         def five_steps(ctx: Context) -> int:
             return sum(ctx.step.run(f"step-{n}", lambda n=n: n) for n in range(STEPS))

@@ -17,7 +17,7 @@ import threading
 import time
 
 import psycopg
-from common import DSN, describe, fresh_schema, percentiles, send_in_batches, wait_for
+from common import DSN, bench_app, describe, percentiles, send_in_batches, wait_for
 
 from pgdurable import Context, Durable
 
@@ -77,9 +77,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--window", type=float, default=10.0)
     args = parser.parse_args()
-    with fresh_schema() as schema:
-        app = Durable(DSN, schema=schema)
-        app.migrate()
+    with bench_app() as (app, schema):
 
         @app.function(id="sleeper", event="bench/sleep")
         def sleeper(ctx: Context) -> None:

@@ -15,9 +15,9 @@ import argparse
 import time
 
 import psycopg
-from common import DSN, describe, fresh_schema, send_in_batches, wait_for
+from common import DSN, bench_app, describe, send_in_batches, wait_for
 
-from pgdurable import Context, Durable
+from pgdurable import Context
 
 
 def main() -> None:
@@ -25,9 +25,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
-    with fresh_schema() as schema, psycopg.connect(DSN, autocommit=True) as db:
-        app = Durable(DSN, schema=schema)
-        app.migrate()
+    with bench_app() as (app, schema), psycopg.connect(DSN, autocommit=True) as db:
 
         @app.function(id="waiter", event="bench/wait")
         def waiter(ctx: Context) -> None:
