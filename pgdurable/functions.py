@@ -188,8 +188,7 @@ def _batch(function_id: str, options: dict[str, Any]) -> tuple[Batch | None, tim
     batch = options.get("batch")
     if batch is None:
         return None, None
-    if not isinstance(batch, Batch):
-        raise ConfigurationError(f"function {function_id!r}: batch takes Batch(max_size=, timeout=, key=)")
+    batch = _expect(function_id, batch, Batch, "batch takes Batch(max_size=, timeout=, key=)")
     size = batch.max_size
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_BATCH_SIZE:
         raise ConfigurationError(
@@ -210,9 +209,7 @@ def _period(function_id: str, what: str, value: Any) -> timedelta:
 def _rate_limit(function_id: str, value: Any) -> tuple[RateLimit | None, timedelta | None]:
     if value is None:
         return None, None
-    if not isinstance(value, RateLimit):
-        raise ConfigurationError(
-            f"function {function_id!r}: rate_limit takes RateLimit(limit=, period=, key=)")
+    value = _expect(function_id, value, RateLimit, "rate_limit takes RateLimit(limit=, period=, key=)")
     _positive_int(function_id, "RateLimit.limit", value.limit)
     period = _period(function_id, "RateLimit.period", value.period)
     check_key(value.key, what=f"rate limit key of function {function_id!r}")
@@ -224,15 +221,20 @@ def _debounce(
 ) -> tuple[Debounce | None, tuple[float, float | None] | None]:
     if value is None:
         return None, None
-    if not isinstance(value, Debounce):
-        raise ConfigurationError(
-            f"function {function_id!r}: debounce takes Debounce(period=, key=, timeout=)")
+    value = _expect(function_id, value, Debounce, "debounce takes Debounce(period=, key=, timeout=)")
     what = f"of function {function_id!r}"
     period = _period(function_id, "Debounce.period", value.period)
     timeout = None if value.timeout is None else parse_duration(
         value.timeout, what=f"Debounce.timeout {what}").total_seconds()
     check_key(value.key, what=f"debounce key {what}")
     return value, (period.total_seconds(), timeout)
+
+
+def _expect(function_id: str, value: Any, kind: type[T], usage: str) -> T:
+    """The option value, refused if of the wrong type, saying how the option is given."""
+    if not isinstance(value, kind):
+        raise ConfigurationError(f"function {function_id!r}: {usage}")
+    return value
 
 
 def _one_or_more(function_id: str, value: Any, kind: type[T], usage: str) -> list[T]:
@@ -269,9 +271,7 @@ def _concurrency(function_id: str, value: Any) -> tuple[Concurrency, ...]:
 def _throttle(function_id: str, value: Any) -> tuple[Throttle | None, timedelta | None]:
     if value is None:
         return None, None
-    if not isinstance(value, Throttle):
-        raise ConfigurationError(
-            f"function {function_id!r}: throttle takes Throttle(limit=, period=, burst=, key=)")
+    value = _expect(function_id, value, Throttle, "throttle takes Throttle(limit=, period=, burst=, key=)")
     _positive_int(function_id, "Throttle.limit", value.limit)
     _positive_int(function_id, "Throttle.burst", value.burst)
     period = _period(function_id, "Throttle.period", value.period)
@@ -292,13 +292,12 @@ def _priority(function_id: str, value: Any) -> Priority | None:
 def _singleton(function_id: str, value: Any) -> Singleton | None:
     if value is None:
         return None
-    if not isinstance(value, Singleton):
-        raise ConfigurationError(f"function {function_id!r}: singleton takes Singleton(key=, mode=)")
-    if value.mode not in ("skip", "cancel"):
-        raise ConfigurationError(
-            f"function {function_id!r}: Singleton.mode must be 'skip' or 'cancel', not {value.mode!r}")
-    check_key(value.key, what=f"singleton key of function {function_id!r}")
-    return value
+    singleton = _expect(function_id, value, Singleton, "singleton takes Singleton(key=, mode=)")
+    if singleton.mode not in ("skip", "cancel"):
+        raise ConfigurationError(f"function {function_id!r}: Singleton.mode must be 'skip' or "
+                                 f"'cancel', not {singleton.mode!r}")
+    check_key(singleton.key, what=f"singleton key of function {function_id!r}")
+    return singleton
 
 
 def _cancel_on(function_id: str, value: Any) -> tuple[Cancel, ...]:
@@ -318,8 +317,7 @@ def _cancel_on(function_id: str, value: Any) -> tuple[Cancel, ...]:
 def _timeouts(function_id: str, value: Any) -> tuple[timedelta | None, timedelta | None]:
     if value is None:
         return None, None
-    if not isinstance(value, Timeouts):
-        raise ConfigurationError(f"function {function_id!r}: timeouts takes Timeouts(start=, finish=)")
+    value = _expect(function_id, value, Timeouts, "timeouts takes Timeouts(start=, finish=)")
     def limit(name: str, given: Any) -> timedelta | None:
         return None if given is None else parse_duration(
             given, what=f"timeouts.{name} of function {function_id!r}")
