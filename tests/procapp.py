@@ -15,6 +15,7 @@ from pgdurable import (
     Batch,
     Concurrency,
     Context,
+    Debounce,
     Durable,
     Priority,
     RateLimit,
@@ -150,3 +151,13 @@ if os.environ.get("PGDURABLE_TEST_FLOW"):  # only in the tests of flow control
                   rate_limit=RateLimit(limit=4, period="1h", key="data.k"))
     def solo(ctx: Context) -> None:
         ctx.step.run("work", span, ctx.run_id, str(ctx.event.data["k"]), 0.05)
+
+    @app.function(id="once", event="test/once", idempotency="data.order")
+    def once(ctx: Context) -> int:
+        ctx.step.run("work", span, ctx.run_id, str(ctx.event.data["order"]), 0)
+        return int(ctx.event.data["order"])
+
+    @app.function(id="settled", event="test/settled", debounce=Debounce("2s", key="data.k"))
+    def settled(ctx: Context) -> int:
+        ctx.step.run("work", span, ctx.run_id, str(ctx.event.data["k"]), 0)
+        return int(ctx.event.data["n"])

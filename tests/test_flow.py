@@ -1,4 +1,6 @@
-"""concurrency=, throttle= and priority=: enforced when workers claim runs.
+"""Flow control across worker processes: concurrency=, throttle= and priority=
+(enforced when workers claim runs), and idempotency= and debounce= (decided
+when events are sent).
 
 The proofs record when every step executed (a `spans` table, written from
 inside the steps) and check the limits on those records: the maximum
@@ -8,6 +10,7 @@ overlap of steps per key, the number of run starts in any window.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +22,7 @@ from pgdurable import (
     Concurrency,
     ConfigurationError,
     Context,
+    Debounce,
     Durable,
     Event,
     InvalidEventError,
@@ -75,6 +79,15 @@ def finished(app: Durable, function: str, count: int, timeout: float = 120) -> N
     wait_until(done, timeout=timeout, what=f"{count} runs of {function} to finish")
     statuses = {r.status for r in app.list_runs(function=function, limit=count)}
     assert statuses == {"completed"}
+
+
+def send_from_threads(count: int, send: Callable[[int], object]) -> None:
+    """Call send(sender_number) from `count` threads at once."""
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
 
 
 # -- concurrency ----------------------------------------------------------
@@ -212,15 +225,7 @@ def test_send_time_limits_hold_with_three_processes_and_three_senders(
     for _ in range(3):
         worker_process(threads=4, **FLOW)
 
-    def sender() -> None:
-        for n in range(20):
-            app.send("test/solo", {"k": n % 3})
-
-    senders = [threading.Thread(target=sender) for _ in range(3)]
-    for thread in senders:
-        thread.start()
-    for thread in senders:
-        thread.join(60)
+    send_from_threads(3, lambda _: [app.send("test/solo", {"k": n % 3}) for n in range(20)])
     wait_until(lambda: all(r.is_terminal for r in app.list_runs(function="solo", limit=100)),
                what="every run to finish or be skipped")
     runs = app.list_runs(function="solo", limit=100)
@@ -319,3 +324,43 @@ def test_a_missing_key_or_a_priority_that_is_not_a_number_fails_the_send(app: Du
     with pytest.raises(InvalidEventError, match="'high' is not a number of seconds"):
         app.send("r", {"p": "high"})
     assert app.list_runs() == []
+
+
+# -- send-time options, decided across processes ---------------------------------
+
+
+def test_idempotency_starts_one_run_per_key_with_three_processes_and_three_senders(
+    spans: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = spans
+    app.function(id="once", event="test/once", idempotency="data.order")(lambda ctx: None)
+    for _ in range(3):
+        worker_process(threads=4, **FLOW)
+    send_from_threads(3, lambda _: [app.send("test/once", {"order": n})
+                                    for _ in range(3) for n in range(10)])
+    finished(app, "once", 10)
+    assert sorted(r.output for r in app.list_runs(function="once")) == list(range(10))
+    keys = db.execute(f"SELECT key, count(*) FROM {app.schema}.spans GROUP BY key").fetchall()
+    assert sorted(keys) == [(str(n), 1) for n in range(10)]  # each order's step ran once
+    assert db.execute(f"SELECT count(*) FROM {app.schema}.events").fetchone() == (90,)
+
+
+def test_debounce_starts_one_run_per_key_with_its_last_event_across_three_processes(
+    spans: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    app = spans
+    app.function(id="settled", event="test/settled", debounce=Debounce("2s", key="data.k"))(
+        lambda ctx: None)
+    for _ in range(3):
+        worker_process(threads=4, **FLOW)
+    # Three senders, one key each, ten events apiece; keys interleave.
+    send_from_threads(3, lambda k: [app.send("test/settled", {"k": k, "n": n}) for n in range(10)])
+    finished(app, "settled", 3)
+    assert sorted(r.output for r in app.list_runs(function="settled")) == [9, 9, 9]
+    keys = db.execute(f"SELECT key, count(*) FROM {app.schema}.spans GROUP BY key").fetchall()
+    assert sorted(keys) == [("0", 1), ("1", 1), ("2", 1)]  # one run each, one start each
+    late = db.execute(f"""
+        SELECT bool_and(s.started >= e.received_at + interval '2s') FROM {app.schema}.spans s
+        JOIN {app.schema}.runs r ON r.id = s.run_id
+        JOIN {app.schema}.events e ON e.id = r.event_ids[1]""").fetchone()
+    assert late == (True,)  # each started a period after its key's last event
