@@ -11,6 +11,7 @@ import sys
 import uuid
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from pydantic import BaseModel
 
@@ -49,10 +50,9 @@ def build(dsn: str, schema: str = "context_files") -> Durable:
             raise LookupError(f"file {file_id} does not exist")
         return {"name": row[0], "content": row[1]}
 
-    def store_result(file_id: str, parsed: Parsed) -> None:
-        with app.connection() as conn:
-            conn.execute(sql.SQL("UPDATE {} SET summary = %s, key_points = %s WHERE id = %s").format(table),
-                         (parsed.summary, parsed.key_points, file_id))
+    def store_result(conn: psycopg.Connection[Any], file_id: str, parsed: Parsed) -> None:
+        conn.execute(sql.SQL("UPDATE {} SET summary = %s, key_points = %s WHERE id = %s").format(table),
+                     (parsed.summary, parsed.key_points, file_id))
 
     @app.function(id="process-context-file", event="context/file.uploaded", retries=3)
     def process_context_file(ctx: Context) -> dict[str, Any]:
@@ -62,7 +62,9 @@ def build(dsn: str, schema: str = "context_files") -> Durable:
         # The return annotation of parse_document_with_ai (-> Parsed) turns the
         # journaled JSON back into a Parsed, on first execution and on replay.
         parsed = ctx.step.run("parse-document", parse_document_with_ai, file["content"], file["name"])
-        ctx.step.run("store-result", store_result, event.file_id, parsed)
+        # A transactional step: the update commits with the step's journal
+        # entry, so it happens exactly once whatever crashes.
+        ctx.step.transaction("store-result", store_result, event.file_id, parsed)
         return {"success": True, "file_id": event.file_id}
 
     return app

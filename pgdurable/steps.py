@@ -26,6 +26,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import psycopg
+
 from . import serde
 from .control import Cancelled, Park, Suspend
 from .durations import Duration, parse_duration, require_aware
@@ -58,6 +60,13 @@ class Runtime(Protocol):
     ) -> bool: ...
 
     def send(self, events: list[Event]) -> list[str]: ...
+
+    def transaction(
+        self, state: RunState, body: Callable[[psycopg.Connection[Any]], StepRecord]
+    ) -> set[str]:
+        """Call `body(conn)` in a transaction and write the journal entry it
+        returns in the same one; the runs asked to cancel, as flush returns."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,18 +181,24 @@ class RunState:
         return self.deadline if expires is None else min(expires, self.deadline)
 
     def after_wait(self, cancelled_runs: set[str]) -> None:
+        self.learn_cancels(cancelled_runs)
+        self.check_cancelled()
+
+    def learn_cancels(self, cancelled_runs: set[str]) -> None:
         if self.claimed.id in cancelled_runs:
             self.cancel_requested = True
-        self.check_cancelled()
+
+    def completed(self, key: str, value: Any, started: datetime) -> StepRecord:
+        """A step's journal entry for `value`; SerializationError if it has none."""
+        text = serde.dumps(value, what=f"output of step {key!r}", limit=self.max_output_bytes)
+        return StepRecord(self.claimed.id, self.claimed.token, key, self.position(key),
+                          "completed", text, None, self.attempt + 1, started)
 
     def succeeded(self, key: str, fn: Callable[..., Any], value: Any, started: datetime) -> Any:
         """Journal a step's value; return it as replay will (through the serializer)."""
-        text = serde.dumps(value, what=f"output of step {key!r}", limit=self.max_output_bytes)
-        self.checkpoint(StepRecord(
-            self.claimed.id, self.claimed.token, key, self.position(key), "completed", text, None,
-            self.attempt + 1, started,
-        ))
-        return serde.revive(fn, serde.loads(text))
+        record = self.completed(key, value, started)
+        self.checkpoint(record)
+        return _replayed_value(fn, record)
 
     def failed(self, key: str, exc: BaseException, started: datetime) -> BaseException:
         """Journal a step's failure; return what to raise in the handler."""
@@ -229,6 +244,37 @@ def _finish(state: RunState, key: str, fn: Callable[..., Any], value: Any, start
         return state.succeeded(key, fn, value, started)
     except SerializationError as exc:
         raise state.failed(key, exc, started) from exc
+
+
+def _replayed_value(fn: Callable[..., Any], record: StepRecord) -> Any:
+    """A journaled value as replay returns it."""
+    return serde.revive(fn, serde.loads(record.output_json or "null"))
+
+
+def _transact(
+    state: RunState, key: str, fn: Callable[..., Any], args: Any, kwargs: Any
+) -> Any:
+    """Run a transactional step: `fn(conn, ...)` and its journal entry commit
+    together or not at all; any failure rolls both back and counts as the
+    step's failure."""
+    started = datetime.now(UTC)
+    records: list[StepRecord] = []
+
+    def body(conn: psycopg.Connection[Any]) -> StepRecord:
+        value = fn(conn, *args, **kwargs)
+        if inspect.isawaitable(value):
+            raise TypeError(f"transactional step {key!r} returned an awaitable: "
+                            "its function must be a plain `def` taking a psycopg Connection")
+        records.append(state.completed(key, value, started))
+        return records[0]
+
+    try:
+        state.learn_cancels(state.runtime.transaction(state, body))
+    except _PASS_THROUGH:
+        raise
+    except BaseException as exc:  # a bad step must not take the worker down
+        raise state.failed(key, exc, started) from exc
+    return _replayed_value(fn, records[0])
 
 
 
@@ -368,6 +414,19 @@ class Step:
 
     def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` once; on replay return its journaled value."""
+        return self._once(step_id, fn, lambda key: self._execute(key, fn, args, kwargs))
+
+    def transaction(
+        self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Run `fn(conn, *args, **kwargs)` once, exactly: `conn` is in a
+        transaction that also writes this step's journal entry, so its writes
+        commit with the step's completion or not at all."""
+        return self._once(step_id, fn, lambda key: _transact(self._state, key, fn, args, kwargs))
+
+    def _once(self, step_id: str, fn: Callable[..., Any], execute: Callable[[str], Any]) -> Any:
+        """The journaled value of step `step_id`, or else `execute(key)`'s,
+        once the run's earlier steps are durable."""
         key, hit, value, pending = _begin(self._state, step_id, fn)
         if hit:
             return value
@@ -375,7 +434,7 @@ class Step:
             self._state.after_wait(pending.result())
         self._gate.enter()
         try:
-            return self._execute(key, fn, args, kwargs)
+            return execute(key)
         finally:
             self._gate.leave()
 
@@ -453,6 +512,21 @@ class AsyncStep:
 
     async def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run `fn(*args, **kwargs)` (sync or async) once; on replay return its journaled value."""
+        return await self._once(step_id, fn, lambda key: self._execute(key, fn, args, kwargs))
+
+    async def transaction(
+        self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Run `fn(conn, *args, **kwargs)` once, exactly, in a transaction that
+        also writes this step's journal entry. `fn` is a plain `def` taking a
+        psycopg Connection; it runs in a thread, not blocking the event loop."""
+        return await self._once(step_id, fn, lambda key: asyncio.to_thread(
+            _transact, self._state, key, fn, args, kwargs))
+
+    async def _once(
+        self, step_id: str, fn: Callable[..., Any], execute: Callable[[str], Awaitable[Any]]
+    ) -> Any:
+        """The journaled value of step `step_id`, or else `execute(key)`'s."""
         key, hit, value, pending = _begin(self._state, step_id, fn)
         if hit:
             return value
@@ -460,7 +534,7 @@ class AsyncStep:
             self._state.after_wait(await asyncio.wrap_future(pending))
         await self._gate.enter()
         try:
-            return await self._execute(key, fn, args, kwargs)
+            return await execute(key)
         finally:
             self._gate.leave()
 

@@ -276,6 +276,11 @@ class Store:
         ))
         return {str(r[0]) for r in rows}
 
+    def hold_run(self, conn: psycopg.Connection[Any], run_id: str, token: int) -> bool:
+        """In the caller's transaction: keep the run this claim's until it ends;
+        False if the claim has lost it already."""
+        return self._run(conn, "hold_run", (run_id, token)).fetchone() is not None
+
     def heartbeat(
         self, conn: psycopg.Connection[Any], leases: Sequence[tuple[str, int]], lease: timedelta
     ) -> set[str]:

@@ -38,7 +38,7 @@ from .functions import FunctionDef, flow_options
 from .journal import Journal
 from .schedules import Scheduler
 from .steps import Backoff, RunState, error_json, gives_up, retry_time
-from .store import ClaimedRow, Finish, Store, WaitSpec
+from .store import ClaimedRow, Finish, StepRecord, Store, WaitSpec
 
 INVOKED_EVENT = "pgdurable/invoked"  # the event of a run started by step.invoke
 
@@ -282,6 +282,15 @@ class Worker:
 
     def send(self, events: list[Event]) -> list[str]:
         return self._app.send(events)
+
+    def transaction(
+        self, state: RunState, body: Callable[[psycopg.Connection[Any]], StepRecord]
+    ) -> set[str]:
+        claimed = state.claimed
+        with self._app.connection() as conn:
+            if not self._store.hold_run(conn, claimed.id, claimed.token):
+                raise Park()  # lost to another worker: its writes must not happen
+            return self._store.flush(conn, [body(conn)], [])
 
     # -- executing --------------------------------------------------------
 

@@ -63,6 +63,16 @@ SELECT * FROM {schema}.claim_runs(%s, %s::text[], %s, %s::interval);
 -- name: flush
 SELECT * FROM {schema}.flush(%s::jsonb, %s::jsonb);
 
+-- name: hold_run
+-- A transactional step's first statement: whether the run is still this
+-- claim's, and if so a KEY SHARE lock on its queue row until the step's
+-- transaction ends. Claims (FOR UPDATE SKIP LOCKED) pass the run by
+-- meanwhile, so no other worker takes it over mid-step; heartbeats
+-- (NO KEY UPDATE) go on extending its lease.
+SELECT true FROM {schema}.queue
+WHERE run_id = %s AND lease_token = %s AND status = 'running'
+FOR KEY SHARE;
+
 -- name: heartbeat
 SELECT * FROM {schema}.heartbeat(%s::uuid[], %s::bigint[], %s::interval);
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from pgdurable import (
@@ -86,6 +88,21 @@ def parallel_kill(ctx: Context) -> list[str]:
         lambda: ctx.step.run("quick", lambda: effect(ctx.run_id, "quick") or "quick"),
         lambda: ctx.step.run("blocked", blocked),
     )))
+
+
+@app.function(id="exactly-once", event="test/exactly-once")
+def exactly_once(ctx: Context) -> int:
+    ctx.step.run("before", effect, ctx.run_id, "before")
+
+    def book(conn: psycopg.Connection[Any]) -> int:
+        conn.execute(sql.SQL("INSERT INTO {} (run_id, what) VALUES (%s, 'booked')").format(
+            sql.Identifier(app.schema, "effects")), (ctx.run_id,))
+        conn.execute("SELECT pg_sleep(0.005)")  # a window for kills mid-transaction
+        return int(ctx.event.data["n"])
+
+    n: int = ctx.step.transaction("book", book)
+    ctx.step.run("after", effect, ctx.run_id, "after")
+    return n
 
 
 if os.environ.get("PGDURABLE_TEST_CRON"):  # only in the test of schedules

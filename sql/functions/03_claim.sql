@@ -151,7 +151,9 @@ BEGIN
         JOIN unnest(p_runs, p_tokens) AS h(run_id, token)
           ON q.run_id = h.run_id AND q.lease_token = h.token
         WHERE q.run_id = ANY(p_runs) AND q.status = 'running'
-        FOR UPDATE OF q SKIP LOCKED
+        -- NO KEY UPDATE, not UPDATE: a transactional step holds its run's row
+        -- with KEY SHARE (hold_run) and its lease must go on being extended.
+        FOR NO KEY UPDATE OF q SKIP LOCKED
     ), extended AS (
         UPDATE {schema}.queue q SET available_at = now() + p_lease
         FROM held WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM held)) AND q.run_id = held.run_id
