@@ -10,6 +10,7 @@ from .errors import (
     NonRetriableError,
     PayloadTooLargeError,
     RetryAfterError,
+    RlsContextError,
     SerializationError,
     StepError,
 )
@@ -25,14 +26,15 @@ from .options import (
     Throttle,
     Timeouts,
 )
+from .rls import as_user, rls_bypass
 from .runs import Run, RunError
 
 __all__ = [
     "Batch", "Cancel", "Concurrency", "ConfigurationError", "Context", "Debounce",
     "Durable", "DurableError", "Event", "InvalidEventError", "MigrationError",
     "NonRetriableError", "PayloadTooLargeError", "Priority", "RateLimit",
-    "RetryAfterError", "Run", "RunError", "SerializationError", "Singleton",
-    "StepError", "Throttle", "Timeouts",
+    "RetryAfterError", "RlsContextError", "Run", "RunError", "SerializationError", "Singleton",
+    "StepError", "Throttle", "Timeouts", "as_user", "rls_bypass",
 ]
 
 __version__ = "0.1.0"

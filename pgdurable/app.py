@@ -32,6 +32,7 @@ from .functions import (
     flow_options,
     run_options,
 )
+from .rls import Rls, check_role
 from .runs import Run
 from .store import Store
 from .worker import Worker
@@ -66,6 +67,9 @@ class Durable:
         retry_backoff: tuple[Duration, Duration] = ("1s", "10m"),
         pool_size: int = 10,
         connect_timeout: float = 10.0,
+        user_setting: str = "app.user_id",
+        bypass_setting: str = "app.rls_bypass",
+        bypass_role: str | None = None,
     ) -> None:
         if dsn is not None and pool is not None:
             raise ConfigurationError("give either dsn= or pool=, not both")
@@ -84,6 +88,8 @@ class Durable:
             raise ConfigurationError("retry_backoff must have 0 < base <= cap")
         self.retry_backoff = (base, cap)
         self.connect_timeout = connect_timeout
+        self.rls = Rls(self.store, user_setting=user_setting, bypass_setting=bypass_setting,
+                       bypass_role=bypass_role)
         self._owns_pool = pool is None
         self._dsn = None if pool is not None else _dsn_from_env(dsn)
         self._pool_size = _positive(pool_size, "pool_size")
@@ -145,6 +151,16 @@ class Durable:
         Returns the migration versions applied by this call."""
         with self.connection() as conn:
             return self.store.migrate(conn)
+
+    def create_roles(self, sender: str = "pgdurable_sender",
+                     worker: str = "pgdurable_worker") -> None:
+        """Create (unless they exist) and grant the two least-privilege roles:
+        `sender` may only send events and read run state, `worker` runs
+        workers. Both are NOLOGIN: grant them to your login roles. Run it as
+        the role that runs migrations; upgrades keep the grants."""
+        sender, worker = check_role(sender, "sender"), check_role(worker, "worker")
+        with self.connection() as conn:
+            self.store.create_roles(conn, sender, worker)
 
     # -- registry ---------------------------------------------------------
 

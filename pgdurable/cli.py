@@ -1,4 +1,4 @@
-"""`pgdurable migrate` and `pgdurable worker module:app`."""
+"""`pgdurable migrate`, `pgdurable roles` and `pgdurable worker module:app`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrate.add_argument("--dsn", help="defaults to PGDURABLE_DSN, then DATABASE_URL")
     migrate.add_argument("--schema", default="pgdurable")
 
+    roles = commands.add_parser("roles", help="create and grant the least-privilege roles")
+    roles.add_argument("--dsn", help="defaults to PGDURABLE_DSN, then DATABASE_URL")
+    roles.add_argument("--schema", default="pgdurable")
+    roles.add_argument("--sender", default="pgdurable_sender")
+    roles.add_argument("--worker", default="pgdurable_worker")
+
     worker = commands.add_parser("worker", help="run a worker for an app")
     worker.add_argument("app", help="where the app is, as module.path:attribute")
     worker.add_argument("--threads", type=int, default=4)
@@ -38,6 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             applied = Durable(args.dsn, schema=args.schema).migrate()
             print(f"applied migrations {applied}" if applied else "schema is up to date")
+            return 0
+        if args.command == "roles":
+            Durable(args.dsn, schema=args.schema).create_roles(args.sender, args.worker)
+            print(f"roles {args.sender} (sender) and {args.worker} (worker) granted "
+                  f"on schema {args.schema}")
             return 0
         return _run_worker(load_app(args.app), args.threads, args.prefetch, args.shutdown_timeout)
     except DurableError as exc:

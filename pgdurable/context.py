@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import psycopg
 
 from .events import Event
 from .steps import AsyncStep, RunState, Step
@@ -56,6 +60,25 @@ class Context:
             logger, {"run_id": claimed.id, "function_id": claimed.function_id}
         )
         self.step: Step | AsyncStep = AsyncStep(state) if is_async else Step(state)
+
+    @contextmanager
+    def as_user(self, user_id: object, *, tag: str | None = None) -> Iterator[psycopg.Connection[Any]]:
+        """A connection in a transaction acting as `user_id`: the app's RLS
+        policies apply as that user (its `user_setting`, SET LOCAL). Audited;
+        it commits when the block exits, and rolls back, audit row too, if it raises."""
+        runtime = self._state.runtime
+        with runtime.connection() as conn:
+            runtime.rls.as_user(conn, user_id, tag, self)
+            yield conn
+
+    @contextmanager
+    def rls_bypass(self, tag: str) -> Iterator[psycopg.Connection[Any]]:
+        """A connection in a transaction that bypasses RLS (the app's bypass
+        setting or role), audited under `tag`, e.g. "jobs:process-message"."""
+        runtime = self._state.runtime
+        with runtime.connection() as conn:
+            runtime.rls.bypass(conn, tag, self)
+            yield conn
 
     @property
     def attempt(self) -> int:

@@ -25,6 +25,10 @@ class SerializationError(DurableError, TypeError):
     """A value could not be serialized to JSON (event data, step output)."""
 
 
+class RlsContextError(DurableError, ValueError):
+    """An RLS context was asked for with a bad tag or user id, or outside a transaction."""
+
+
 class MigrationError(DurableError):
     """The database schema is missing or newer than this library."""
 

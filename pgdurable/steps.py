@@ -22,6 +22,7 @@ import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ from .errors import NonRetriableError, RetryAfterError, SerializationError, Step
 from .events import Event
 from .expressions import event_filter
 from .parallel import AsyncStepGate, StepGate, claim_step_id, run_tasks, run_threads
+from .rls import CURRENT_STEP, Rls
 from .store import ClaimedRow, Finish, StepRecord, WaitSpec
 
 
@@ -67,6 +69,13 @@ class Runtime(Protocol):
         """Call `body(conn)` in a transaction and write the journal entry it
         returns in the same one; the runs asked to cancel, as flush returns."""
         ...
+
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """A pooled connection in a transaction that commits when the block exits."""
+        ...
+
+    @property
+    def rls(self) -> Rls: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +270,11 @@ def _transact(
     records: list[StepRecord] = []
 
     def body(conn: psycopg.Connection[Any]) -> StepRecord:
-        value = fn(conn, *args, **kwargs)
+        step = CURRENT_STEP.set(key)
+        try:
+            value = fn(conn, *args, **kwargs)
+        finally:
+            CURRENT_STEP.reset(step)
         if inspect.isawaitable(value):
             raise TypeError(f"transactional step {key!r} returned an awaitable: "
                             "its function must be a plain `def` taking a psycopg Connection")
@@ -440,6 +453,7 @@ class Step:
 
     def _execute(self, key: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         started = datetime.now(UTC)
+        step = CURRENT_STEP.set(key)
         try:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
@@ -448,6 +462,8 @@ class Step:
             raise
         except BaseException as exc:  # a bad step must not take the worker down
             raise self._state.failed(key, exc, started) from exc
+        finally:
+            CURRENT_STEP.reset(step)
         return _finish(self._state, key, fn, value, started)
 
     def sleep(self, step_id: str, duration: Duration) -> None:
@@ -540,6 +556,7 @@ class AsyncStep:
 
     async def _execute(self, key: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         started = datetime.now(UTC)
+        step = CURRENT_STEP.set(key)
         try:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
@@ -548,6 +565,8 @@ class AsyncStep:
             raise
         except BaseException as exc:  # a bad step must not take the worker down
             raise self._state.failed(key, exc, started) from exc
+        finally:
+            CURRENT_STEP.reset(step)
         return _finish(self._state, key, fn, value, started)
 
     async def sleep(self, step_id: str, duration: Duration) -> None:

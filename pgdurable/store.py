@@ -281,6 +281,18 @@ class Store:
         False if the claim has lost it already."""
         return self._run(conn, "hold_run", (run_id, token)).fetchone() is not None
 
+    def rls_context(
+        self, conn: psycopg.Connection[Any], kind: str, tag: str | None, user_id: str | None,
+        run_id: str | None, function_id: str | None, step_key: str | None, setting: str,
+        value: str,
+    ) -> None:
+        """Audit an act-as or a bypass and set `setting` until the transaction ends."""
+        self._run(conn, "rls_context",
+                  (kind, tag, user_id, run_id, function_id, step_key, setting, value))
+
+    def create_roles(self, conn: psycopg.Connection[Any], sender: str, worker: str) -> None:
+        self._run(conn, "create_roles", (sender, worker))
+
     def heartbeat(
         self, conn: psycopg.Connection[Any], leases: Sequence[tuple[str, int]], lease: timedelta
     ) -> set[str]:

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ from .errors import ConfigurationError, RetryAfterError, StepError
 from .events import Event
 from .functions import FunctionDef, flow_options
 from .journal import Journal
+from .rls import CURRENT_RUN, Rls
 from .schedules import Scheduler
 from .steps import Backoff, RunState, error_json, gives_up, retry_time
 from .store import ClaimedRow, Finish, StepRecord, Store, WaitSpec
@@ -283,6 +285,13 @@ class Worker:
     def send(self, events: list[Event]) -> list[str]:
         return self._app.send(events)
 
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self._app.connection()
+
+    @property
+    def rls(self) -> Rls:
+        return self._app.rls
+
     def transaction(
         self, state: RunState, body: Callable[[psycopg.Connection[Any]], StepRecord]
     ) -> set[str]:
@@ -351,9 +360,13 @@ class Worker:
         try:
             _check_timeouts(fdef, state)
             ctx = Context(state, is_async=fdef.is_async, failure_of=fdef.failure_of)
-            result = fdef.handler(ctx)
-            if fdef.is_async:
-                result = _run_async(loop, result)
+            current = CURRENT_RUN.set((self._app.rls, ctx))
+            try:
+                result = fdef.handler(ctx)
+                if fdef.is_async:
+                    result = _run_async(loop, result)
+            finally:
+                CURRENT_RUN.reset(current)
             output = serde.dumps(result, what=f"output of function {fdef.id!r}",
                                  limit=self._app.max_output_bytes)
             return Finish(claimed.id, claimed.token, "completed", output_json=output)

@@ -73,6 +73,12 @@ SELECT true FROM {schema}.queue
 WHERE run_id = %s AND lease_token = %s AND status = 'running'
 FOR KEY SHARE;
 
+-- name: rls_context
+SELECT FROM {schema}.rls_context(%s, %s, %s, %s::uuid, %s, %s, %s, %s);
+
+-- name: create_roles
+SELECT FROM {schema}.create_roles(%s, %s);
+
 -- name: heartbeat
 SELECT * FROM {schema}.heartbeat(%s::uuid[], %s::bigint[], %s::interval);
 

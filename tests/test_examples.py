@@ -60,7 +60,11 @@ def test_context_file_is_parsed_and_stored(dsn: str, schema: str) -> None:
         assert app.wait_for_run(run.id, 60).output == {"success": True, "file_id": file_id}
         with psycopg.connect(dsn) as conn:
             row = conn.execute(f"SELECT summary, key_points FROM {schema}.context_files").fetchone()
+            audit = conn.execute(f"SELECT kind, tag, run_id::text, step_key FROM {schema}.rls_audit "
+                                 "ORDER BY at").fetchall()
         assert row == ("notes.md: First point", ["First point", "Second point"])
+        assert audit == [("bypass", context_files.BYPASS_TAG, run.id, step)
+                         for step in ("fetch-file", "store-result")]
     finally:
         app.stop()
 
