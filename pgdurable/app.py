@@ -310,6 +310,11 @@ class Durable:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.2)
 
+    def get_event(self, event_id: str) -> Event | None:
+        """The stored event with this id (its data as stored), or None."""
+        with self._pooled() as conn:
+            return self.store.event(conn, event_id)
+
     def runs_for_event(self, event_id: str) -> list[Run]:
         """The runs an event triggered, oldest first."""
         with self._pooled() as conn:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -31,9 +33,41 @@ def dumps(value: Any, *, what: str, limit: int | None = None) -> str:
         raise SerializationError(f"{what} contains NaN or Infinity, which JSON cannot hold")
     if "\\u0000" in text:
         raise SerializationError(f"{what} contains a NUL character (\\u0000), which Postgres cannot store")
+    if "e+" in text:
+        text = _BIG_FLOAT_OR_STRING.sub(_positional, text)
+    if text.count("[") + text.count("{") > MAX_DEPTH and not _readable(text):
+        raise SerializationError(f"{what} has a nesting depth over {MAX_DEPTH} (lists and objects "
+                                 "within each other), too deep to be read back")
     if limit is not None and len(text) > limit:
         raise SerializationError(f"{what} is {len(text):,} bytes of JSON, over the limit of {limit:,} bytes")
     return text
+
+
+# The parser reads 201 levels of nesting; pgdurable wraps stored values in
+# up to 8 levels of its own (event documents, journal entries, claim rows).
+MAX_DEPTH = 193
+_WRAPPING = 201 - MAX_DEPTH
+
+
+def _readable(text: str) -> bool:
+    """Whether `text`, wrapped as deep as pgdurable wraps values, still parses."""
+    try:
+        pydantic_core.from_json("[" * _WRAPPING + text + "]" * _WRAPPING)
+    except ValueError:
+        return False
+    return True
+
+
+# jsonb keeps a number's digits but not its notation: 1e+20 comes back as
+# 100000000000000000000, an int. Written positionally with a fraction
+# (100000000000000000000.0) it comes back a float, equal to the one sent.
+# Strings are matched too, so that an "e+" inside one is left alone.
+_BIG_FLOAT_OR_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?e\+\d+')
+
+
+def _positional(match: re.Match[str]) -> str:
+    token = match[0]
+    return token if token[0] == '"' else f"{Decimal(token):f}.0"
 
 
 def _has_non_finite(text: str) -> bool:
