@@ -13,6 +13,7 @@ from .errors import (
     RlsContextError,
     SerializationError,
     StepError,
+    StepOrderError,
 )
 from .events import Event
 from .options import (
@@ -34,7 +35,7 @@ __all__ = [
     "Durable", "DurableError", "Event", "InvalidEventError", "MigrationError",
     "NonRetriableError", "PayloadTooLargeError", "Priority", "RateLimit",
     "RetryAfterError", "RlsContextError", "Run", "RunError", "SerializationError", "Singleton",
-    "StepError", "Throttle", "Timeouts", "as_user", "rls_bypass",
+    "StepError", "StepOrderError", "Throttle", "Timeouts", "as_user", "rls_bypass",
 ]
 
 __version__ = "0.1.0"

@@ -37,6 +37,11 @@ class NonRetriableError(DurableError):
     """Raise from a step or handler to fail at once, without retries."""
 
 
+class StepOrderError(NonRetriableError):
+    """On replay, the handler reached journaled steps in another order than
+    they were journaled in: its code changed under a run in flight."""
+
+
 class RetryAfterError(DurableError):
     """Raise from a step or handler to retry no earlier than `delay` from now
     (seconds or timedelta) or at `delay` (an aware datetime)."""

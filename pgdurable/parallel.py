@@ -53,6 +53,11 @@ def claim_step_id(step_id: str) -> None:
         branch[0].claim(step_id, branch[1])
 
 
+def in_branch() -> bool:
+    """Whether a parallel branch is executing in this context."""
+    return _BRANCH.get() is not None
+
+
 def _branches(items: Iterable[Callable[[], Any]]) -> list[Callable[[], Any]]:
     fns = list(items) if not callable(items) else []
     if not fns or not all(callable(fn) for fn in fns):

@@ -32,10 +32,16 @@ import psycopg
 from . import serde
 from .control import Cancelled, Park, Suspend
 from .durations import Duration, parse_duration, require_aware
-from .errors import NonRetriableError, RetryAfterError, SerializationError, StepError
+from .errors import (
+    NonRetriableError,
+    RetryAfterError,
+    SerializationError,
+    StepError,
+    StepOrderError,
+)
 from .events import Event
 from .expressions import event_filter
-from .parallel import AsyncStepGate, StepGate, claim_step_id, run_tasks, run_threads
+from .parallel import AsyncStepGate, StepGate, claim_step_id, in_branch, run_tasks, run_threads
 from .rls import CURRENT_STEP, Rls
 from .store import ClaimedRow, Finish, StepRecord, WaitSpec
 
@@ -138,6 +144,7 @@ class RunState:
         self.finished = False  # its outcome is submitted to the journal
         self._seen: Counter[str] = Counter()
         self._positions: dict[str, int] = {}  # key -> order in which its step began
+        self._replayed_up_to: tuple[int, str] = (0, "")  # the furthest journaled step reached
         self._pending: Future[set[str]] | None = None
         self._lock = threading.Lock()  # parallel branches number and checkpoint steps
 
@@ -163,7 +170,26 @@ class RunState:
         return self._positions[key]
 
     def replayed(self, key: str) -> dict[str, Any] | None:
-        return self.claimed.journal.get(key)
+        """The step's journal entry, if any, once its order is checked."""
+        entry = self.claimed.journal.get(key)
+        if entry is not None and "position" in entry:
+            self._check_order(key, int(entry["position"]))
+        return entry
+
+    def _check_order(self, key: str, position: int) -> None:
+        """Journaled steps must be reached in the order they were journaled in
+        (new steps may come between them). Parallel branches interleave in any
+        order, so within them only the furthest position is kept."""
+        with self._lock:
+            last_position, last_key = self._replayed_up_to
+            if position >= last_position:
+                self._replayed_up_to = (position, key)
+            elif not in_branch():
+                raise StepOrderError(
+                    f"step {key!r} is reached after step {last_key!r} but was journaled before "
+                    "it: the function's steps changed order since this run started. Let runs "
+                    "in flight finish (or cancel them) before reordering steps, or give the "
+                    "moved steps new ids")
 
     def prior_failures(self, entry: dict[str, Any] | None) -> int:
         return 0 if entry is None else int(entry["attempts"])

@@ -341,3 +341,32 @@ def test_duplicate_function_ids_are_refused(app: Durable) -> None:
 def test_bad_function_definitions(app: Durable, options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         app.function(**options)(lambda ctx: None)
+
+
+@pytest.mark.parametrize(("v2_order", "status", "error"), [
+    (["b", "a", "c"], "failed", "StepOrderError"),  # journaled steps swapped: refused by name
+    (["a", "new", "b", "c"], "completed", None),     # a step inserted between them: fine
+])
+def test_a_deploy_that_reorders_journaled_steps_fails_the_run_by_name(
+    app: Durable, v2_order: list[str], status: str, error: str | None
+) -> None:
+    deployed = {"order": ["a", "b", "c"]}  # what the handler's code does, "v1" then "v2"
+
+    @app.function(id="ordered", event="go", retries=2)
+    def ordered(ctx: Context) -> list[str]:
+        done = [ctx.step.run(name, lambda n=name: n) for name in deployed["order"][:-1]]
+        if deployed["order"] == ["a", "b", "c"]:  # v1 fails at c; then the deploy happens
+            deployed["order"] = v2_order
+            raise RetryAfterError("deploying", 0.01)
+        return [*done, ctx.step.run("c", lambda: "c")]
+
+    [event_id] = app.send("go", {})
+    [run] = app.runs_for_event(event_id)
+    app.start(threads=1)
+    finished = app.wait_for_run(run.id, 30)
+    assert finished.status == status
+    if error is None:
+        assert finished.output == v2_order
+    else:
+        assert finished.error is not None and finished.error.type == error
+        assert "'a' is reached after step 'b'" in finished.error.message

@@ -116,12 +116,13 @@ BEGIN
                (SELECT jsonb_object_agg(s.step_key, CASE  -- as `unparked` leaves them
                            WHEN s.status = 'waiting' THEN
                                jsonb_build_object('status', 'completed', 'output', null,
-                                                  'attempts', s.attempts)
+                                                  'attempts', s.attempts, 'position', s.position)
                            WHEN s.status = 'sleeping' THEN
                                jsonb_build_object('status', 'completed', 'output', s.output,
-                                                  'attempts', s.attempts)
+                                                  'attempts', s.attempts, 'position', s.position)
                            ELSE jsonb_build_object('status', s.status, 'output', s.output,
-                                                   'error', s.error, 'attempts', s.attempts)
+                                                   'error', s.error, 'attempts', s.attempts,
+                                                   'position', s.position)
                            END)
                 FROM {schema}.steps s WHERE s.run_id = c.run_id) END,
            c.resumed, c.due_at, c.started_at
