@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"roles {args.sender} (sender) and {args.worker} (worker) granted "
                   f"on schema {args.schema}")
             return 0
-        return _run_worker(load_app(args.app), args.threads, args.prefetch, args.shutdown_timeout)
+        return run_worker(load_app(args.app), args.threads, args.prefetch, args.shutdown_timeout)
     except DurableError as exc:
         print(f"pgdurable: {exc}", file=sys.stderr)
         return 2
@@ -67,7 +67,7 @@ def load_app(path: str) -> Durable:
     return app
 
 
-def _run_worker(app: Durable, threads: int, prefetch: int | None, timeout: float) -> int:
+def run_worker(app: Durable, threads: int, prefetch: int | None, timeout: float) -> int:
     """Run until SIGTERM or SIGINT (drain), or a second SIGINT (stop at once)."""
     stop = threading.Event()
 

@@ -47,6 +47,19 @@ class Run:
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    def to_dict(self) -> dict[str, Any]:
+        """The run as JSON-ready values (ISO 8601 times), for a status endpoint."""
+        def iso(t: datetime | None) -> str | None:
+            return None if t is None else t.isoformat()
+
+        return {"id": self.id, "function_id": self.function_id, "status": self.status,
+                "output": self.output,
+                "error": None if self.error is None else {
+                    "type": self.error.type, "message": self.error.message},
+                "attempt": self.attempt, "event_ids": list(self.event_ids),
+                "parent_run_id": self.parent_run_id, "created_at": iso(self.created_at),
+                "started_at": iso(self.started_at), "finished_at": iso(self.finished_at)}
+
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Run:
         (run_id, function_id, status, output, error, attempt, event_ids, parent,

@@ -1,0 +1,2 @@
+"""Web framework integrations, each behind its extra: `starlette` (FastAPI
+and Starlette), `flask` and `django`."""

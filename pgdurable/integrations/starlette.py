@@ -1,0 +1,33 @@
+"""FastAPI and Starlette: worker threads that live as long as the app.
+
+    app = FastAPI(lifespan=pgdurable.integrations.starlette.lifespan(durable))
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from ..app import Durable
+
+
+def lifespan(
+    durable: Durable, *, threads: int = 4, migrate: bool = False, stop_timeout: float = 30.0,
+) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A lifespan that starts `threads` worker threads when the app starts
+    (after `migrate()` if asked) and drains them when it shuts down."""
+
+    @asynccontextmanager
+    async def run_workers(_app: Any) -> AsyncIterator[None]:
+        if migrate:
+            await run_in_threadpool(durable.migrate)
+        await run_in_threadpool(durable.start, threads)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(durable.stop, stop_timeout)
+
+    return run_workers
