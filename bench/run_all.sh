@@ -15,6 +15,7 @@ $PY bench/w1_drain.py --threads 8 --prefetch 1000
 "$PEERS/bin/python" bench/peers/pgqueuer_bench.py
 "$PEERS/bin/python" bench/peers/procrastinate_bench.py
 $PY bench/w2_latency.py
+$PY bench/claim_cost.py
 $PY bench/w3_steps.py --threads 64 --prefetch 1000
 $PY bench/w4_sleep.py
 $PY bench/w5_wake.py

@@ -13,9 +13,8 @@
 -- takes an fsync off the path from event to handler.
 --
 -- A parked run (sleeping, or waiting past its timeout) is claimed like any
--- due run, and its open step completes: a sleep keeps its wake-up time as
--- output (for the timeline), a wait that timed out gets null. The journal returned shows those steps completed
--- already: the statement cannot read its own update.
+-- due run; recover_claimed completes its open step first. Plain queued runs,
+-- the usual case, take one UPDATE.
 CREATE FUNCTION {schema}.claim_runs(
     p_worker text, p_functions text[], p_limit int, p_lease interval
 ) RETURNS TABLE (
@@ -29,19 +28,24 @@ CREATE FUNCTION {schema}.claim_runs(
 -- planner may instead fetch every due row and sort them: O(backlog) per claim.
 -- Every other access is by key; a sequential scan of `steps` to resolve the
 -- parked runs' steps would cost O(journal) per claim.
-SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off SET jit = off AS $$
+SET enable_bitmapscan = off SET enable_sort = off SET enable_seqscan = off SET jit = off
+SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
+    v_picked uuid[];
+    v_due timestamptz[];
     v_ids uuid[];
     v_flow uuid[];
     v_exhausted uuid[];
+    v_special boolean;
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
-    SELECT array_agg(c.run_id),
+    SELECT array_agg(c.run_id), array_agg(c.available_at),
            array_agg(c.run_id ORDER BY c.available_at)
                FILTER (WHERE c.flow AND NOT c.exhausted AND NOT c.holds_slots),
-           array_agg(c.run_id) FILTER (WHERE c.exhausted)
-    INTO v_ids, v_flow, v_exhausted
-    FROM (SELECT q.run_id, q.available_at, q.holds_slots,
+           array_agg(c.run_id) FILTER (WHERE c.exhausted),
+           bool_or(c.status <> 'queued')
+    INTO v_picked, v_due, v_flow, v_exhausted, v_special
+    FROM (SELECT q.run_id, q.available_at, q.holds_slots, q.status,
                  q.slot_keys IS NOT NULL OR q.throttle IS NOT NULL AS flow,
                  q.status = 'running' AND q.handler_attempts >= q.retries AS exhausted
           FROM {schema}.queue q
@@ -52,54 +56,24 @@ BEGIN
           ORDER BY q.available_at
           LIMIT p_limit
           FOR UPDATE SKIP LOCKED) c;
+    IF v_picked IS NULL THEN
+        RETURN;  -- nothing due: the usual answer to an idle poll, kept cheap
+    END IF;
+    v_ids := v_picked;
     IF v_flow IS NOT NULL THEN  -- concurrency= and throttle= may hold some back
         v_ids := ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest({schema}.admit_flow(v_flow)));
     END IF;
-    IF v_exhausted IS NOT NULL THEN
-        PERFORM {schema}.release_slots(v_exhausted);
+    IF v_special THEN  -- runs that lost their worker, or wake from a sleep or wait
+        v_ids := ARRAY(SELECT unnest(v_ids) EXCEPT SELECT unnest(v_exhausted));
+        PERFORM {schema}.recover_claimed(v_picked, v_exhausted);
     END IF;
     RETURN QUERY
-    WITH candidates AS MATERIALIZED (  -- locked above
-        SELECT q.run_id, q.status = 'running' AS lost, q.started_at IS NOT NULL AS resumed,
-               q.status = 'running' AND q.handler_attempts >= q.retries AS exhausted,
-               q.status IN ('sleeping', 'waiting') AS parked, q.available_at AS due_at
-        FROM {schema}.queue q
-        WHERE q.run_id = ANY(v_ids)
-    ), claimed AS (
+    WITH claimed AS (
         UPDATE {schema}.queue q
-        SET status = 'running',
-            handler_attempts = q.handler_attempts + c.lost::int,
-            worker_id = p_worker,
-            lease_token = q.lease_token + 1,
-            available_at = now() + p_lease,
-            started_at = coalesce(q.started_at, now())
-        FROM candidates c
-        WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE NOT exhausted))
-          AND q.run_id = c.run_id
-        RETURNING q.*, c.resumed, c.due_at
-    ), dead AS (
-        DELETE FROM {schema}.queue q
-        WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE exhausted))
+        SET status = 'running', worker_id = p_worker, lease_token = q.lease_token + 1,
+            available_at = now() + p_lease, started_at = coalesce(q.started_at, now())
+        WHERE q.run_id = ANY(v_ids)
         RETURNING q.*
-    ), failed AS (
-        INSERT INTO {schema}.results (run_id, status, error, attempt, worker_id, started_at)
-        SELECT d.run_id, 'failed', jsonb_build_object(
-                   'type', 'WorkerLostError',
-                   'message', format('the worker running this run stopped responding %s times',
-                                     d.handler_attempts + 1),
-                   'traceback', null),
-               d.attempt, d.worker_id, d.started_at
-        FROM dead d
-    ), unparked AS (
-        UPDATE {schema}.steps s
-        SET status = 'completed', finished_at = now(),
-            output = CASE WHEN s.status = 'waiting' THEN NULL ELSE s.output END
-        WHERE s.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE parked))
-          AND s.status IN ('sleeping', 'waiting')
-    ), timed_out AS (
-        DELETE FROM {schema}.waits w
-        WHERE w.run_id = ANY(ARRAY(SELECT run_id FROM candidates WHERE parked))
-          AND NOT w.cancel
     )
     SELECT c.run_id, c.lease_token, c.function_id, c.attempt, c.handler_attempts,
            c.retries, c.cancel_requested,
@@ -112,23 +86,59 @@ BEGIN
                      unnest(r.event_ids[2:]) WITH ORDINALITY AS k(eid, ord)
                 JOIN {schema}.events m ON m.id = k.eid
                 WHERE r.id = c.run_id) END,
-           CASE WHEN c.resumed THEN
-               (SELECT jsonb_object_agg(s.step_key, CASE  -- as `unparked` leaves them
-                           WHEN s.status = 'waiting' THEN
-                               jsonb_build_object('status', 'completed', 'output', null,
-                                                  'attempts', s.attempts, 'position', s.position)
-                           WHEN s.status = 'sleeping' THEN
-                               jsonb_build_object('status', 'completed', 'output', s.output,
-                                                  'attempts', s.attempts, 'position', s.position)
-                           ELSE jsonb_build_object('status', s.status, 'output', s.output,
-                                                   'error', s.error, 'attempts', s.attempts,
-                                                   'position', s.position)
-                           END)
+           -- started in an earlier transaction: it ran before, so its journal counts
+           CASE WHEN c.started_at <> now() THEN
+               (SELECT jsonb_object_agg(s.step_key, jsonb_build_object(
+                           'status', s.status, 'output', s.output, 'error', s.error,
+                           'attempts', s.attempts, 'position', s.position))
                 FROM {schema}.steps s WHERE s.run_id = c.run_id) END,
-           c.resumed, c.due_at, c.started_at
+           c.started_at <> now(), d.due_at, c.started_at
     FROM claimed c
+    JOIN unnest(v_picked, v_due) AS d(run_id, due_at) ON d.run_id = c.run_id
     LEFT JOIN {schema}.events e ON e.id = c.event_id
-    ORDER BY c.due_at;  -- the order they are handed to executors
+    ORDER BY d.due_at;  -- the order they are handed to executors
+END
+$$;
+
+-- recover_claimed: before claim_runs hands out p_runs (locked), what only
+-- runs that were not simply queued need. A run whose lease lapsed counts a
+-- lost attempt; one that lost its worker more often than its retries allow
+-- (p_exhausted) is failed with WorkerLostError instead of handed out again.
+-- A parked run (sleeping, or waiting past its timeout) has its open step
+-- completed: a sleep keeps its wake-up time as output (for the timeline), a
+-- wait that timed out gets null, and the wait's filters go.
+CREATE FUNCTION {schema}.recover_claimed(p_runs uuid[], p_exhausted uuid[])
+RETURNS void LANGUAGE plpgsql
+SET enable_seqscan = off SET jit = off AS $$
+DECLARE
+    v_parked uuid[];
+BEGIN
+    SELECT array_agg(q.run_id) FILTER (WHERE q.status IN ('sleeping', 'waiting'))
+    INTO v_parked FROM {schema}.queue q WHERE q.run_id = ANY(p_runs);
+    UPDATE {schema}.queue q SET handler_attempts = q.handler_attempts + 1
+    WHERE q.run_id = ANY(p_runs) AND q.status = 'running'
+      AND NOT q.run_id = ANY(coalesce(p_exhausted, '{}'));
+    IF p_exhausted IS NOT NULL THEN
+        PERFORM {schema}.release_slots(p_exhausted);
+        WITH dead AS (
+            DELETE FROM {schema}.queue q WHERE q.run_id = ANY(p_exhausted) RETURNING q.*
+        )
+        INSERT INTO {schema}.results (run_id, status, error, attempt, worker_id, started_at)
+        SELECT d.run_id, 'failed', jsonb_build_object(
+                   'type', 'WorkerLostError',
+                   'message', format('the worker running this run stopped responding %s times',
+                                     d.handler_attempts + 1),
+                   'traceback', null),
+               d.attempt, d.worker_id, d.started_at
+        FROM dead d;
+    END IF;
+    IF v_parked IS NOT NULL THEN
+        UPDATE {schema}.steps s
+        SET status = 'completed', finished_at = now(),
+            output = CASE WHEN s.status = 'waiting' THEN NULL ELSE s.output END
+        WHERE s.run_id = ANY(v_parked) AND s.status IN ('sleeping', 'waiting');
+        DELETE FROM {schema}.waits w WHERE w.run_id = ANY(v_parked) AND NOT w.cancel;
+    END IF;
 END
 $$;
 
