@@ -165,6 +165,8 @@ class Worker:
                     self._unfinished += len(states)
                 for state in states:
                     self._ready.put(state)
+                if states:
+                    time.sleep(0)  # let an executor take the GIL and start them now
                 claimed_all = rows is not None and len(rows) == free
                 if rows is not None and not claimed_all:
                     self._learn_next_due(function_ids)
