@@ -298,7 +298,7 @@ class Worker:
         self, state: RunState, body: Callable[[psycopg.Connection[Any]], StepRecord]
     ) -> set[str]:
         claimed = state.claimed
-        with self._app.connection() as conn:
+        with self.connection() as conn:
             if not self._store.hold_run(conn, claimed.id, claimed.token):
                 raise Park()  # lost to another worker: its writes must not happen
             return self._store.flush(conn, [body(conn)], [])
