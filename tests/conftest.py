@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -105,6 +106,15 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = 
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+def send_from_threads(count: int, send: Callable[[int], object]) -> None:
+    """Call send(sender_number) from `count` threads at once."""
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
 
 
 class WorkerProcess:

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from conftest import run_of, status_of, wait_until
+from conftest import run_of, send_from_threads, status_of, wait_until
 
 from pgdurable import (
     ConfigurationError,
@@ -20,16 +20,6 @@ from pgdurable import (
     RateLimit,
     Singleton,
 )
-
-
-def send_concurrently(app: Durable, name: str, data: dict[str, Any], *, each: int) -> None:
-    """Four threads each send `each` copies of an event at once."""
-    threads = [threading.Thread(target=lambda: [app.send(name, data) for _ in range(each)])
-               for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
 
 
 def statuses(app: Durable, function: str) -> Counter[str]:
@@ -63,7 +53,7 @@ def test_an_idempotency_key_is_free_again_after_the_window(make_app: Any) -> Non
 
 def test_concurrent_senders_of_one_key_start_one_run(app: Durable) -> None:
     app.function(id="fulfil", event="order/paid", idempotency="data.order")(lambda ctx: None)
-    send_concurrently(app, "order/paid", {"order": 9}, each=5)
+    send_from_threads(4, lambda _: [app.send("order/paid", {"order": 9}) for _ in range(5)])
     assert len(app.list_runs(function="fulfil")) == 1
 
 
@@ -88,7 +78,7 @@ def test_runs_over_the_rate_limit_are_skipped_and_say_why(app: Durable) -> None:
 def test_the_rate_limit_holds_across_concurrent_senders_and_refills(app: Durable) -> None:
     app.function(id="ping", event="ping", rate_limit=RateLimit(limit=5, period="2s"))(
         lambda ctx: None)
-    send_concurrently(app, "ping", {}, each=10)
+    send_from_threads(4, lambda _: [app.send("ping", {}) for _ in range(10)])
     assert statuses(app, "ping") == {"queued": 5, "skipped": 35}
     # one slot comes back every 2 s / 5 = 0.4 s
     wait_until(lambda: app.send("ping", {}) and statuses(app, "ping")["queued"] == 6,
@@ -144,7 +134,7 @@ def test_singleton_cancel_replaces_the_run_in_progress(app: Durable) -> None:
 
 def test_concurrent_senders_admit_one_singleton(app: Durable) -> None:
     app.function(id="only-one", event="go", singleton=Singleton(key="data.k"))(lambda ctx: None)
-    send_concurrently(app, "go", {"k": 1}, each=5)
+    send_from_threads(4, lambda _: [app.send("go", {"k": 1}) for _ in range(5)])
     assert statuses(app, "only-one") == {"queued": 1, "skipped": 19}
 
 

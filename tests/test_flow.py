@@ -10,13 +10,12 @@ overlap of steps per key, the number of run starts in any window.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_until
+from conftest import send_from_threads, wait_until
 
 from pgdurable import (
     Concurrency,
@@ -79,15 +78,6 @@ def finished(app: Durable, function: str, count: int, timeout: float = 120) -> N
     wait_until(done, timeout=timeout, what=f"{count} runs of {function} to finish")
     statuses = {r.status for r in app.list_runs(function=function, limit=count)}
     assert statuses == {"completed"}
-
-
-def send_from_threads(count: int, send: Callable[[int], object]) -> None:
-    """Call send(sender_number) from `count` threads at once."""
-    threads = [threading.Thread(target=send, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
 
 
 # -- concurrency ----------------------------------------------------------
