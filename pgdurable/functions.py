@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -178,9 +178,7 @@ def _schedule(function_id: str, options: dict[str, Any]) -> Schedule | None:
         raise ConfigurationError(
             f"function {function_id!r}: timezone={timezone!r} is not an IANA time zone") from exc
     catch_up = catch_up or "none"
-    if catch_up not in CATCH_UP:
-        raise ConfigurationError(
-            f"function {function_id!r}: catch_up must be one of {', '.join(CATCH_UP)}, not {catch_up!r}")
+    _one_of(function_id, "catch_up", catch_up, CATCH_UP)
     return Schedule(cron, timezone, catch_up)
 
 
@@ -245,6 +243,12 @@ def _one_or_more(function_id: str, value: Any, kind: type[T], usage: str) -> lis
     return list(items)
 
 
+def _one_of(function_id: str, what: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigurationError(
+            f"function {function_id!r}: {what} must be one of {', '.join(choices)}, not {value!r}")
+
+
 def _positive_int(function_id: str, what: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"function {function_id!r}: {what} must be an int of at least 1")
@@ -261,9 +265,7 @@ def _concurrency(function_id: str, value: Any) -> tuple[Concurrency, ...]:
             f"constraints, not {len(items)}")
     for item in items:
         _positive_int(function_id, "Concurrency.limit", item.limit)
-        if item.scope not in ("function", "app"):
-            raise ConfigurationError(f"function {function_id!r}: Concurrency.scope must be "
-                                     f"'function' or 'app', not {item.scope!r}")
+        _one_of(function_id, "Concurrency.scope", item.scope, ("function", "app"))
         check_key(item.key, what=f"concurrency key of function {function_id!r}")
     return tuple(items)
 
@@ -293,9 +295,7 @@ def _singleton(function_id: str, value: Any) -> Singleton | None:
     if value is None:
         return None
     singleton = _expect(function_id, value, Singleton, "singleton takes Singleton(key=, mode=)")
-    if singleton.mode not in ("skip", "cancel"):
-        raise ConfigurationError(f"function {function_id!r}: Singleton.mode must be 'skip' or "
-                                 f"'cancel', not {singleton.mode!r}")
+    _one_of(function_id, "Singleton.mode", singleton.mode, ("skip", "cancel"))
     check_key(singleton.key, what=f"singleton key of function {function_id!r}")
     return singleton
 
