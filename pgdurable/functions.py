@@ -365,20 +365,19 @@ def run_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
     if fdef.cancel_on:
         options["cancels"] = _cancel_listeners(fdef, event.to_doc())
     if fdef.batch is not None and fdef.batch_timeout is not None:
-        key = key_of(fdef.batch.key, event, what=f"batch key of function {fdef.id!r}")
-        options["batch"] = [key, fdef.batch.max_size, fdef.batch_timeout.total_seconds()]
+        options["batch"] = [_key(fdef, "batch", fdef.batch.key, event), fdef.batch.max_size,
+                            fdef.batch_timeout.total_seconds()]
     if fdef.idempotency is not None:
-        options["idempotency"] = key_of(
-            fdef.idempotency, event, what=f"idempotency key of function {fdef.id!r}")
+        options["idempotency"] = _key(fdef, "idempotency", fdef.idempotency, event)
     if fdef.rate_limit is not None and fdef.rate_period is not None:
-        key = key_of(fdef.rate_limit.key, event, what=f"rate limit key of function {fdef.id!r}")
-        options["rate_limit"] = [key, fdef.rate_limit.limit, fdef.rate_period.total_seconds()]
+        options["rate_limit"] = [_key(fdef, "rate limit", fdef.rate_limit.key, event),
+                                 fdef.rate_limit.limit, fdef.rate_period.total_seconds()]
     if fdef.debounce is not None and fdef.debounce_spec is not None:
-        key = key_of(fdef.debounce.key, event, what=f"debounce key of function {fdef.id!r}")
-        options["debounce"] = [key, *fdef.debounce_spec]
+        options["debounce"] = [_key(fdef, "debounce", fdef.debounce.key, event),
+                               *fdef.debounce_spec]
     if fdef.singleton is not None:
-        key = key_of(fdef.singleton.key, event, what=f"singleton key of function {fdef.id!r}")
-        options["singleton"] = [key, fdef.singleton.mode]
+        options["singleton"] = [_key(fdef, "singleton", fdef.singleton.key, event),
+                                fdef.singleton.mode]
     options.update(flow_options(fdef, event))
     return options
 
@@ -390,8 +389,8 @@ def flow_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
     if fdef.concurrency:
         options["slots"] = [[_slot_key(fdef, c, event), c.limit] for c in fdef.concurrency]
     if fdef.throttle is not None and fdef.throttle_period is not None:
-        key = key_of(fdef.throttle.key, event, what=f"throttle key of function {fdef.id!r}")
-        options["throttle"] = [key, fdef.throttle.limit, fdef.throttle_period.total_seconds(),
+        options["throttle"] = [_key(fdef, "throttle", fdef.throttle.key, event),
+                               fdef.throttle.limit, fdef.throttle_period.total_seconds(),
                                fdef.throttle.burst]
     if fdef.priority is not None:
         options["priority"] = _priority_seconds(fdef, event)
@@ -402,8 +401,13 @@ def _slot_key(fdef: FunctionDef, constraint: Concurrency, event: Event) -> str:
     """A concurrency key as stored: scoped to the function ('<id> <key>') or
     to the app ('* <key>'); neither a function id nor a key holds a space
     at that place, so scopes cannot collide."""
-    key = key_of(constraint.key, event, what=f"concurrency key of function {fdef.id!r}")
+    key = _key(fdef, "concurrency", constraint.key, event)
     return f"{'*' if constraint.scope == 'app' else fdef.id} {key}"
+
+
+def _key(fdef: FunctionDef, option: str, key: Key, event: Event) -> str:
+    """The value of one of `fdef`'s option keys for `event`."""
+    return key_of(key, event, what=f"{option} key of function {fdef.id!r}")
 
 
 def _priority_seconds(fdef: FunctionDef, event: Event) -> float:

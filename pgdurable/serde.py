@@ -35,7 +35,9 @@ def dumps(value: Any, *, what: str, limit: int | None = None) -> str:
         raise SerializationError(f"{what} contains a NUL character (\\u0000), which Postgres cannot store")
     if "e+" in text:
         text = _BIG_FLOAT_OR_STRING.sub(_positional, text)
-    if text.count("[") + text.count("{") > MAX_DEPTH and not _readable(text):
+    # Nesting n deep takes 2n characters: short values need no counting.
+    if len(text) > 2 * MAX_DEPTH and text.count("[") + text.count("{") > MAX_DEPTH \
+            and not _readable(text):
         raise SerializationError(f"{what} has a nesting depth over {MAX_DEPTH} (lists and objects "
                                  "within each other), too deep to be read back")
     if limit is not None and len(text) > limit:
