@@ -34,7 +34,7 @@ from .functions import (
 )
 from .rls import Rls, check_role
 from .runs import Run
-from .store import Store
+from .store import ClaimedRow, Store
 from .worker import Worker
 
 H = TypeVar("H", bound=Handler)
@@ -218,9 +218,28 @@ class Durable:
             with _translated_errors(self.schema):
                 self.store.send_events(conn, unique, runs, self.dedupe_window)
         else:
-            with self._pooled() as own:
-                self.store.send_events(own, unique, runs, self.dedupe_window)
+            self._send_own(unique, runs)
         return [p.id for p in prepared]
+
+    def _send_own(self, events: list[PreparedEvent], runs: list[list[Any]]) -> None:
+        """Send on a pooled connection. New runs that this process's worker can
+        start in idle threads are claimed in the sending transaction and
+        handed to it once that commits: they start without a claim round trip."""
+        worker = self._worker
+        reserved = 0 if worker is None else worker.reserve(_startable(worker, events, runs))
+        if worker is None or not reserved:
+            with self._pooled() as own:
+                self.store.send_events(own, events, runs, self.dedupe_window)
+            return
+        claimed: list[ClaimedRow] = []
+        try:
+            with self._pooled() as own:
+                rows = self.store.send_and_claim(
+                    own, events, runs, self.dedupe_window, worker.id, worker.function_ids,
+                    reserved, self.lease)
+            claimed = rows  # committed: now they are the worker's
+        finally:
+            worker.adopt(claimed, reserved)
 
     @staticmethod
     def _run_spec(index: int, event: PreparedEvent, fdef: FunctionDef) -> list[Any]:
@@ -255,10 +274,13 @@ class Durable:
     # -- workers ----------------------------------------------------------
 
     def start(self, threads: int = 4, *, prefetch: int | None = None,
-              poll_interval: float = 1.0) -> None:
+              poll_interval: float = 1.0, eager: bool = True) -> None:
         """Start worker threads in this process and return.
 
         `prefetch` runs beyond `threads` are claimed ahead (default: 4 x `threads`).
+        With `eager`, a run that this process sends (without `conn=`) starts in
+        an idle thread of this worker as soon as the send commits, if its
+        function has no flow control or other run options.
         """
         if self._worker is not None:
             raise DurableError("this app's worker is already started")
@@ -266,7 +288,7 @@ class Durable:
             raise ConfigurationError("threads must be from 1 to 256")
         worker = Worker(self, threads=threads,
                         prefetch=4 * threads if prefetch is None else prefetch,
-                        poll_interval=poll_interval)
+                        poll_interval=poll_interval, eager=eager)
         with self.connection() as conn:
             if not self.store.is_migrated(conn):
                 raise MigrationError(
@@ -422,3 +444,12 @@ def _translated_errors(schema: str) -> Iterator[None]:
         raise MigrationError(
             f"schema {schema!r} is not migrated ({exc.diag.message_primary}); "
             "call app.migrate() or run `pgdurable migrate`") from exc
+
+
+def _startable(worker: Worker, events: list[PreparedEvent], runs: list[list[Any]]) -> int:
+    """How many of the runs to send the worker could start now: plain runs
+    (no options) of its functions, for events not dated in the future."""
+    functions = set(worker.function_ids)
+    now = datetime.now(UTC)
+    return sum(1 for spec in runs if len(spec) == 3 and spec[1] in functions
+               and ((ts := events[spec[0] - 1].ts) is None or ts <= now))

@@ -87,6 +87,22 @@ def _event_json(e: PreparedEvent) -> str:
     return f"[{json.dumps(e.id)},{json.dumps(e.name)},{e.data_json},{ts}]"
 
 
+def _send_params(
+    events: Sequence[PreparedEvent], runs: Sequence[Sequence[Any]], dedupe_window: timedelta
+) -> tuple[str, str, timedelta]:
+    return "[" + ",".join(map(_event_json, events)) + "]", json.dumps(runs), dedupe_window
+
+
+def _claimed(rows: psycopg.Cursor[Any]) -> list[ClaimedRow]:
+    """Rows of the `claimed_run` type as the worker takes them."""
+    return [
+        ClaimedRow(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6],
+                   [Event(r[8], r[9], r[7], r[10]), *_events(r[11])], r[12] or {},
+                   not r[13], r[14], r[15])
+        for r in rows
+    ]
+
+
 def _step_json(s: StepRecord) -> str:
     """A journal entry as the JSON row `flush` reads (outputs are JSON already)."""
     return (f'["{s.run_id}",{s.token},{json.dumps(s.key)},{s.position},"{s.status}",'
@@ -241,11 +257,21 @@ class Store:
     ) -> None:
         """Insert events and the runs they trigger; `runs` holds [1-based
         event index, function id, retries, cancel_on listeners (optional)]."""
-        self._run(conn, "send_events", (
-            "[" + ",".join(map(_event_json, events)) + "]",
-            json.dumps(runs),
-            dedupe_window,
-        ))
+        self._run(conn, "send_events", _send_params(events, runs, dedupe_window))
+
+    def send_and_claim(
+        self,
+        conn: psycopg.Connection[Any],
+        events: Sequence[PreparedEvent],
+        runs: Sequence[Sequence[Any]],
+        dedupe_window: timedelta,
+        worker_id: str, function_ids: Sequence[str], limit: int, lease: timedelta,
+    ) -> list[ClaimedRow]:
+        """`send_events`, and lease up to `limit` of the new runs of
+        `function_ids` that are due now to the worker, in the same transaction."""
+        return _claimed(self._run(conn, "send_and_claim", (
+            *_send_params(events, runs, dedupe_window),
+            worker_id, list(function_ids), limit, lease)))
 
     # -- worker -----------------------------------------------------------
 
@@ -256,13 +282,8 @@ class Store:
         self, conn: psycopg.Connection[Any], worker_id: str, function_ids: Sequence[str],
         limit: int, lease: timedelta,
     ) -> list[ClaimedRow]:
-        rows = self._run(conn, "claim_runs", (worker_id, list(function_ids), limit, lease))
-        return [
-            ClaimedRow(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6],
-                       [Event(r[8], r[9], r[7], r[10]), *_events(r[11])], r[12] or {},
-                       not r[13], r[14], r[15])
-            for r in rows
-        ]
+        return _claimed(self._run(conn, "claim_runs", (worker_id, list(function_ids), limit,
+                                                       lease)))
 
     def flush(
         self, conn: psycopg.Connection[Any], steps: Sequence[StepRecord],

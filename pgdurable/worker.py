@@ -54,7 +54,7 @@ class Worker:
     """Executes runs of the app's registered functions in this process."""
 
     def __init__(
-        self, app: Durable, *, threads: int, prefetch: int, poll_interval: float,
+        self, app: Durable, *, threads: int, prefetch: int, poll_interval: float, eager: bool,
     ) -> None:
         self._app = app
         self._store: Store = app.store
@@ -69,7 +69,10 @@ class Worker:
         self._ready: queue.SimpleQueue[RunState | None] = queue.SimpleQueue()
         self._held: dict[str, RunState] = {}  # claimed, until their outcome is written
         self._unfinished = 0  # held runs whose handler has not returned yet
+        self._reserved = 0  # of those, threads reserved by senders not yet back (eager starts)
         self._held_lock = threading.Lock()
+        self._settled = threading.Condition(self._held_lock)  # notified as reservations end
+        self._eager = eager
         self._wake = threading.Event()
         self._next_due = float("inf")  # monotonic time of the earliest retry this worker scheduled
         self._stopping = threading.Event()
@@ -111,6 +114,9 @@ class Worker:
         self._draining.set()
         self._wake.set()
         self._join("claimer", deadline)  # no claim may land after the release below
+        with self._settled:  # nor a run a sender claimed for us
+            self._settled.wait_for(lambda: self._reserved == 0,
+                                   max(0.0, deadline - time.monotonic()))
         for _ in range(self._threads):
             self._ready.put(None)
         self._join("executor", deadline)
@@ -146,8 +152,37 @@ class Worker:
 
     # -- claiming ---------------------------------------------------------
 
+    @property
+    def function_ids(self) -> list[str]:
+        return sorted(self._functions)
+
+    def reserve(self, wanted: int) -> int:
+        """Reserve up to `wanted` idle executor threads for runs that a sender
+        in this process is about to claim as it creates them (an eager start).
+        Each reservation must end with `adopt`."""
+        with self._held_lock:
+            if not self._eager or self._draining.is_set():
+                return 0
+            granted = max(0, min(wanted, self._threads - self._unfinished))
+            self._unfinished += granted
+            self._reserved += granted
+            return granted
+
+    def adopt(self, rows: list[ClaimedRow], reserved: int = 0) -> None:
+        """Queue claimed runs for the executors. After `reserve`, `rows` are
+        the runs claimed under it (none if the send failed), and the threads
+        they do not need are given back."""
+        states = [self._new_state(row) for row in rows]
+        with self._held_lock:
+            self._held.update((state.claimed.id, state) for state in states)
+            self._unfinished -= reserved - len(states)
+            self._reserved -= reserved
+            self._settled.notify_all()
+        for state in states:
+            self._ready.put(state)
+
     def _claim_loop(self) -> None:
-        function_ids = sorted(self._functions)
+        function_ids = self.function_ids
         while not self._draining.is_set():
             free = self._capacity - self.in_flight
             if time.monotonic() >= self._next_due:
@@ -159,13 +194,8 @@ class Worker:
                 rows = self._with_db("claim runs", partial(
                     self._store.claim_runs, worker_id=self.id, function_ids=function_ids,
                     limit=free, lease=self._lease), until=self._draining)
-                states = [self._new_state(row) for row in rows or ()]
-                with self._held_lock:
-                    self._held.update((state.claimed.id, state) for state in states)
-                    self._unfinished += len(states)
-                for state in states:
-                    self._ready.put(state)
-                if states:
+                self.adopt(rows or [])
+                if rows:
                     time.sleep(0)  # let an executor take the GIL and start them now
                 claimed_all = rows is not None and len(rows) == free
                 if rows is not None and not claimed_all:

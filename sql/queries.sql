@@ -39,6 +39,9 @@ BEGIN
         UNION ALL
         SELECT format('DROP FUNCTION IF EXISTS %s CASCADE', p.oid::regprocedure) FROM pg_proc p
         WHERE p.pronamespace = '{schema}'::regnamespace
+        UNION ALL  -- after the functions that return them
+        SELECT format('DROP TYPE IF EXISTS %s CASCADE', c.reltype::regtype) FROM pg_class c
+        WHERE c.relnamespace = '{schema}'::regnamespace AND c.relkind = 'c'
     LOOP
         EXECUTE v_ddl;
     END LOOP;
@@ -56,6 +59,10 @@ SELECT to_regclass(%s) IS NOT NULL;
 
 -- name: send_events
 SELECT FROM {schema}.send_events(%s::jsonb, %s::jsonb, %s::interval);
+
+-- name: send_and_claim
+SELECT * FROM {schema}.send_and_claim(%s::jsonb, %s::jsonb, %s::interval, %s, %s::text[], %s,
+                                      %s::interval);
 
 -- name: claim_runs
 SELECT * FROM {schema}.claim_runs(%s, %s::text[], %s, %s::interval);

@@ -8,15 +8,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_until
+from conftest import run_of, wait_until
 
 from pgdurable import ConfigurationError, Context, Durable, DurableError
-
-
-def send_one(app: Durable, event: str, data: dict[str, Any] | None = None) -> str:
-    [event_id] = app.send(event, data or {})
-    [run] = app.runs_for_event(event_id)
-    return run.id
 
 
 def test_get_run_unknown_and_invalid_ids(app: Durable) -> None:
@@ -31,7 +25,7 @@ def test_wait_for_run_times_out(app: Durable) -> None:
     @app.function(id="never-started", event="e")
     def never(ctx: Context) -> None: ...
 
-    run_id = send_one(app, "e")
+    run_id = run_of(app, "e")
     with pytest.raises(TimeoutError, match="still queued"):
         app.wait_for_run(run_id, timeout=0.2)
 
@@ -57,11 +51,11 @@ def test_cancel_a_queued_run(app: Durable) -> None:
     def cancel_me(ctx: Context) -> str:
         return "ran"
 
-    run_id = send_one(app, "e")
+    run_id = run_of(app, "e")
     assert app.cancel(run_id) is True
     assert app.cancel(run_id) is False  # already finished
     app.start(threads=1, poll_interval=0.1)
-    other = send_one(app, "e")
+    other = run_of(app, "e")
     assert app.wait_for_run(other, 20).status == "completed"
     run = app.get_run(run_id)
     assert run is not None and run.status == "cancelled"
@@ -84,7 +78,7 @@ def test_cancel_a_running_run_at_the_next_step_boundary(app: Durable) -> None:
         ctx.step.run("second", lambda: calls.update(["second"]))
         return "finished"
 
-    run_id = send_one(app, "long")
+    run_id = run_of(app, "long")
     app.start(threads=1, poll_interval=0.1)
     assert in_step.wait(20)
     assert app.cancel(run_id) is True
@@ -102,7 +96,7 @@ def test_replay_starts_a_new_run_of_the_same_event(app: Durable) -> None:
         seen.append(ctx.event.data)
         return ctx.event.data["n"]
 
-    run_id = send_one(app, "r", {"n": 41})
+    run_id = run_of(app, "r", {"n": 41})
     app.start(threads=1, poll_interval=0.1)
     first = app.wait_for_run(run_id, 20)
     second = app.wait_for_run(app.replay(run_id), 20)
@@ -114,14 +108,16 @@ def test_replay_starts_a_new_run_of_the_same_event(app: Durable) -> None:
         app.replay(str(uuid.uuid4()))
 
 
-def test_notify_wakes_an_idle_worker_without_polling(app: Durable) -> None:
+def test_notify_wakes_an_idle_worker_without_polling(app: Durable, make_app: Any) -> None:
     @app.function(id="quick", event="quick")
     def quick(ctx: Context) -> str:
         return "done"
 
     app.start(threads=1, poll_interval=60)  # a poll would take 30-60 s
     time.sleep(0.2)  # let the claimer go idle; the deadline below proves the wake-up
-    run_id = send_one(app, "quick")
+    sender = make_app()  # as another process: no worker of its own to start the run
+    sender.function(id="quick", event="quick")(quick)
+    run_id = run_of(sender, "quick")
     assert app.wait_for_run(run_id, timeout=10).status == "completed"
 
 
@@ -134,7 +130,7 @@ def test_stop_drains_running_handlers(app: Durable) -> None:
         time.sleep(0.5)  # the work being drained
         return "finished"
 
-    run_id = send_one(app, "drain")
+    run_id = run_of(app, "drain")
     app.start(threads=1, poll_interval=0.1)
     assert started.wait(20)
     app.stop(timeout=20)
@@ -161,7 +157,7 @@ def test_a_lost_lease_is_claimed_again_and_the_stale_worker_changes_nothing(
             outputs.append(name)
             return ctx.step.run("work", lambda: name)
 
-    run_id = send_one(first, "hang")
+    run_id = run_of(first, "hang")
     first.start(threads=1, poll_interval=0.1)
     assert entered.wait(20)
     # The lease expires as if the first worker had died.
@@ -187,7 +183,7 @@ def test_worker_recovers_from_lost_connections(make_app: Any, dsn: str, db: psyc
         return int(ctx.step.run("double", lambda: ctx.event.data["n"] * 2))
 
     app.start(threads=2, poll_interval=0.2)
-    assert app.wait_for_run(send_one(app, "s", {"n": 1}), 20).output == 2
+    assert app.wait_for_run(run_of(app, "s", {"n": 1}), 20).output == 2
     killed = db.execute(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
         (tag,)).fetchone()
@@ -260,7 +256,7 @@ def test_a_callers_pool_is_used_and_never_closed(dsn: str, schema: str) -> None:
             return int(ctx.step.run("double", lambda: ctx.event.data["n"] * 2))
 
         app.start(threads=2, poll_interval=0.2)
-        run_id = send_one(app, "p", {"n": 21})
+        run_id = run_of(app, "p", {"n": 21})
         assert app.wait_for_run(run_id, 20).output == 42
         with pool.connection() as conn:  # the caller's own transaction
             [event_id] = app.send("p", {"n": 1}, conn=conn)

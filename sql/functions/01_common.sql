@@ -1,4 +1,4 @@
--- sql/functions/: the functions, triggers and views of the schema, one file
+-- sql/functions/: the functions, types, triggers and views of the schema, one file
 -- per concern, run in name order. Unlike the tables (sql/migrations/, one
 -- versioned file per change) they are dropped and recreated as a whole by
 -- any `migrate` that finds them changed, so each has one current text.
@@ -55,3 +55,14 @@ BEGIN
     RETURN v_run;
 END
 $$;
+
+-- A run as a claim hands it to a worker. The first event comes as columns;
+-- any more (batches) as JSON. `journal` is read only for runs that ran
+-- before (`resumed`). `due_at` is when the run became claimable,
+-- `started_at` when it first started.
+CREATE TYPE {schema}.claimed_run AS (
+    id uuid, lease_token bigint, function_id text, attempt int,
+    handler_attempts int, retries int, cancel_requested boolean,
+    event_id text, event_name text, event_data jsonb, event_ts timestamptz,
+    more_events jsonb, journal jsonb, resumed boolean, due_at timestamptz, started_at timestamptz
+);

@@ -11,14 +11,31 @@
 --               debounce: [key, period in seconds, timeout in seconds or null]
 --               idempotency, rate_limit, singleton: see admit
 --               slots, throttle, priority: see 11_flow.sql
--- New events are then delivered to the steps waiting for them. Senders
--- hold a shared lock per event name until they commit; a step that starts
--- waiting takes it exclusively (register_wait), so either the sender sees
--- the new wait or the wait sees the committed event: no lost wake-up.
 CREATE FUNCTION {schema}.send_events(p_events jsonb, p_runs jsonb, p_dedupe interval)
 RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT s.due FROM {schema}.store_events(p_events, p_runs, p_dedupe) s) THEN
+        PERFORM pg_notify('{channel}', '');
+    END IF;
+END
+$$;
+
+-- store_events: what send_events does but the NOTIFY; returns whether a
+-- run or a waiting step became due. Given a worker (p_worker), up to
+-- p_limit of the plain runs (no options) of p_functions that are due now
+-- are created leased to it instead, and returned in `claimed`
+-- (send_and_claim). New events are delivered to the steps waiting for
+-- them. Senders hold a shared lock per event name until they commit; a
+-- step that starts waiting takes it exclusively (register_wait), so either
+-- the sender sees the new wait or the wait sees the committed event: no
+-- lost wake-up.
+CREATE FUNCTION {schema}.store_events(
+    p_events jsonb, p_runs jsonb, p_dedupe interval,
+    p_worker text DEFAULT NULL, p_functions text[] DEFAULT NULL, p_limit int DEFAULT 0,
+    p_lease interval DEFAULT NULL,
+    OUT due boolean, OUT claimed {schema}.claimed_run[]
+) LANGUAGE plpgsql AS $$
 DECLARE
-    v_due boolean;
     v_inserted text[];
     v_names text[];
 BEGIN
@@ -37,35 +54,46 @@ BEGIN
             SET name = excluded.name, data = excluded.data, ts = excluded.ts,
                 received_at = now()
             WHERE e.received_at < now() - p_dedupe
-        RETURNING e.id, e.name, e.ts
+        RETURNING e.id, e.name, e.data, e.ts
     ), planned AS MATERIALIZED (  -- plain runs; those with options: start_runs_with_options
         SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
-               inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at
+               inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at,
+               input.idx
         FROM jsonb_array_elements(p_runs) AS r
         JOIN input ON input.idx = (r ->> 0)::int
         JOIN inserted ON inserted.id = input.id
         WHERE jsonb_array_length(r) = 3
+    ), leased AS MATERIALIZED (  -- started at once by the sender's own worker
+        SELECT p.* FROM planned p
+        WHERE p_limit > 0 AND p.fn = ANY(p_functions) AND p.available_at <= now()
+        ORDER BY p.idx LIMIT p_limit
     ), new_runs AS (
         INSERT INTO {schema}.runs (id, function_id, event_ids)
         SELECT id, fn, ARRAY[event_id] FROM planned
     ), queued AS (
-        INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries)
-        SELECT id, fn, event_id, available_at, retries FROM planned
-        RETURNING available_at
+        INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries,
+                                    status, worker_id, lease_token, started_at)
+        SELECT p.id, p.fn, p.event_id, p.available_at, p.retries, 'queued', NULL, 0, NULL
+        FROM planned p WHERE p.id NOT IN (SELECT id FROM leased)
+        UNION ALL
+        SELECT p.id, p.fn, p.event_id, now() + p_lease, p.retries, 'running', p_worker, 1, now()
+        FROM planned p JOIN leased USING (id)
+        RETURNING available_at, status
     )
-    SELECT coalesce(bool_or(available_at <= now()), false),
+    SELECT coalesce(bool_or(q.available_at <= now()) FILTER (WHERE q.status = 'queued'), false),
+           (SELECT array_agg(ROW(l.id, 1, l.fn, 0, 0, l.retries, false,
+                                 e.id, e.name, e.data, e.ts, NULL, NULL, false, now(), now()
+                                )::{schema}.claimed_run ORDER BY l.idx)
+            FROM leased l JOIN inserted e ON e.id = l.event_id),
            (SELECT array_agg(id ORDER BY input.idx) FROM inserted JOIN input USING (id)),
            (SELECT array_agg(DISTINCT name) FROM inserted)
-    INTO v_due, v_inserted, v_names FROM queued;
+    INTO due, claimed, v_inserted, v_names FROM queued q;
 
     IF jsonb_path_exists(p_runs, 'strict $[*] ? (@.size() > 3)') THEN
-        v_due := {schema}.start_runs_with_options(p_events, p_runs, v_inserted, p_dedupe) OR v_due;
+        due := {schema}.start_runs_with_options(p_events, p_runs, v_inserted, p_dedupe) OR due;
     END IF;
     IF EXISTS (SELECT FROM {schema}.wait_paths WHERE event_name = ANY(v_names)) THEN
-        v_due := {schema}.deliver_events(v_inserted) > 0 OR v_due;
-    END IF;
-    IF v_due THEN
-        PERFORM pg_notify('{channel}', '');
+        due := {schema}.deliver_events(v_inserted) > 0 OR due;
     END IF;
 END
 $$;

@@ -3,9 +3,6 @@
 -- claim_runs: lease up to p_limit due runs of the given functions, including
 -- runs whose previous worker's lease expired. A run that lost its worker more
 -- often than its retry budget allows is failed instead of handed out again.
--- The first event comes as columns; any more (batches) as JSON. The journal
--- is read only for runs that ran before (`resumed`). `due_at` is
--- when the run became claimable, `started_at` when it first started.
 --
 -- The claim commits without waiting for its WAL flush: losing it in a crash
 -- only leaves the runs queued, and any journal entry written under it is
@@ -17,12 +14,7 @@
 -- the usual case, take one UPDATE.
 CREATE FUNCTION {schema}.claim_runs(
     p_worker text, p_functions text[], p_limit int, p_lease interval
-) RETURNS TABLE (
-    id uuid, lease_token bigint, function_id text, attempt int,
-    handler_attempts int, retries int, cancel_requested boolean,
-    event_id text, event_name text, event_data jsonb, event_ts timestamptz,
-    more_events jsonb, journal jsonb, resumed boolean, due_at timestamptz, started_at timestamptz
-) LANGUAGE plpgsql
+) RETURNS SETOF {schema}.claimed_run LANGUAGE plpgsql
 -- The oldest due rows must come from walking the index in order and
 -- stopping at p_limit. With the stale statistics of a churning queue the
 -- planner may instead fetch every due row and sort them: O(backlog) per claim.
@@ -97,6 +89,27 @@ BEGIN
     JOIN unnest(v_picked, v_due) AS d(run_id, due_at) ON d.run_id = c.run_id
     LEFT JOIN {schema}.events e ON e.id = c.event_id
     ORDER BY d.due_at;  -- the order they are handed to executors
+END
+$$;
+
+-- send_and_claim: send_events in a process that also runs a worker with
+-- p_limit idle threads. Up to p_limit of the new plain runs of p_functions
+-- that are due now are created leased to p_worker and returned, so they
+-- start as soon as the sending transaction commits, without waiting for a
+-- NOTIFY and a claim. The NOTIFY goes out only for what is left to claim.
+CREATE FUNCTION {schema}.send_and_claim(
+    p_events jsonb, p_runs jsonb, p_dedupe interval,
+    p_worker text, p_functions text[], p_limit int, p_lease interval
+) RETURNS SETOF {schema}.claimed_run LANGUAGE plpgsql AS $$
+DECLARE
+    v_stored record;
+BEGIN
+    SELECT * INTO v_stored FROM {schema}.store_events(
+        p_events, p_runs, p_dedupe, p_worker, p_functions, p_limit, p_lease);
+    IF v_stored.due THEN
+        PERFORM pg_notify('{channel}', '');
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(v_stored.claimed);
 END
 $$;
 
