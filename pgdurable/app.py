@@ -449,7 +449,6 @@ def _translated_errors(schema: str) -> Iterator[None]:
 def _startable(worker: Worker, events: list[PreparedEvent], runs: list[list[Any]]) -> int:
     """How many of the runs to send the worker could start now: plain runs
     (no options) of its functions, for events not dated in the future."""
-    functions = set(worker.function_ids)
     now = datetime.now(UTC)
-    return sum(1 for spec in runs if len(spec) == 3 and spec[1] in functions
+    return sum(1 for spec in runs if len(spec) == 3 and spec[1] in worker.function_ids
                and ((ts := events[spec[0] - 1].ts) is None or ts <= now))

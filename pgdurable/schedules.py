@@ -21,6 +21,7 @@ debounced run once its key has been quiet for the period.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -89,7 +90,7 @@ class Scheduler:
             due.append(self._store.start_due_debounces(conn, self._debounced))
         return min((d for d in due if d is not None), default=None)
 
-    def register(self, conn: psycopg.Connection[Any], all_ids: list[str]) -> None:
+    def register(self, conn: psycopg.Connection[Any], all_ids: Sequence[str]) -> None:
         """Write the schedules of these functions (and drop those they lost)."""
         now = datetime.now(UTC)
         rows = []

@@ -60,6 +60,7 @@ class Worker:
         self._store: Store = app.store
         self._pool: ConnectionPool[Any] = app.pool
         self._functions: dict[str, FunctionDef] = dict(app.functions)
+        self.function_ids = tuple(sorted(self._functions))  # what it claims, as SQL takes it
         self._threads = threads
         self._capacity = threads + prefetch
         self._poll_interval = poll_interval
@@ -86,11 +87,10 @@ class Worker:
     def register(self, conn: psycopg.Connection[Any]) -> None:
         """Record in the database what runs without a sender: the on_failure
         handlers and cron schedules of this worker's functions."""
-        ids = sorted(self._functions)
         handlers = [(f.failure_of, f.id, f.retries) for f in self._functions.values()
                     if f.failure_of is not None]
-        self._store.register_failure_handlers(conn, ids, handlers)
-        self._scheduler.register(conn, ids)
+        self._store.register_failure_handlers(conn, self.function_ids, handlers)
+        self._scheduler.register(conn, self.function_ids)
 
     def start(self) -> None:
         self._journal.start()
@@ -106,7 +106,7 @@ class Worker:
             thread.start()
             self._workers.append(thread)
         log.info("worker %s started: %d threads, functions %s", self.id, self._threads,
-                 ", ".join(sorted(self._functions)) or "(none)")
+                 ", ".join(self.function_ids) or "(none)")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming, let running handlers finish (up to `timeout`), release the rest."""
@@ -152,10 +152,6 @@ class Worker:
 
     # -- claiming ---------------------------------------------------------
 
-    @property
-    def function_ids(self) -> list[str]:
-        return sorted(self._functions)
-
     def reserve(self, wanted: int) -> int:
         """Reserve up to `wanted` idle executor threads for runs that a sender
         in this process is about to claim as it creates them (an eager start).
@@ -182,7 +178,6 @@ class Worker:
             self._ready.put(state)
 
     def _claim_loop(self) -> None:
-        function_ids = self.function_ids
         while not self._draining.is_set():
             free = self._capacity - self.in_flight
             if time.monotonic() >= self._next_due:
@@ -192,23 +187,23 @@ class Worker:
             # the executors are about to run dry.
             if free > 0 and (free * 2 >= self._capacity or self._ready.qsize() < self._threads):
                 rows = self._with_db("claim runs", partial(
-                    self._store.claim_runs, worker_id=self.id, function_ids=function_ids,
+                    self._store.claim_runs, worker_id=self.id, function_ids=self.function_ids,
                     limit=free, lease=self._lease), until=self._draining)
                 self.adopt(rows or [])
                 if rows:
                     time.sleep(0)  # let an executor take the GIL and start them now
                 claimed_all = rows is not None and len(rows) == free
                 if rows is not None and not claimed_all:
-                    self._learn_next_due(function_ids)
+                    self._learn_next_due()
             if not claimed_all:
                 self._wake.wait(self._wait_time())
             self._wake.clear()
 
-    def _learn_next_due(self, function_ids: list[str]) -> None:
+    def _learn_next_due(self) -> None:
         """Idle: ask when the next sleeping, waiting or scheduled run comes due,
         so the claimer wakes then rather than at its next poll."""
         due = self._with_db("read the schedule", partial(
-            self._store.next_due, function_ids=function_ids), until=self._draining)
+            self._store.next_due, function_ids=self.function_ids), until=self._draining)
         if due is not None:
             at = time.monotonic() + (due - datetime.now(UTC)).total_seconds()
             self._next_due = min(self._next_due, at)
