@@ -34,6 +34,7 @@ from .functions import (
 )
 from .rls import Rls, check_role
 from .runs import Run
+from .steps import FRESH
 from .store import ClaimedRow, Store
 from .worker import Worker
 
@@ -350,9 +351,13 @@ class Durable:
 
     def cancel(self, run_id: str) -> bool:
         """Cancel a run: at once if it is not running, else at its next step
-        boundary. False if it is unknown or already finished."""
+        boundary. False if it is unknown or already finished. Once it has
+        returned True, the run ends `cancelled` and starts no other step."""
         with self._pooled() as conn:
-            return self.store.cancel_run(conn, _run_id(run_id))
+            cancelled = self.store.cancel_run(conn, _run_id(run_id))
+        if cancelled:
+            time.sleep(FRESH)  # until no worker can start a step unaware of it
+        return cancelled
 
     def cancel_runs(
         self, function: str, *, created_after: datetime | None = None,
@@ -366,7 +371,10 @@ class Durable:
         start = _aware(created_after, "created_after", datetime.min)
         end = _aware(created_before, "created_before", datetime.max)
         with self._pooled() as conn:
-            return self.store.cancel_runs(conn, function, start, end)
+            cancelled = self.store.cancel_runs(conn, function, start, end)
+        if cancelled:
+            time.sleep(FRESH)  # until no worker can start a step unaware of them
+        return cancelled
 
     def replay(self, run_id: str) -> str:
         """Start a new run of the same function with the same event(s); return its id."""

@@ -17,12 +17,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from .store import Finish, StepRecord, Store
+from . import serde
+from .store import Checkpoint, Finish, StepRecord, Store
 
 log = logging.getLogger("pgdurable.worker")
 
@@ -43,23 +45,24 @@ class Journal:
         self._on_written = on_written
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
-        self._steps: list[StepRecord] = []
-        self._finishes: list[Finish] = []
-        self._batch: Future[set[str]] = Future()
+        self._batch = _Batch()
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="pgdurable-journal", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, steps: list[StepRecord], finishes: list[Finish]) -> Future[set[str]]:
-        """Queue writes; the future resolves, with the ids of the batch's runs
-        that were asked to cancel, once they are committed."""
+    def submit(
+        self, steps: list[StepRecord], finishes: list[Finish], probes: list[str] | None = None
+    ) -> Future[Checkpoint]:
+        """Queue writes (and `probes`: runs that only ask whether they were
+        asked to cancel); the future resolves once they are committed."""
         with self._lock:
-            self._steps.extend(steps)
-            self._finishes.extend(finishes)
+            self._batch.steps.extend(steps)
+            self._batch.finishes.extend(finishes)
+            self._batch.probes.extend(probes or ())
             self._work.notify()
-            return self._batch
+            return self._batch.future
 
     def stop(self, timeout: float | None = None) -> None:
         """Write what was submitted before this call, then end the thread."""
@@ -71,27 +74,83 @@ class Journal:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not (self._steps or self._finishes or self._closing):
+                while self._batch.empty and not self._closing:
                     self._work.wait()
-                if not (self._steps or self._finishes):
+                if self._batch.empty:
                     return  # closing, and nothing left to write
-                steps, finishes, batch = self._steps, self._finishes, self._batch
-                self._steps, self._finishes, self._batch = [], [], Future()
-            self._write(steps, finishes, batch)
-            self._on_written([f.run_id for f in finishes])
+                batch, self._batch = self._batch, _Batch()
+            self._write(batch)
+            self._on_written([f.run_id for f in batch.finishes])
 
-    def _write(self, steps: list[StepRecord], finishes: list[Finish], batch: Future[set[str]]) -> None:
+    def _write(self, batch: _Batch) -> None:
+        """Write a batch, retrying while Postgres is unreachable. Any other
+        error is one run's bad entry: the batch is written run by run, and
+        a run whose entries cannot be written fails (or is stopped), alone."""
+        try:
+            batch.future.set_result(self._flush(batch.steps, batch.finishes, batch.probes))
+            return
+        except Exception as exc:
+            log.warning("journal batch refused (%r); writing it run by run", exc)
+        try:
+            batch.future.set_result(self._write_apart(batch))
+        except Exception as exc:  # keep the thread: its waiters see the error
+            log.exception("journal write failed")
+            batch.future.set_exception(exc)
+
+    def _flush(
+        self, steps: list[StepRecord], finishes: list[Finish], probes: list[str]
+    ) -> Checkpoint:
         delay = 0.05
         while True:
             try:
                 with self._pool.connection() as conn:
-                    batch.set_result(self._store.flush(conn, steps, finishes))
-                return
+                    return self._store.flush(conn, steps, finishes, probes)
             except psycopg.OperationalError as exc:
                 log.warning("cannot write the journal (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-            except Exception as exc:  # a bug or a constraint: fail the waiters, keep the thread
-                log.exception("journal write failed")
-                batch.set_exception(exc)
-                return
+
+    def _write_apart(self, batch: _Batch) -> Checkpoint:
+        """Each run's entries in a transaction of their own. A run whose
+        entries are refused is failed with the reason, and reported as
+        cancelled so that its handler stops at its next step."""
+        runs = dict.fromkeys([s.run_id for s in batch.steps] + [f.run_id for f in batch.finishes])
+        cancelled: set[str] = set()
+        checkpoint = self._flush([], [], batch.probes)
+        for run_id in runs:
+            steps = [s for s in batch.steps if s.run_id == run_id]
+            finishes = [f for f in batch.finishes if f.run_id == run_id]
+            try:
+                checkpoint = self._flush(steps, finishes, [])
+            except Exception as exc:
+                log.error("run %s: its journal entries were refused: %s", run_id, exc)
+                token = (steps or finishes)[0].token
+                self._fail(run_id, token, exc)
+                cancelled.add(run_id)
+            cancelled |= checkpoint.cancelled
+        return Checkpoint(frozenset(cancelled | checkpoint.cancelled), checkpoint.clock)
+
+    def _fail(self, run_id: str, token: int, exc: Exception) -> None:
+        error = {"type": "JournalWriteError", "traceback": None,
+                 "message": f"the run's journal entries were refused by Postgres: "
+                            f"{type(exc).__name__}: {exc}"}
+        finish = Finish(run_id, token, "failed", error_json=serde.dumps(
+            serde.printable(error), what="an error"))
+        try:
+            self._flush([], [finish], [])
+        except Exception:
+            log.exception("run %s: cannot record its failure either", run_id)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What was submitted between two writes, and the future they share."""
+
+    steps: list[StepRecord] = field(default_factory=list)
+    finishes: list[Finish] = field(default_factory=list)
+    probes: list[str] = field(default_factory=list)
+    future: Future[Checkpoint] = field(default_factory=Future)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.steps or self.finishes or self.probes)

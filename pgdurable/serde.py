@@ -31,7 +31,7 @@ def dumps(value: Any, *, what: str, limit: int | None = None) -> str:
         raise SerializationError(f"{what} is not JSON-serializable: {exc}") from None
     if ("NaN" in text or "Infinity" in text) and _has_non_finite(text):
         raise SerializationError(f"{what} contains NaN or Infinity, which JSON cannot hold")
-    if "\\u0000" in text:
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise SerializationError(f"{what} contains a NUL character (\\u0000), which Postgres cannot store")
     if "e+" in text:
         text = _BIG_FLOAT_OR_STRING.sub(_positional, text)
@@ -43,6 +43,24 @@ def dumps(value: Any, *, what: str, limit: int | None = None) -> str:
     if limit is not None and len(text) > limit:
         raise SerializationError(f"{what} is {len(text):,} bytes of JSON, over the limit of {limit:,} bytes")
     return text
+
+
+# A JSON escape of NUL: `\\u0000` after an even number of backslashes (an odd
+# number means the text holds a backslash, then "u0000": no NUL at all).
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def printable(value: Any) -> Any:
+    """`value` with the characters Postgres cannot store in text (NUL, and
+    lone surrogates) replaced, in every string within it: for error
+    documents, which must be written whatever a handler raised."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable(v) for v in value]
+    return value
 
 
 # The parser reads 201 levels of nesting; pgdurable wraps stored values in

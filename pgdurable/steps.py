@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import random
 import threading
+import time
 import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -39,15 +40,25 @@ from .errors import (
     StepError,
     StepOrderError,
 )
-from .events import Event
+from .events import Event, check_name
 from .expressions import event_filter
 from .parallel import AsyncStepGate, StepGate, claim_step_id, in_branch, run_tasks, run_threads
 from .rls import CURRENT_STEP, Rls
-from .store import ClaimedRow, Finish, StepRecord, WaitSpec
+from .store import Checkpoint, ClaimedRow, DbTime, Finish, StepRecord, WaitSpec
+
+MAX_STEP_ID_LENGTH = 512
+
+# How old the latest answer to "was this run asked to cancel?" may be when a
+# step starts (counted from when it was asked); an older one is asked again.
+# `app.cancel()` returns only this long after its commit, so no step starts,
+# after it returns, on an answer given before the cancel.
+FRESH = 0.1
 
 
 class JournalWriter(Protocol):
-    def submit(self, steps: list[StepRecord], finishes: list[Finish]) -> Future[set[str]]: ...
+    def submit(
+        self, steps: list[StepRecord], finishes: list[Finish], probes: list[str] | None = None
+    ) -> Future[Checkpoint]: ...
 
 
 class Runtime(Protocol):
@@ -65,15 +76,23 @@ class Runtime(Protocol):
     def invoke(
         self, state: RunState, key: str, position: int, function_id: str, retries: int,
         data_json: str, expires: datetime | None,
-    ) -> bool: ...
+    ) -> str:
+        """Start a child run and park: 'started', 'lost' or 'cancelled'."""
+        ...
 
     def send(self, events: list[Event]) -> list[str]: ...
 
+    @property
+    def cancel_barrier(self) -> float:
+        """The monotonic time before which every cancel committed has been
+        heard by this process (NOTIFY), or -inf."""
+        ...
+
     def transaction(
         self, state: RunState, body: Callable[[psycopg.Connection[Any]], StepRecord]
-    ) -> set[str]:
+    ) -> Checkpoint:
         """Call `body(conn)` in a transaction and write the journal entry it
-        returns in the same one; the runs asked to cancel, as flush returns."""
+        returns in the same one."""
         ...
 
     def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
@@ -97,10 +116,10 @@ class Backoff:
 
 
 def error_json(exc: BaseException) -> str:
+    """A failure's error document; whatever the exception holds, it can be stored."""
     tb = "".join(traceback.format_exception(exc))
-    return serde.dumps(
-        {"type": type(exc).__name__, "message": str(exc), "traceback": tb}, what="an error"
-    )
+    return serde.dumps(serde.printable(
+        {"type": type(exc).__name__, "message": str(exc), "traceback": tb}), what="an error")
 
 
 def gives_up(exc: BaseException, failures: int, retries: int) -> bool:
@@ -109,43 +128,62 @@ def gives_up(exc: BaseException, failures: int, retries: int) -> bool:
     return isinstance(exc, NonRetriableError | SerializationError) or failures > retries
 
 
-def retry_time(exc: BaseException, failures: int, backoff: Backoff) -> datetime:
-    now = datetime.now(UTC)
+def retry_time(exc: BaseException, failures: int, backoff: Backoff,
+               after: Callable[[timedelta], datetime]) -> datetime:
+    """When to retry after a failure; `after(delay)` is a delay from now on
+    the database's clock."""
     if isinstance(exc, RetryAfterError):
         delay = exc.delay
         if isinstance(delay, datetime):
             return delay if delay.tzinfo else delay.replace(tzinfo=UTC)
-        return now + parse_duration(delay, what="RetryAfterError delay")
-    return now + backoff.delay(failures)
+        return after(parse_duration(delay, what="RetryAfterError delay"))
+    return after(backoff.delay(failures))
 
 
 def _checked_id(step_id: object) -> str:
+    """A step id as the journal can hold it; a bad one fails the step's run."""
     if not isinstance(step_id, str) or not step_id:
         raise TypeError(f"step id must be a non-empty str, not {step_id!r}")
+    if len(step_id) > MAX_STEP_ID_LENGTH:
+        raise NonRetriableError(f"step id {step_id[:40]!r}... is longer than "
+                                f"{MAX_STEP_ID_LENGTH} characters")
+    if "\x00" in step_id or (not step_id.isprintable() and not _encodable(step_id)):
+        raise NonRetriableError(f"step id {step_id!r} holds a NUL or an unpaired surrogate, "
+                                "which Postgres cannot store")
     return step_id
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class RunState:
     """What one execution of a run knows: journal, step numbering, checkpoints."""
 
     def __init__(
-        self, claimed: ClaimedRow, writer: JournalWriter, runtime: Runtime, *,
+        self, claimed: ClaimedRow, writer: JournalWriter, prober: JournalWriter, runtime: Runtime, *,
         max_output_bytes: int, backoff: Backoff, finish_timeout: timedelta | None = None,
     ) -> None:
         self.claimed = claimed
         self.finish_timeout = finish_timeout
         self.deadline = None if finish_timeout is None else claimed.started_at + finish_timeout
         self.writer = writer
+        self.prober = prober
         self.runtime = runtime
         self.max_output_bytes = max_output_bytes
         self.backoff = backoff
         self.attempt = claimed.handler_attempts
         self.cancel_requested = claimed.cancel_requested
+        self.clock: DbTime = claimed.clock  # the latest answer from the database
         self.finished = False  # its outcome is submitted to the journal
         self._seen: Counter[str] = Counter()
         self._positions: dict[str, int] = {}  # key -> order in which its step began
         self._replayed_up_to: tuple[int, str] = (0, "")  # the furthest journaled step reached
-        self._pending: Future[set[str]] | None = None
+        self._pending: Future[Checkpoint] | None = None
         self._lock = threading.Lock()  # parallel branches number and checkpoint steps
 
     def key_for(self, step_id: object) -> str:
@@ -194,17 +232,46 @@ class RunState:
     def prior_failures(self, entry: dict[str, Any] | None) -> int:
         return 0 if entry is None else int(entry["attempts"])
 
-    def before_execute(self, failures: int) -> Future[set[str]] | None:
-        """Return the pending checkpoint the next step must wait for."""
+    def now(self) -> datetime:
+        """The database's clock, at the earliest, as the latest answer from it
+        extrapolates it: every time of a run (step starts, sleeps, timeouts,
+        retries, deadlines) is on the clock that SQL compares it with."""
+        return self.clock.now()
+
+    def after(self, delay: timedelta) -> datetime:
+        """`delay` from now on the database's clock, never early."""
+        return self.clock.latest() + delay
+
+    def boundary(self, failures: int, *, ask: bool = True) -> Future[Checkpoint] | None:
+        """Before a step executes: what to wait for first. That is the run's
+        pending checkpoint (no step runs before the steps it follows are
+        durable), which also answers whether the run was asked to cancel: a
+        cancel that comes while the checkpoint is being written waits for
+        its commit (flush locks the run's row). With `ask`, when there is
+        none in flight, the latest answer (a checkpoint, the claim, or the
+        worker's NOTIFY barrier) must be at most FRESH old, else the question
+        is asked again (a probe: batched with other runs' probes, and
+        read-only, so no flush to wait for). A cancel that returned before
+        this boundary thus stops the step after it."""
         self.attempt = failures
         self.check_cancelled()
-        return self._pending
+        with self._lock:
+            pending = self._pending
+        if pending is not None and pending.done():
+            self.learn(pending.result())
+            self.check_cancelled()
+            pending = None
+        if pending is not None or not ask:
+            return pending
+        if time.monotonic() - max(self.clock.sent, self.runtime.cancel_barrier) <= FRESH:
+            return None
+        return self.prober.submit([], [], [self.claimed.id])
 
     def check_cancelled(self) -> None:
         """Raise Cancelled if the run was asked to stop or is past its deadline."""
         if self.cancel_requested:
             raise Cancelled()
-        if self.deadline is not None and datetime.now(UTC) >= self.deadline:
+        if self.deadline is not None and self.now() >= self.deadline:
             assert self.finish_timeout is not None
             raise Cancelled.timeout("finish", self.finish_timeout)
 
@@ -215,13 +282,16 @@ class RunState:
             return expires
         return self.deadline if expires is None else min(expires, self.deadline)
 
-    def after_wait(self, cancelled_runs: set[str]) -> None:
-        self.learn_cancels(cancelled_runs)
+    def after_wait(self, checkpoint: Checkpoint) -> None:
+        self.learn(checkpoint)
         self.check_cancelled()
 
-    def learn_cancels(self, cancelled_runs: set[str]) -> None:
-        if self.claimed.id in cancelled_runs:
+    def learn(self, checkpoint: Checkpoint) -> None:
+        """Take in a journal write's answer: a cancel request, the clock."""
+        if self.claimed.id in checkpoint.cancelled:
             self.cancel_requested = True
+        if checkpoint.clock.received > self.clock.received:
+            self.clock = checkpoint.clock
 
     def completed(self, key: str, value: Any, started: datetime) -> StepRecord:
         """A step's journal entry for `value`; SerializationError if it has none."""
@@ -244,7 +314,7 @@ class RunState:
             "failed" if final else "retrying", None, error_json(exc), failures, started,
         )
         if not final:
-            return Suspend([record], retry_time(exc, failures, self.backoff))
+            return Suspend([record], retry_time(exc, failures, self.backoff, self.after))
         self.checkpoint(record)
         return StepError(key, type(exc).__name__, str(exc))
 
@@ -259,8 +329,8 @@ class RunState:
 
 def _begin(
     state: RunState, step_id: str, fn: Callable[..., Any]
-) -> tuple[str, bool, Any, Future[set[str]] | None]:
-    """Number the step and look it up: (key, replayed?, value, checkpoint to await first).
+) -> tuple[str, bool, Any, Future[Checkpoint] | None]:
+    """Number the step and look it up: (key, replayed?, value, what to await first).
 
     Raises StepError again for a step that failed for good.
     """
@@ -271,7 +341,7 @@ def _begin(
     if entry is not None and entry["status"] == "failed":
         error = entry.get("error") or {}
         raise StepError(key, str(error.get("type")), str(error.get("message")))
-    return key, False, None, state.before_execute(state.prior_failures(entry))
+    return key, False, None, state.boundary(state.prior_failures(entry))
 
 
 def _finish(state: RunState, key: str, fn: Callable[..., Any], value: Any, started: datetime) -> Any:
@@ -292,7 +362,7 @@ def _transact(
     """Run a transactional step: `fn(conn, ...)` and its journal entry commit
     together or not at all; any failure rolls both back and counts as the
     step's failure."""
-    started = datetime.now(UTC)
+    started = state.now()
     records: list[StepRecord] = []
 
     def body(conn: psycopg.Connection[Any]) -> StepRecord:
@@ -308,7 +378,7 @@ def _transact(
         return records[0]
 
     try:
-        state.learn_cancels(state.runtime.transaction(state, body))
+        state.learn(state.runtime.transaction(state, body))
     except _PASS_THROUGH:
         raise
     except BaseException as exc:  # a bad step must not take the worker down
@@ -335,7 +405,7 @@ def _plan_sleep(state: RunState, step_id: str, until: datetime) -> _Plan:
     key = state.key_for(step_id)
     if _completed(state, key):
         return _Plan()
-    position, now = state.position(key), datetime.now(UTC)
+    position, now = state.position(key), state.now()
     status = "sleeping" if until > now else "completed"
     record = StepRecord(state.claimed.id, state.claimed.token, key, position, status,
                         serde.dumps(until.isoformat(), what="a time"), None, 1, now)
@@ -349,8 +419,8 @@ def _plan_sleep(state: RunState, step_id: str, until: datetime) -> _Plan:
     return _Plan(then=park)
 
 
-def _deadline(duration: Duration, what: str) -> datetime:
-    return datetime.now(UTC) + parse_duration(duration, what=what)
+def _deadline(state: RunState, duration: Duration, what: str) -> datetime:
+    return state.after(parse_duration(duration, what=what))
 
 
 def _wait_spec(
@@ -360,9 +430,12 @@ def _wait_spec(
     names = _one_or_many(event, str)
     if not names or not all(names):
         raise TypeError(f"wait_for_event: event must be a name or a list of names, not {event!r}")
+    for name in names:
+        check_name(name, what="wait_for_event: event name")
     found = event_filter(match, if_, state.claimed.events[0].to_doc(), what="wait_for_event")
     condition = found.condition
-    expires = state.bounded(None if timeout is None else _deadline(timeout, "wait_for_event timeout"))
+    expires = state.bounded(
+        None if timeout is None else _deadline(state, timeout, "wait_for_event timeout"))
     return WaitSpec(
         names=sorted(set(names)), match_path=found.path,
         match_value_json=serde.dumps(found.value, what="the match value"),
@@ -393,6 +466,8 @@ def _plan_wait(state: RunState, step_id: str, wait: WaitSpec) -> _Plan:
         outcome, doc = state.runtime.register_wait(state, key, position, wait)
         if outcome == "matched":
             return _event_of(doc)
+        if outcome == "cancelled":
+            raise Cancelled()
         raise Park()  # parked until an event or the timeout; or lost to another worker
 
     return _Plan(then=register)
@@ -403,15 +478,17 @@ def _plan_invoke(
 ) -> _Plan:
     function_id, retries = state.runtime.resolve(function)
     data_json = serde.dumps({} if data is None else data, what=f"data for {function_id!r}")
-    expires = state.bounded(None if timeout is None else _deadline(timeout, "invoke timeout"))
+    expires = state.bounded(None if timeout is None else _deadline(state, timeout, "invoke timeout"))
     key = state.key_for(step_id)
     if (entry := _completed(state, key)) is not None:
         return _Plan(value=_child_result(key, entry["output"]))
     position = state.position(key)
 
     def start() -> None:
-        state.runtime.invoke(state, key, position, function_id, retries, data_json, expires)
-        raise Park()
+        if state.runtime.invoke(state, key, position, function_id, retries, data_json,
+                                expires) == "cancelled":
+            raise Cancelled()
+        raise Park()  # parked until the child ends; or lost to another worker
 
     return _Plan(then=start)
 
@@ -478,7 +555,7 @@ class Step:
             self._gate.leave()
 
     def _execute(self, key: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        started = datetime.now(UTC)
+        started = self._state.now()
         step = CURRENT_STEP.set(key)
         try:
             value = fn(*args, **kwargs)
@@ -495,7 +572,8 @@ class Step:
     def sleep(self, step_id: str, duration: Duration) -> None:
         """Pause the run for `duration` ("30s", "5m", "1h30m", seconds or a
         timedelta), holding no thread, lease or connection meanwhile."""
-        self._follow(_plan_sleep(self._state, step_id, _deadline(duration, "sleep duration")))
+        self._follow(_plan_sleep(self._state, step_id,
+                                 _deadline(self._state, duration, "sleep duration")))
 
     def sleep_until(self, step_id: str, when: datetime) -> None:
         """Pause the run until `when`, a timezone-aware datetime."""
@@ -538,7 +616,7 @@ class Step:
         then = plan.then
 
         def when_durable() -> Any:
-            if (pending := self._state.before_execute(0)) is not None:
+            if (pending := self._state.boundary(0, ask=False)) is not None:
                 self._state.after_wait(pending.result())
             return then()
 
@@ -581,7 +659,7 @@ class AsyncStep:
             self._gate.leave()
 
     async def _execute(self, key: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        started = datetime.now(UTC)
+        started = self._state.now()
         step = CURRENT_STEP.set(key)
         try:
             value = fn(*args, **kwargs)
@@ -597,7 +675,8 @@ class AsyncStep:
 
     async def sleep(self, step_id: str, duration: Duration) -> None:
         """Pause the run for `duration`, holding nothing meanwhile."""
-        await self._follow(_plan_sleep(self._state, step_id, _deadline(duration, "sleep duration")))
+        await self._follow(_plan_sleep(self._state, step_id,
+                                 _deadline(self._state, duration, "sleep duration")))
 
     async def sleep_until(self, step_id: str, when: datetime) -> None:
         """Pause the run until `when`, a timezone-aware datetime."""
@@ -637,7 +716,7 @@ class AsyncStep:
         then = plan.then
 
         async def when_durable() -> Any:
-            if (pending := self._state.before_execute(0)) is not None:
+            if (pending := self._state.boundary(0, ask=False)) is not None:
                 self._state.after_wait(await asyncio.wrap_future(pending))
             return then()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -93,12 +94,14 @@ def _send_params(
     return "[" + ",".join(map(_event_json, events)) + "]", json.dumps(runs), dedupe_window
 
 
-def _claimed(rows: psycopg.Cursor[Any]) -> list[ClaimedRow]:
-    """Rows of the `claimed_run` type as the worker takes them."""
+def _claimed(sent: float, rows: psycopg.Cursor[Any]) -> list[ClaimedRow]:
+    """Rows of the `claimed_run` type as the worker takes them; the
+    statement was sent at `sent` (monotonic)."""
+    received = time.monotonic()
     return [
         ClaimedRow(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6],
                    [Event(r[8], r[9], r[7], r[10]), *_events(r[11])], r[12] or {},
-                   not r[13], r[14], r[15])
+                   not r[13], r[14], r[15], DbTime(r[16], sent, received))
         for r in rows
     ]
 
@@ -132,6 +135,37 @@ class WaitSpec:
     expires: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class DbTime:
+    """A reading of the database's clock (`at`), taken by a statement sent
+    at `sent` whose answer arrived at `received` (local monotonic times).
+    Times of a run are kept on the database's clock, which every comparison
+    in SQL uses, not on the worker's. The database's clock now is between
+    `now()` and `latest()`, which differ by the statement's round trip."""
+
+    at: datetime
+    sent: float
+    received: float
+
+    def now(self) -> datetime:
+        """The database's clock now, at the earliest (a window's start)."""
+        return self.at + timedelta(seconds=time.monotonic() - self.received)
+
+    def latest(self) -> datetime:
+        """The database's clock now, at the latest (a start of a delay, so
+        that it never ends early)."""
+        return self.at + timedelta(seconds=time.monotonic() - self.sent)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """What a journal write learned: the runs among those it wrote or
+    probed that were asked to cancel, and the database's clock."""
+
+    cancelled: frozenset[str]
+    clock: DbTime
+
+
 @dataclass(slots=True)
 class ClaimedRow:
     id: str
@@ -146,6 +180,7 @@ class ClaimedRow:
     first_start: bool
     due_at: datetime
     started_at: datetime
+    clock: DbTime  # the database's clock at the claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +304,7 @@ class Store:
     ) -> list[ClaimedRow]:
         """`send_events`, and lease up to `limit` of the new runs of
         `function_ids` that are due now to the worker, in the same transaction."""
-        return _claimed(self._run(conn, "send_and_claim", (
+        return _claimed(time.monotonic(), self._run(conn, "send_and_claim", (
             *_send_params(events, runs, dedupe_window),
             worker_id, list(function_ids), limit, lease)))
 
@@ -278,29 +313,42 @@ class Store:
     def listen(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(self._q["listen"])
 
+    def barrier(self, conn: psycopg.Connection[Any]) -> None:
+        """A round trip on a LISTEN connection: notifications committed
+        before it are received by the time it returns."""
+        conn.execute(self._q["barrier"])
+
     def claim_runs(
         self, conn: psycopg.Connection[Any], worker_id: str, function_ids: Sequence[str],
         limit: int, lease: timedelta,
     ) -> list[ClaimedRow]:
-        return _claimed(self._run(conn, "claim_runs", (worker_id, list(function_ids), limit,
-                                                       lease)))
+        return _claimed(time.monotonic(), self._run(
+            conn, "claim_runs", (worker_id, list(function_ids), limit, lease)))
 
     def flush(
         self, conn: psycopg.Connection[Any], steps: Sequence[StepRecord],
-        finishes: Sequence[Finish],
-    ) -> set[str]:
-        """Write journal entries and run transitions; return the ids of runs
-        among the journaled ones that were asked to cancel."""
-        rows = self._run(conn, "flush", (
+        finishes: Sequence[Finish], probes: Sequence[str] = (),
+    ) -> Checkpoint:
+        """Write journal entries and run transitions; learn which runs among
+        the journaled and `probes` were asked to cancel."""
+        sent = time.monotonic()
+        row = self._run(conn, "flush", (
             "[" + ",".join(map(_step_json, steps)) + "]",
             "[" + ",".join(map(_finish_json, finishes)) + "]",
-        ))
-        return {str(r[0]) for r in rows}
+            list(probes),
+        )).fetchone()
+        assert row is not None
+        return Checkpoint(frozenset(map(str, row[0])), DbTime(row[1], sent, time.monotonic()))
 
-    def hold_run(self, conn: psycopg.Connection[Any], run_id: str, token: int) -> bool:
-        """In the caller's transaction: keep the run this claim's until it ends;
-        False if the claim has lost it already."""
-        return self._run(conn, "hold_run", (run_id, token)).fetchone() is not None
+    def hold_run(self, conn: psycopg.Connection[Any], run_id: str, token: int) -> bool | None:
+        """In the caller's transaction: keep the run this claim's until it ends.
+        Whether it was asked to cancel; None if the claim has lost it already."""
+        row = self._run(conn, "hold_run", (run_id, token)).fetchone()
+        return None if row is None else bool(row[0])
+
+    def reset_role(self, conn: psycopg.Connection[Any]) -> None:
+        """Back to the connection's own role until the transaction ends."""
+        self._run(conn, "reset_role")
 
     def rls_context(
         self, conn: psycopg.Connection[Any], kind: str, tag: str | None, user_id: str | None,
@@ -330,7 +378,7 @@ class Store:
         self, conn: psycopg.Connection[Any], run_id: str, token: int, key: str, position: int,
         wait: WaitSpec,
     ) -> tuple[str, dict[str, Any] | None]:
-        """Start waiting; ('matched', event doc), ('parked', None) or ('lost', None)."""
+        """Start waiting: ('matched', event doc), or ('parked' | 'lost' | 'cancelled', None)."""
         row = self._run(conn, "register_wait", (
             run_id, token, key, position, wait.names, wait.match_path, wait.match_value_json,
             wait.condition, wait.condition_vars_json, wait.expires,
@@ -340,15 +388,17 @@ class Store:
 
     def invoke_child(
         self, conn: psycopg.Connection[Any], run_id: str, token: int, key: str, position: int,
-        function_id: str, retries: int, event_id: str, data_json: str, expires: datetime | None,
+        function_id: str, retries: int, data_json: str, expires: datetime | None,
         options: dict[str, Any],
-    ) -> bool:
-        """Start a child run and park the parent until it ends; False if the lease is lost."""
+    ) -> str:
+        """Start a child run and park the parent until it ends: 'started', or
+        'lost' (the lease) or 'cancelled' (the parent was asked to), starting nothing."""
         row = self._run(conn, "invoke_child", (
-            run_id, token, key, position, function_id, retries, event_id, data_json, expires,
+            run_id, token, key, position, function_id, retries, data_json, expires,
             json.dumps(options),
         )).fetchone()
-        return bool(row and row[0])
+        assert row is not None
+        return str(row[0])
 
     # -- failure handlers and schedules ------------------------------------
 

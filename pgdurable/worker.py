@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -39,8 +39,8 @@ from .functions import FunctionDef, flow_options
 from .journal import Journal
 from .rls import CURRENT_RUN, Rls
 from .schedules import Scheduler
-from .steps import Backoff, RunState, error_json, gives_up, retry_time
-from .store import ClaimedRow, Finish, StepRecord, Store, WaitSpec
+from .steps import FRESH, Backoff, RunState, error_json, gives_up, retry_time
+from .store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec
 
 INVOKED_EVENT = "pgdurable/invoked"  # the event of a run started by step.invoke
 
@@ -67,6 +67,9 @@ class Worker:
         self._lease: timedelta = app.lease
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._journal = Journal(self._pool, self._store, on_written=self._forget)
+        # Probes of cancel requests at step boundaries: read-only batches of
+        # their own, so they never wait for a batch of writes to be flushed.
+        self._prober = Journal(self._pool, self._store)
         self._ready: queue.SimpleQueue[RunState | None] = queue.SimpleQueue()
         self._held: dict[str, RunState] = {}  # claimed, until their outcome is written
         self._unfinished = 0  # held runs whose handler has not returned yet
@@ -75,6 +78,10 @@ class Worker:
         self._settled = threading.Condition(self._held_lock)  # notified as reservations end
         self._eager = eager
         self._wake = threading.Event()
+        # Cancels committed before this monotonic time have been heard (the
+        # listener's barrier); -inf while it is not listening.
+        self.cancel_barrier = float("-inf")
+        self._heard_cancels: dict[str, None] = {}  # of runs not held (yet), oldest first
         self._next_due = float("inf")  # monotonic time of the earliest retry this worker scheduled
         self._stopping = threading.Event()
         self._draining = threading.Event()
@@ -94,6 +101,7 @@ class Worker:
 
     def start(self) -> None:
         self._journal.start()
+        self._prober.start()
         loops: list[tuple[str, Callable[[], None]]] = [
             ("claimer", self._claim_loop), ("listener", self._listen_loop),
             ("heartbeat", self._heartbeat_loop),
@@ -123,6 +131,7 @@ class Worker:
         self._stopping.set()
         self._release_held()
         self._journal.stop(max(1.0, deadline - time.monotonic()))
+        self._prober.stop(1.0)
         for thread in self._workers:
             thread.join(1.0)
         log.info("worker %s stopped", self.id)
@@ -144,8 +153,8 @@ class Worker:
             held = [state for state in self._held.values() if not state.finished]
             self._held.clear()
             self._unfinished = 0
-        now = datetime.now(UTC)
-        releases = [Finish(s.claimed.id, s.claimed.token, "queued", available_at=now) for s in held]
+        releases = [Finish(s.claimed.id, s.claimed.token, "queued", available_at=s.now())
+                    for s in held]
         if releases:
             log.warning("releasing %d unfinished runs", len(releases))
             self._journal.submit([], releases)
@@ -170,6 +179,8 @@ class Worker:
         they do not need are given back."""
         states = [self._new_state(row) for row in rows]
         with self._held_lock:
+            for state in states:  # a cancel heard before its claim's answer
+                state.cancel_requested |= state.claimed.id in self._heard_cancels
             self._held.update((state.claimed.id, state) for state in states)
             self._unfinished -= reserved - len(states)
             self._reserved -= reserved
@@ -216,12 +227,15 @@ class Worker:
     def _with_db(
         self, what: str, action: Callable[[psycopg.Connection[Any]], Any],
         until: threading.Event | None = None,
+        retry: type[Exception] = Exception,
     ) -> Any:
-        """Run `action` on a pooled connection, retrying with backoff until it
-        works or `until` (default: the worker stopping) is set; None then."""
+        """Run `action` on a pooled connection, retrying with backoff while it
+        raises `retry` (default: anything, for the worker's own loops, which
+        must outlive any error) until it works or `until` (default: the
+        worker stopping) is set; None then."""
         until = until or self._stopping
         retrying = Retrying(
-            retry=retry_if_exception_type(Exception),
+            retry=retry_if_exception_type(retry),
             wait=wait_random_exponential(multiplier=0.1, max=5.0),
             stop=stop_never,
             before_sleep=lambda state: self._log_db_error(what, state.outcome),
@@ -243,17 +257,40 @@ class Worker:
             log.error("worker cannot %s: %r; retrying", what, exc)
 
     def _listen_loop(self) -> None:
+        """Hear NOTIFYs: work to claim, and cancels of runs held here. While
+        runs are held, a statement on the LISTEN connection every FRESH / 2
+        seconds is a barrier: its answer comes after every notification
+        committed before it, so cancels committed before `cancel_barrier`
+        are known here without asking (see RunState.boundary)."""
         while not self._draining.is_set():
             try:
                 with psycopg.connect(self._app.conninfo, autocommit=True) as conn:
                     self._store.listen(conn)
                     self._wake.set()  # notifications may have been missed while away
                     while not self._draining.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
-                            self._wake.set()
+                        self._hear(conn.notifies(timeout=FRESH / 2 if self._held else 0.5))
+                        sent = time.monotonic()
+                        self._store.barrier(conn)
+                        self._hear(conn.notifies(timeout=0))  # what came with its answer
+                        self.cancel_barrier = sent
             except Exception as exc:  # the poll still claims meanwhile
+                self.cancel_barrier = float("-inf")
                 log.warning("worker cannot LISTEN (%r); retrying", exc)
                 self._draining.wait(1.0)
+
+    def _hear(self, notifications: Iterator[psycopg.Notify]) -> None:
+        for notification in notifications:
+            kind, _, run_id = notification.payload.partition(" ")
+            if kind != "cancel":
+                self._wake.set()
+                continue
+            with self._held_lock:
+                if (state := self._held.get(run_id)) is not None:
+                    state.cancel_requested = True
+                else:  # maybe claimed already, its answer not read yet
+                    self._heard_cancels[run_id] = None
+                    while len(self._heard_cancels) > 10_000:
+                        del self._heard_cancels[next(iter(self._heard_cancels))]
 
     def _heartbeat_loop(self) -> None:
         interval = self._lease.total_seconds() / 3
@@ -287,7 +324,7 @@ class Worker:
         claimed = state.claimed
         found = self._with_db("start a wait", partial(
             self._store.register_wait, run_id=claimed.id, token=claimed.token, key=key,
-            position=position, wait=wait))
+            position=position, wait=wait), retry=psycopg.OperationalError)
         return found or ("lost", None)
 
     def resolve(self, function: object) -> tuple[str, int]:
@@ -299,15 +336,16 @@ class Worker:
     def invoke(
         self, state: RunState, key: str, position: int, function_id: str, retries: int,
         data_json: str, expires: datetime | None,
-    ) -> bool:
+    ) -> str:
         claimed = state.claimed
-        event_id = f"{claimed.id}/{key}"
         options = flow_options(self._functions[function_id],
-                               Event(INVOKED_EVENT, serde.loads(data_json), id=event_id))
-        return bool(self._with_db("invoke a function", partial(
+                               Event(INVOKED_EVENT, serde.loads(data_json)))
+        outcome = self._with_db("invoke a function", partial(
             self._store.invoke_child, run_id=claimed.id, token=claimed.token, key=key,
             position=position, function_id=function_id, retries=retries,
-            event_id=event_id, data_json=data_json, expires=expires, options=options)))
+            data_json=data_json, expires=expires, options=options),
+            retry=psycopg.OperationalError)
+        return str(outcome or "lost")
 
     def send(self, events: list[Event]) -> list[str]:
         return self._app.send(events)
@@ -321,12 +359,19 @@ class Worker:
 
     def transaction(
         self, state: RunState, body: Callable[[psycopg.Connection[Any]], StepRecord]
-    ) -> set[str]:
+    ) -> Checkpoint:
         claimed = state.claimed
         with self.connection() as conn:
-            if not self._store.hold_run(conn, claimed.id, claimed.token):
+            cancel = self._store.hold_run(conn, claimed.id, claimed.token)
+            if cancel is None:
                 raise Park()  # lost to another worker: its writes must not happen
-            return self._store.flush(conn, [body(conn)], [])
+            if cancel:
+                raise Cancelled()
+            record = body(conn)
+            # The step may have switched roles (an RLS bypass role): the
+            # journal entry is pgdurable's to write, as the connection's own role.
+            self._store.reset_role(conn)
+            return self._store.flush(conn, [record], [])
 
     # -- executing --------------------------------------------------------
 
@@ -336,12 +381,16 @@ class Worker:
             while (state := self._ready.get()) is not None:
                 if self._draining.is_set():
                     continue  # released by stop()
-                self._execute(state, loop)
+                try:
+                    self._execute(state, loop)
+                except Exception:  # a bug of ours: the run's lease lapses, the thread lives
+                    log.exception("run %s: cannot record its outcome", state.claimed.id)
         finally:
             loop.close()
 
     def _new_state(self, claimed: ClaimedRow) -> RunState:
-        return RunState(claimed, self._journal, self, max_output_bytes=self._app.max_output_bytes,
+        return RunState(claimed, self._journal, self._prober, self,
+                        max_output_bytes=self._app.max_output_bytes,
                         backoff=self._backoff,
                         finish_timeout=self._functions[claimed.function_id].finish_timeout)
 
@@ -404,7 +453,7 @@ class Worker:
                           error_json=serde.dumps(cancelled.error, what="an error"))
         except (KeyboardInterrupt, SystemExit):
             log.warning("run %s: handler asked the process to stop; releasing the run", claimed.id)
-            return Finish(claimed.id, claimed.token, "queued", available_at=datetime.now(UTC))
+            return Finish(claimed.id, claimed.token, "queued", available_at=state.now())
         except BaseException as exc:  # anything a handler raises is the run's failure
             return self._handler_failure(state, exc)
 
@@ -416,7 +465,7 @@ class Worker:
             log.warning("run %s of %s failed: %s: %s", claimed.id, claimed.function_id,
                         type(exc).__name__, exc)
             return Finish(claimed.id, claimed.token, "failed", error_json=error_json(exc))
-        retry_at = retry_time(exc, failures, self._backoff)
+        retry_at = retry_time(exc, failures, self._backoff, state.after)
         if not isinstance(exc, RetryAfterError):
             log.info("run %s: handler raised %s; retry %d at %s", claimed.id,
                      type(exc).__name__, failures, retry_at)
@@ -438,9 +487,10 @@ def _run_async(loop: asyncio.AbstractEventLoop, handler: Any) -> Any:
 
 
 def _check_timeouts(fdef: FunctionDef, state: RunState) -> None:
-    """Cancel a run that starts later than `timeouts.start` after it was due,
+    """Cancel a run whose handler would begin later than `timeouts.start`
+    after the run was due (counting time spent prefetched in this worker),
     or resumes past its `timeouts.finish` deadline."""
     claimed, limit = state.claimed, fdef.start_timeout
-    if claimed.first_start and limit is not None and claimed.started_at - claimed.due_at > limit:
+    if claimed.first_start and limit is not None and state.now() - claimed.due_at > limit:
         raise Cancelled.timeout("start", limit)
     state.check_cancelled()

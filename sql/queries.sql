@@ -68,17 +68,21 @@ SELECT * FROM {schema}.send_and_claim(%s::jsonb, %s::jsonb, %s::interval, %s, %s
 SELECT * FROM {schema}.claim_runs(%s, %s::text[], %s, %s::interval);
 
 -- name: flush
-SELECT * FROM {schema}.flush(%s::jsonb, %s::jsonb);
+SELECT * FROM {schema}.flush(%s::jsonb, %s::jsonb, %s::uuid[]);
 
 -- name: hold_run
 -- A transactional step's first statement: whether the run is still this
--- claim's, and if so a KEY SHARE lock on its queue row until the step's
--- transaction ends. Claims (FOR UPDATE SKIP LOCKED) pass the run by
--- meanwhile, so no other worker takes it over mid-step; heartbeats
--- (NO KEY UPDATE) go on extending its lease.
-SELECT true FROM {schema}.queue
+-- claim's (and whether it was asked to cancel), and if so a KEY SHARE lock
+-- on its queue row until the step's transaction ends. Claims (FOR UPDATE
+-- SKIP LOCKED) pass the run by meanwhile, so no other worker takes it over
+-- mid-step; heartbeats (NO KEY UPDATE) go on extending its lease; a cancel
+-- waits for the step and is seen at the next boundary.
+SELECT cancel_requested FROM {schema}.queue
 WHERE run_id = %s AND lease_token = %s AND status = 'running'
 FOR KEY SHARE;
+
+-- name: reset_role
+SELECT set_config('role', 'none', true);
 
 -- name: rls_context
 SELECT FROM {schema}.rls_context(%s, %s, %s, %s::uuid, %s, %s, %s, %s);
@@ -100,7 +104,7 @@ SELECT * FROM {schema}.register_wait(%s::uuid, %s, %s, %s, %s::text[], %s::text[
                                      %s::jsonpath, %s::jsonb, %s);
 
 -- name: invoke_child
-SELECT {schema}.invoke_child(%s::uuid, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s);
+SELECT {schema}.invoke_child(%s::uuid, %s, %s, %s, %s, %s, %s::jsonb, %s, %s);
 
 -- name: next_due
 SELECT {schema}.next_due(%s::text[]);
@@ -184,3 +188,6 @@ SELECT {schema}.event_doc(e) FROM {schema}.events e WHERE e.id = %s;
 
 -- name: listen
 LISTEN {channel_ident};
+
+-- name: barrier
+SELECT;

@@ -61,6 +61,24 @@ def two_steps(ctx: Context) -> str:
     return str(ctx.step.run("two", second))
 
 
+def report_failure(ctx: Context) -> None:
+    assert ctx.error is not None
+    ctx.step.run("report", effect, ctx.error.run_id, "on-failure")
+
+
+@app.function(id="cancel-then-die", event="test/cancel-then-die", retries=0,
+              on_failure=report_failure)
+def cancel_then_die(ctx: Context) -> str:
+    ctx.step.run("one", effect, ctx.run_id, "one")
+
+    def second() -> str:
+        effect(ctx.run_id, "two-start")
+        while True:  # until its worker is killed
+            time.sleep(0.05)
+
+    return str(ctx.step.run("two", second))
+
+
 @app.function(id="count-once", event="test/count-once")
 def count_once(ctx: Context) -> int:
     ctx.step.run("effect", effect, ctx.run_id, "ran")

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from conftest import run_of, status_of, wait_until
 
-from pgdurable import Cancel, Context, Durable, InvalidEventError, Timeouts
+from pgdurable import Cancel, Context, Durable, Event, InvalidEventError, Timeouts
 
 
 def test_cancel_on_cancels_sleeping_waiting_and_running_runs(app: Durable) -> None:
@@ -158,3 +158,31 @@ def test_a_run_past_its_finish_timeout_is_cancelled_at_a_step_boundary(app: Dura
         assert run.status == "cancelled" and run.error is not None
         assert run.error.message == "timeouts.finish: the run did not finish within 0:00:01"
     assert ran == ["long"]
+
+
+def test_cancel_on_never_cancels_a_run_with_its_own_or_an_earlier_event(app: Durable) -> None:
+    """A newer update supersedes the run of an older one, not its own."""
+    @app.function(id="sync", event="contact/updated",
+                  cancel_on=[Cancel(event="contact/updated", match="data.contact_id")])
+    def sync(ctx: Context) -> int:
+        ctx.step.sleep("settle", "1s")
+        return int(ctx.event.data["v"])
+
+    @app.function(id="go", event="go", cancel_on=[Cancel(event="stop", match="data.k")])
+    def go(ctx: Context) -> str:
+        return "went"
+
+    app.start(threads=2)
+    lone = run_of(app, "contact/updated", {"contact_id": 1, "v": 1})
+    assert app.wait_for_run(lone, 20).status == "completed"
+    older = run_of(app, "contact/updated", {"contact_id": 2, "v": 1})
+    newer = run_of(app, "contact/updated", {"contact_id": 2, "v": 2})
+    assert app.wait_for_run(older, 20).status == "cancelled"
+    assert app.wait_for_run(newer, 20).output == 2
+
+    _, go_after = app.send([Event("stop", {"k": 7}), Event("go", {"k": 7})])
+    [kept] = app.runs_for_event(go_after)
+    assert app.wait_for_run(kept.id, 20).output == "went"
+    go_first, _ = app.send([Event("go", {"k": 8}), Event("stop", {"k": 8})])
+    [stopped] = app.runs_for_event(go_first)
+    assert app.wait_for_run(stopped.id, 20).status == "cancelled"

@@ -64,6 +64,27 @@ def test_run_survives_sigkill_mid_step(
     assert counts["two-end"] == 1
 
 
+def test_a_cancel_requested_before_its_worker_dies_ends_cancelled(
+    tables: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    """Section 6 of issue 22: not `failed` with WorkerLostError, and no on_failure."""
+    app = tables
+    app.function(id="cancel-then-die", event="test/cancel-then-die", retries=0)(lambda ctx: None)
+    [event_id] = app.send("test/cancel-then-die", {})
+    [run] = app.runs_for_event(event_id)
+    doomed = worker_process()
+    wait_until(lambda: effects(db, app.schema, run.id).get("two-start"), what="step two to start")
+    assert app.cancel(run.id) is True
+    doomed.kill()
+    worker_process()
+    done = app.wait_for_run(run.id, timeout=60)
+    assert done.status == "cancelled" and done.error is not None
+    assert done.error.message == "cancelled by request"
+    wait_until(lambda: not app.list_runs(status="queued") and not app.list_runs(status="running"),
+               what="nothing left to run")
+    assert "on-failure" not in effects(db, app.schema)
+
+
 def test_a_replay_after_sigkill_reruns_only_unfinished_parallel_steps(
     tables: Durable, db: psycopg.Connection[Any], worker_process: Any
 ) -> None:

@@ -106,7 +106,7 @@ def test_a_held_run_is_not_taken_over_and_its_lease_goes_on(
     with app.connection() as conn:
         [claimed] = app.store.claim_runs(conn, "w1", ["held"], 1, timedelta(milliseconds=1))
     with app.connection() as step_conn:  # a transactional step's transaction
-        assert app.store.hold_run(step_conn, run_id, claimed.token)
+        assert app.store.hold_run(step_conn, run_id, claimed.token) is False  # held, no cancel
         with app.connection() as other:  # lease expired, yet no one else takes the run
             assert app.store.claim_runs(other, "w2", ["held"], 1, timedelta(seconds=30)) == []
         with app.connection() as other:  # and its own worker's heartbeat extends it
@@ -114,7 +114,7 @@ def test_a_held_run_is_not_taken_over_and_its_lease_goes_on(
     assert db.execute(f"SELECT available_at > now() + interval '20s' FROM {app.schema}.queue "
                       "WHERE run_id = %s", (run_id,)).fetchone() == (True,)
     with app.connection() as conn:  # a claim that lost the run gets no hold
-        assert not app.store.hold_run(conn, run_id, claimed.token + 1)
+        assert app.store.hold_run(conn, run_id, claimed.token + 1) is None
 
 
 def test_exactly_once_over_1000_runs_with_workers_killed_at_random(

@@ -268,3 +268,57 @@ def test_if_expressions_compile_to_jsonpath(
 def test_bad_if_expressions_are_named(expression: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         compile_condition(expression, {"data": {"n": 3}})
+
+
+# -- issue 22: the wait's window on one clock; waits in a row -------------------
+
+
+def test_an_event_sent_from_a_transaction_older_than_the_step_before_is_not_missed(
+    app: Durable, dsn: str
+) -> None:
+    """The sender's transaction began before step "a"; the event is sent
+    (with conn=) and committed while "a" runs: the wait after "a" takes it."""
+    in_a, release = threading.Event(), threading.Event()
+
+    @app.function(id="approve", event="order")
+    def approve(ctx: Context) -> str | None:
+        ctx.step.run("a", lambda: in_a.set() or release.wait(20))
+        got = ctx.step.wait_for_event("approval", event="approval", timeout="20s")
+        return None if got is None else got.id
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT 1")  # its transaction (and its now()) begins here
+        time.sleep(0.05)
+        app.start(threads=1)
+        run_id = run_of(app, "order")
+        assert in_a.wait(20)
+        [sent] = app.send("approval", {}, conn=conn)
+        conn.commit()
+    release.set()
+    assert app.wait_for_run(run_id, 30).output == sent
+
+
+def test_two_waits_in_a_row_take_two_events(app: Durable) -> None:
+    in_a, release = threading.Event(), threading.Event()
+
+    @app.function(id="two-approvals", event="order")
+    def two_approvals(ctx: Context) -> list[str]:
+        ctx.step.run("a", lambda: in_a.set() or release.wait(20))
+        got = [ctx.step.wait_for_event("approval", event="approval", timeout="20s")
+               for _ in range(2)]
+        return [e.id for e in got if e is not None]
+
+    app.start(threads=1)
+    early = run_of(app, "order")  # both approvals come while it is in step "a"
+    assert in_a.wait(20)
+    sent = app.send([Event("approval", {}), Event("approval", {})])
+    release.set()
+    assert app.wait_for_run(early, 30).output == sent
+
+    in_a.clear()
+    late = run_of(app, "order")  # one before the first wait, one while the second waits
+    assert in_a.wait(20)
+    [first] = app.send("approval", {})
+    wait_until(lambda: status_of(app, late) == "waiting", what="the second wait")
+    [second] = app.send("approval", {})
+    assert app.wait_for_run(late, 30).output == [first, second]

@@ -59,10 +59,12 @@ $$;
 -- A run as a claim hands it to a worker. The first event comes as columns;
 -- any more (batches) as JSON. `journal` is read only for runs that ran
 -- before (`resumed`). `due_at` is when the run became claimable,
--- `started_at` when it first started.
+-- `started_at` when it first started, `now` the database's clock at the
+-- claim: the worker times the run on this clock (see RunState.now).
 CREATE TYPE {schema}.claimed_run AS (
     id uuid, lease_token bigint, function_id text, attempt int,
     handler_attempts int, retries int, cancel_requested boolean,
     event_id text, event_name text, event_data jsonb, event_ts timestamptz,
-    more_events jsonb, journal jsonb, resumed boolean, due_at timestamptz, started_at timestamptz
+    more_events jsonb, journal jsonb, resumed boolean, due_at timestamptz, started_at timestamptz,
+    now timestamptz
 );

@@ -48,11 +48,13 @@ BEGIN
                (x.e ->> 3)::timestamptz AS ts, x.idx
         FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x(e, idx)
     ), inserted AS (
-        INSERT INTO {schema}.events AS e (id, name, data, ts)
-        SELECT id, name, data, coalesce(ts, now()) FROM input
+        -- received_at: when this statement ran, not when its transaction
+        -- began (a sender's transaction may be old): see register_wait.
+        INSERT INTO {schema}.events AS e (id, name, data, ts, received_at)
+        SELECT id, name, data, coalesce(ts, now()), clock_timestamp() FROM input
         ON CONFLICT (id) DO UPDATE
             SET name = excluded.name, data = excluded.data, ts = excluded.ts,
-                received_at = now()
+                received_at = excluded.received_at
             WHERE e.received_at < now() - p_dedupe
         RETURNING e.id, e.name, e.data, e.ts
     ), planned AS MATERIALIZED (  -- plain runs; those with options: start_runs_with_options
@@ -82,7 +84,7 @@ BEGIN
     )
     SELECT coalesce(bool_or(q.available_at <= now()) FILTER (WHERE q.status = 'queued'), false),
            (SELECT array_agg(ROW(l.id, 1, l.fn, 0, 0, l.retries, false,
-                                 e.id, e.name, e.data, e.ts, NULL, NULL, false, now(), now()
+                                 e.id, e.name, e.data, e.ts, NULL, NULL, false, now(), now(), now()
                                 )::{schema}.claimed_run ORDER BY l.idx)
             FROM leased l JOIN inserted e ON e.id = l.event_id),
            (SELECT array_agg(id ORDER BY input.idx) FROM inserted JOIN input USING (id)),
@@ -206,7 +208,7 @@ DECLARE
     v_woken int := 0;
 BEGIN
     WITH incoming AS (
-        SELECT e.name, {schema}.event_doc(e) AS doc, k.ord
+        SELECT e.id, e.name, {schema}.event_doc(e) AS doc, k.ord
         FROM unnest(p_event_ids) WITH ORDINALITY AS k(id, ord)
         JOIN {schema}.events e ON e.id = k.id
     ), probes AS MATERIALIZED (  -- one index probe per (event, matched field)
@@ -224,6 +226,11 @@ BEGIN
         WHERE (w.condition IS NULL
                OR jsonb_path_match(x.doc, w.condition, w.condition_vars, true) IS TRUE)
           AND (w.expires_at IS NULL OR w.expires_at > now())
+          -- a run listens for events sent after its own triggering event:
+          -- never for that one, nor for those before it in the same send
+          AND (NOT w.cancel OR x.ord > coalesce(
+                  (SELECT i.ord FROM incoming i JOIN {schema}.runs r ON r.event_ids[1] = i.id
+                   WHERE r.id = w.run_id), 0))
         ORDER BY w.run_id, w.step_key, x.ord
     )
     SELECT array_agg(run_id) FILTER (WHERE NOT cancel),

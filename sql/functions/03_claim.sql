@@ -39,7 +39,10 @@ BEGIN
     INTO v_picked, v_due, v_flow, v_exhausted, v_special
     FROM (SELECT q.run_id, q.available_at, q.holds_slots, q.status,
                  q.slot_keys IS NOT NULL OR q.throttle IS NOT NULL AS flow,
-                 q.status = 'running' AND q.handler_attempts >= q.retries AS exhausted
+                 -- lapsed: given up if it lost its worker too often, or was
+                 -- asked to cancel (its worker can no longer honour that)
+                 q.status = 'running' AND (q.handler_attempts >= q.retries OR q.cancel_requested)
+                     AS exhausted
           FROM {schema}.queue q
           WHERE q.available_at <= now() AND q.function_id = ANY(p_functions)
             AND q.blocked_key IS NULL
@@ -84,7 +87,7 @@ BEGIN
                            'status', s.status, 'output', s.output, 'error', s.error,
                            'attempts', s.attempts, 'position', s.position))
                 FROM {schema}.steps s WHERE s.run_id = c.run_id) END,
-           c.started_at <> now(), d.due_at, c.started_at
+           c.started_at <> now(), d.due_at, c.started_at, now()
     FROM claimed c
     JOIN unnest(v_picked, v_due) AS d(run_id, due_at) ON d.run_id = c.run_id
     LEFT JOIN {schema}.events e ON e.id = c.event_id
@@ -116,7 +119,9 @@ $$;
 -- recover_claimed: before claim_runs hands out p_runs (locked), what only
 -- runs that were not simply queued need. A run whose lease lapsed counts a
 -- lost attempt; one that lost its worker more often than its retries allow
--- (p_exhausted) is failed with WorkerLostError instead of handed out again.
+-- (p_exhausted) is failed with WorkerLostError instead of handed out again,
+-- and one that was asked to cancel (also in p_exhausted) ends cancelled:
+-- the request holds though the worker that had it died.
 -- A parked run (sleeping, or waiting past its timeout) has its open step
 -- completed: a sleep keeps its wake-up time as output (for the timeline), a
 -- wait that timed out gets null, and the wait's filters go.
@@ -137,11 +142,12 @@ BEGIN
             DELETE FROM {schema}.queue q WHERE q.run_id = ANY(p_exhausted) RETURNING q.*
         )
         INSERT INTO {schema}.results (run_id, status, error, attempt, worker_id, started_at)
-        SELECT d.run_id, 'failed', jsonb_build_object(
+        SELECT d.run_id, CASE WHEN d.cancel_requested THEN 'cancelled' ELSE 'failed' END,
+               CASE WHEN d.cancel_requested THEN d.cancel_reason ELSE jsonb_build_object(
                    'type', 'WorkerLostError',
                    'message', format('the worker running this run stopped responding %s times',
                                      d.handler_attempts + 1),
-                   'traceback', null),
+                   'traceback', null) END,
                d.attempt, d.worker_id, d.started_at
         FROM dead d;
     END IF;

@@ -4,14 +4,20 @@
 -- worker in one round trip. Both carry the lease token of the claim they
 -- belong to, so a worker that lost its lease changes nothing. A finished run
 -- leaves the queue; a retried or released one goes back to 'queued', a
--- sleeping one to 'sleeping' (its journal entry says until when).
--- Returns the runs, among those journaled, that someone asked to cancel.
+-- sleeping one to 'sleeping' (its journal entry says until when). A run
+-- that was asked to cancel ends `cancelled` whatever transition it reports:
+-- a cancel that returned true is never undone by the run's own next move.
+-- p_probes are runs about to start a step that only ask whether they were
+-- asked to cancel (see RunState.boundary).
+-- Returns the runs, among those journaled or probed, that someone asked to
+-- cancel, and the database's clock.
 --
 -- Batches come as JSON arrays of arrays (one document each: far cheaper to
 -- send from Python than a dozen typed arrays):
 --   p_steps:    [run_id, token, key, position, status, output, error, attempts, started_at]
 --   p_finishes: [run_id, token, status, output, error, available_at, retry, handler_failed]
-CREATE FUNCTION {schema}.flush(p_steps jsonb, p_finishes jsonb) RETURNS SETOF uuid
+CREATE FUNCTION {schema}.flush(p_steps jsonb, p_finishes jsonb, p_probes uuid[])
+RETURNS TABLE (cancelled uuid[], at timestamptz)
 LANGUAGE plpgsql
 -- Every access is by key, in sets: index scans and hash joins are right
 -- whatever the (often stale) statistics of the churning queue say.
@@ -23,12 +29,19 @@ DECLARE
     v_cancelled uuid[];
     v_holders uuid[];
 BEGIN
+    IF cardinality(p_probes) > 0 THEN
+        v_cancelled := ARRAY(SELECT q.run_id FROM {schema}.queue q
+                             WHERE q.run_id = ANY(p_probes) AND q.cancel_requested);
+    END IF;
     IF cardinality(v_step_runs) > 0 THEN
         -- One pass over the queue both checks the leases and reads the
-        -- cancel requests that the next steps of these runs must honour.
+        -- cancel requests that the next steps of these runs must honour. The
+        -- KEY SHARE lock makes a cancel that comes meanwhile wait for this
+        -- commit: once it has returned, the runs' next boundaries see it.
         WITH valid AS MATERIALIZED (
             SELECT q.run_id, q.lease_token, q.cancel_requested FROM {schema}.queue q
             WHERE q.run_id = ANY(v_step_runs) AND q.status = 'running'
+            ORDER BY q.run_id FOR KEY SHARE  -- in run order, as cancel_set locks them
         ), journaled AS (
             INSERT INTO {schema}.steps AS s
                 (run_id, step_key, position, status, output, error, attempts, started_at)
@@ -45,7 +58,8 @@ BEGIN
                     started_at = excluded.started_at, finished_at = now()
                 WHERE s.status = 'retrying'
         )
-        SELECT array_agg(run_id) INTO v_cancelled FROM valid WHERE cancel_requested;
+        SELECT coalesce(v_cancelled, '{}') || coalesce(array_agg(run_id), '{}') INTO v_cancelled
+        FROM valid WHERE cancel_requested;
     END IF;
 
     IF cardinality(v_fin_runs) > 0 THEN
@@ -72,10 +86,12 @@ BEGIN
             DELETE FROM {schema}.queue q USING fin f
             WHERE q.run_id = ANY(v_fin_runs) AND q.run_id = f.run_id
               AND q.lease_token = f.token AND q.status = 'running'
-              AND f.status IN ('completed', 'failed', 'cancelled')
-            RETURNING q.run_id, q.attempt, q.started_at, q.worker_id, f.status, f.output,
-                      CASE WHEN f.status = 'cancelled' THEN coalesce(q.cancel_reason, f.error)
-                           ELSE f.error END AS error
+              AND (f.status IN ('completed', 'failed', 'cancelled') OR q.cancel_requested)
+            RETURNING q.run_id, q.attempt, q.started_at, q.worker_id,
+                      CASE WHEN q.cancel_requested THEN 'cancelled' ELSE f.status END AS status,
+                      CASE WHEN q.cancel_requested THEN NULL ELSE f.output END AS output,
+                      CASE WHEN q.cancel_requested OR f.status = 'cancelled'
+                           THEN coalesce(q.cancel_reason, f.error) ELSE f.error END AS error
         ), finished AS (
             INSERT INTO {schema}.results
                 (run_id, status, output, error, attempt, worker_id, started_at)
@@ -88,7 +104,7 @@ BEGIN
                 error = coalesce(f.error, q.error)
             FROM fin f
             WHERE q.run_id = ANY(v_fin_runs) AND q.run_id = f.run_id
-              AND q.lease_token = f.token AND q.status = 'running'
+              AND q.lease_token = f.token AND q.status = 'running' AND NOT q.cancel_requested
               AND f.status IN ('queued', 'sleeping')
             RETURNING q.available_at
         )
@@ -98,6 +114,6 @@ BEGIN
         END IF;
     END IF;
 
-    RETURN QUERY SELECT unnest(v_cancelled);
+    RETURN QUERY SELECT coalesce(v_cancelled, '{}'), clock_timestamp();
 END
 $$;

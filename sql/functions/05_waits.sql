@@ -25,7 +25,8 @@ BEGIN
         WHERE w.run_id = m.run_id AND w.step_key = m.step_key
         RETURNING w.run_id, w.step_key, m.output
     ), journaled AS (
-        UPDATE {schema}.steps s SET status = 'completed', output = g.output, finished_at = now()
+        UPDATE {schema}.steps s
+        SET status = 'completed', output = g.output, event_id = g.output ->> 'id', finished_at = now()
         FROM (SELECT DISTINCT ON (run_id, step_key) * FROM gone) g
         WHERE s.run_id = g.run_id AND s.step_key = g.step_key AND s.status = 'waiting'
         RETURNING s.run_id
@@ -42,12 +43,18 @@ $$;
 -- register_wait: the step p_key of a running run starts waiting for one of
 -- the events p_names. Under the exclusive lock of each name (senders hold it
 -- shared until they commit), it first looks for a matching event received
--- since the step before this one started (or since the run started): an
--- event sent while the run was getting here is not missed. If one is found,
+-- since the step before this one started (or since the run started), that
+-- no earlier wait of the run consumed: an event sent while the run was
+-- getting here is not missed, and two waits in a row take two events. All
+-- these times are the database's: `received_at` is when the send statement
+-- ran, and a step's `started_at` the worker's reading of the database's
+-- clock as it began (a wait's own: the start of the window it looked in,
+-- so that the next wait looks back as far). If one is found,
 -- the step completes with it at once and the run goes on; otherwise the run
 -- parks as `waiting` until an event wakes it or `p_expires` (the timeout;
 -- null for none) passes. Returns (state, event): state is 'matched',
--- 'parked', or 'lost' when the caller no longer holds the run's lease.
+-- 'parked', 'lost' when the caller no longer holds the run's lease, or
+-- 'cancelled' when the run was asked to cancel (it must not park).
 CREATE FUNCTION {schema}.register_wait(
     p_run uuid, p_token bigint, p_key text, p_position int, p_names text[],
     p_match_path text[], p_match_value jsonb, p_condition jsonpath, p_vars jsonb,
@@ -55,6 +62,7 @@ CREATE FUNCTION {schema}.register_wait(
 ) RETURNS TABLE (state text, event jsonb) LANGUAGE plpgsql AS $$
 DECLARE
     v_started timestamptz;
+    v_cancel boolean;
     v_since timestamptz;
     v_event jsonb;
 BEGIN
@@ -63,11 +71,11 @@ BEGIN
     PERFORM pg_advisory_xact_lock(k)
     FROM (SELECT DISTINCT {schema}.event_lock_key(n) AS k FROM unnest(p_names) AS n ORDER BY 1) AS keys;
 
-    SELECT q.started_at INTO v_started FROM {schema}.queue q
+    SELECT q.started_at, q.cancel_requested INTO v_started, v_cancel FROM {schema}.queue q
     WHERE q.run_id = p_run AND q.lease_token = p_token AND q.status = 'running'
     FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN QUERY SELECT 'lost', NULL::jsonb;
+    IF NOT FOUND OR v_cancel THEN
+        RETURN QUERY SELECT CASE WHEN v_cancel THEN 'cancelled' ELSE 'lost' END, NULL::jsonb;
         RETURN;
     END IF;
     SELECT s.started_at INTO v_since FROM {schema}.steps s
@@ -77,17 +85,20 @@ BEGIN
     SELECT {schema}.event_doc(e) INTO v_event
     FROM {schema}.events e
     WHERE e.name = ANY(p_names) AND e.received_at >= v_since
+      AND NOT EXISTS (SELECT FROM {schema}.steps c WHERE c.run_id = p_run AND c.event_id = e.id)
       AND (p_match_path = '{}' OR {schema}.event_doc(e) #> p_match_path = p_match_value)
       AND (p_condition IS NULL
            OR jsonb_path_match({schema}.event_doc(e), p_condition, p_vars, true) IS TRUE)
     ORDER BY e.received_at, e.id
     LIMIT 1;
 
-    INSERT INTO {schema}.steps AS s (run_id, step_key, position, status, output, started_at)
+    INSERT INTO {schema}.steps AS s
+        (run_id, step_key, position, status, output, event_id, started_at)
     VALUES (p_run, p_key, p_position, CASE WHEN v_event IS NULL THEN 'waiting' ELSE 'completed' END,
-            v_event, now())
+            v_event, v_event ->> 'id', v_since)
     ON CONFLICT (run_id, step_key) DO UPDATE
-        SET status = excluded.status, output = excluded.output, finished_at = now()
+        SET status = excluded.status, output = excluded.output, event_id = excluded.event_id,
+            finished_at = now()
         WHERE s.status IN ('retrying', 'waiting');
     IF v_event IS NOT NULL THEN
         RETURN QUERY SELECT 'matched', v_event;
@@ -111,29 +122,32 @@ END
 $$;
 
 -- invoke_child: the step p_key of a running run starts a child run of
--- p_function (with the flow-control options p_options) with the event
--- (p_event_id, 'pgdurable/invoked', p_data) and
--- parks until the child ends or p_expires passes. The child cannot end
--- before this commits, so no lock is needed against the wake. Returns
--- false if the caller no longer holds the run's lease.
+-- p_function (with the options p_options, as start_run takes them) with
+-- the event ('pgdurable/invoked', p_data) and parks until the child ends or
+-- p_expires passes. The child's event gets a fresh id, so no event sent
+-- before can stand in for it. The child cannot end before this commits, so
+-- no lock is needed against the wake. Returns 'started', 'lost' if the
+-- caller no longer holds the run's lease, or 'cancelled' if the run was
+-- asked to cancel (then no child starts).
 CREATE FUNCTION {schema}.invoke_child(
     p_run uuid, p_token bigint, p_key text, p_position int, p_function text, p_retries int,
-    p_event_id text, p_data jsonb, p_expires timestamptz, p_options jsonb
-) RETURNS boolean LANGUAGE plpgsql AS $$
+    p_data jsonb, p_expires timestamptz, p_options jsonb
+) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
+    v_cancel boolean;
+    v_event text := {schema}.uuid_v7()::text;
     v_child uuid;
 BEGIN
-    PERFORM FROM {schema}.queue q
+    SELECT q.cancel_requested INTO v_cancel FROM {schema}.queue q
     WHERE q.run_id = p_run AND q.lease_token = p_token AND q.status = 'running'
     FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN false;
+    IF NOT FOUND OR v_cancel THEN
+        RETURN CASE WHEN v_cancel THEN 'cancelled' ELSE 'lost' END;
     END IF;
     PERFORM {schema}.release_slots(ARRAY[p_run]);  -- a parked run holds no slot
     INSERT INTO {schema}.events (id, name, data, ts)
-    VALUES (p_event_id, 'pgdurable/invoked', p_data, now())
-    ON CONFLICT (id) DO NOTHING;
-    v_child := {schema}.start_run(p_function, ARRAY[p_event_id], p_retries, p_run, p_options);
+    VALUES (v_event, 'pgdurable/invoked', p_data, now());
+    v_child := {schema}.start_run(p_function, ARRAY[v_event], p_retries, p_run, p_options);
 
     INSERT INTO {schema}.steps (run_id, step_key, position, status, started_at)
     VALUES (p_run, p_key, p_position, 'waiting', now())
@@ -144,6 +158,6 @@ BEGIN
     SET status = 'waiting', available_at = coalesce(p_expires, 'infinity'), worker_id = NULL
     WHERE run_id = p_run;
     PERFORM pg_notify('{channel}', '');
-    RETURN true;
+    RETURN 'started';
 END
 $$;

@@ -1,7 +1,8 @@
 -- Cancelling runs.
 
 -- cancel_set: cancel runs; one not running is cancelled at once, a running
--- one at its next step boundary. `p_reasons` (one error document per run,
+-- one at its next step boundary (its worker is told by a NOTIFY, and its
+-- next transition ends it `cancelled` whatever it reports: see flush). `p_reasons` (one error document per run,
 -- or null) says why. Returns how many runs were cancelled or will be.
 --
 -- The rows are locked by a statement of their own: one being claimed at
@@ -30,6 +31,8 @@ BEGIN
         FROM asked a
         WHERE q.run_id = ANY(p_runs) AND q.run_id = a.run_id AND q.status = 'running'
         RETURNING q.run_id
+    ), told AS (  -- the workers holding them learn it at once (see Worker._listen_loop)
+        SELECT pg_notify('{channel}', 'cancel ' || run_id) FROM flagged
     ), removed AS (
         DELETE FROM {schema}.queue q USING asked a
         WHERE q.run_id = ANY(p_runs) AND q.run_id = a.run_id AND q.status <> 'running'
@@ -39,7 +42,7 @@ BEGIN
         SELECT run_id, 'cancelled', attempt, started_at, reason FROM removed
         RETURNING run_id
     )
-    SELECT (SELECT count(*) FROM flagged) + (SELECT count(*) FROM cancelled) INTO v_count;
+    SELECT (SELECT count(*) FROM told) + (SELECT count(*) FROM cancelled) INTO v_count;
     RETURN v_count;
 END
 $$;

@@ -7,8 +7,10 @@
 -- - a parent waiting for it in step.invoke wakes with a
 --   'pgdurable/run.finished' document (one probe of `waits_match` per run);
 -- - if it failed and its function has an on_failure handler, that handler's
---   run starts, with a 'pgdurable/function.failed' event (id '<run>/failed',
---   so it starts once) carrying the run id, the error and the run's event.
+--   run starts, with a 'pgdurable/function.failed' event carrying the run
+--   id, the error and the run's event. A run's result is inserted once, so
+--   its handler starts once; the event's id is fresh, so no event sent
+--   before can stand in for it or suppress it.
 CREATE FUNCTION {schema}.runs_ended() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_runs uuid[];
@@ -36,8 +38,8 @@ BEGIN
        OR NOT EXISTS (SELECT FROM {schema}.failure_handlers) THEN
         RETURN NULL;
     END IF;
-    WITH failed AS (
-        SELECT x.run_id, r.function_id, h.handler_id, h.retries,
+    WITH failed AS MATERIALIZED (
+        SELECT {schema}.uuid_v7()::text AS event_id, h.handler_id, h.retries,
                jsonb_build_object(
                    'run_id', x.run_id, 'function_id', r.function_id, 'error', x.error,
                    'event', (SELECT {schema}.event_doc(e) FROM {schema}.events e
@@ -48,12 +50,10 @@ BEGIN
         WHERE x.status = 'failed'
     ), announced AS (
         INSERT INTO {schema}.events (id, name, data, ts)
-        SELECT run_id || '/failed', 'pgdurable/function.failed', data, now() FROM failed
-        ON CONFLICT (id) DO NOTHING
-        RETURNING id
+        SELECT event_id, 'pgdurable/function.failed', data, now() FROM failed
     )
-    SELECT count({schema}.start_run(f.handler_id, ARRAY[a.id], f.retries)) INTO v_handlers
-    FROM failed f JOIN announced a ON a.id = f.run_id || '/failed';
+    SELECT count({schema}.start_run(f.handler_id, ARRAY[f.event_id], f.retries)) INTO v_handlers
+    FROM failed f;
     IF v_handlers > 0 THEN
         PERFORM pg_notify('{channel}', '');
     END IF;
