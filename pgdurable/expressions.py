@@ -23,12 +23,12 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOKEN = re.compile(r"""
     \s*(?:
       (?P<op>==|!=|<=|>=|<|>|&&|\|\||\(|\))
     | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-    | (?P<number>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
+    | (?P<number>-?[0-9][0-9.eE+-]*)
     | (?P<word>[A-Za-z_][A-Za-z0-9_.]*)
     )""", re.VERBOSE)
 _COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
@@ -38,7 +38,7 @@ _KEYWORDS = {"true": True, "false": False, "null": None}
 def field_path(path: object, *, what: str) -> list[str]:
     """Split a dotted path such as "data.user_id" into validated field names."""
     parts = path.split(".") if isinstance(path, str) else []
-    if not parts or not all(_IDENT.match(p) for p in parts):
+    if not parts or not all(_IDENT.fullmatch(p) for p in parts):
         raise ConfigurationError(
             f"{what} {path!r} is not a dotted field path such as 'data.user_id'")
     return parts
@@ -187,11 +187,11 @@ class _Parser:
     def operand(self) -> str:
         token = self.take()
         if token[0] in "\"'":
-            return self.variable(_string(token))
+            return self.variable(self.literal(_string(token), "a string", token))
         if token in _KEYWORDS:
             return self.variable(_KEYWORDS[token])
         if token[0].isdigit() or token[0] == "-":
-            return self.variable(json.loads(token))
+            return self.variable(self.literal(_NUMBER.fullmatch(token) and token, "a number", token))
         root, _, rest = token.partition(".")
         if root == "async" and rest:
             return "$" + "".join(f'."{p}"' for p in field_path(rest, what="field"))
@@ -201,6 +201,13 @@ class _Parser:
         self.fail(f"{token!r} is not a literal, async.<field> or event.<field>")
         return ""
 
+    def literal(self, text: str | None, kind: str, token: str) -> Any:
+        """The value of a literal, JSON text once unquoted; a clear error if it is not one."""
+        try:
+            return json.loads(text) if text is not None else self.fail(f"{token!r} is not {kind}")
+        except ValueError:
+            self.fail(f"{token!r} is not {kind}")
+
     def variable(self, value: Any) -> str:
         name = f"v{len(self.variables)}"
         self.variables[name] = value
@@ -208,9 +215,14 @@ class _Parser:
 
 
 def _string(token: str) -> str:
+    """A quoted literal as JSON string text: a single-quoted one has its
+    quotes swapped, escape by escape, so that a backslash escaping a
+    backslash is never read as escaping the quote after it."""
     body = token[1:-1]
     if token[0] == "'":
-        body = body.replace('\\"', '"').replace('"', '\\"').replace("\\'", "'")
-    value = json.loads(f'"{body}"')
-    assert isinstance(value, str)
-    return value
+        body = _ESCAPE.sub(lambda m: {"\\'": "'", '"': '\\"'}.get(m[0], m[0]), body)
+    return f'"{body}"'
+
+
+_ESCAPE = re.compile(r'\\.|"', re.DOTALL)  # an escape sequence, or a bare double quote
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")  # JSON's

@@ -32,7 +32,7 @@ from .options import (
 Handler = Callable[..., Any]
 T = TypeVar("T")
 
-_FUNCTION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+_FUNCTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")
 
 MAX_BATCH_SIZE = 10_000
 MAX_CONCURRENCY_CONSTRAINTS = 2  # as in Inngest: e.g. a global cap and a per-user cap
@@ -98,7 +98,7 @@ def define(
     retries: int, options: dict[str, Any],
 ) -> FunctionDef:
     """Validate a decorator call and build its FunctionDef."""
-    if not isinstance(id, str) or not _FUNCTION_ID.match(id):
+    if not isinstance(id, str) or not _FUNCTION_ID.fullmatch(id):
         raise ConfigurationError(
             f"function id {id!r} is invalid: 1-128 characters of letters, digits and . _ : / -, "
             "starting with a letter or digit"

@@ -26,7 +26,7 @@ from .errors import ConfigurationError
 from .events import Event, PreparedEvent
 from .runs import Run
 
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
 
@@ -40,7 +40,7 @@ def sql_dir() -> Path:
 
 
 def check_schema_name(schema: object) -> str:
-    if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+    if not isinstance(schema, str) or not _SCHEMA_NAME.fullmatch(schema):
         raise ConfigurationError(
             f"schema {schema!r} is not a valid name: use lower-case letters, digits and "
             "underscores, starting with a letter or underscore, at most 48 characters"

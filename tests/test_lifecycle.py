@@ -186,3 +186,23 @@ def test_cancel_on_never_cancels_a_run_with_its_own_or_an_earlier_event(app: Dur
     go_first, _ = app.send([Event("go", {"k": 8}), Event("stop", {"k": 8})])
     [stopped] = app.runs_for_event(go_first)
     assert app.wait_for_run(stopped.id, 20).status == "cancelled"
+
+
+def test_timeouts_start_counts_the_time_a_run_waits_prefetched(app: Durable) -> None:
+    """One thread, five 1.5 s runs due at once, start="1s": the runs claimed
+    ahead (prefetch) whose handlers would begin past 1 s are cancelled."""
+    began: list[float] = []
+
+    @app.function(id="slow", event="slow", timeouts=Timeouts(start="1s"))
+    def slow(ctx: Context) -> None:
+        began.append(time.monotonic())
+        time.sleep(1.5)
+
+    ids = app.send([Event("slow", {}) for _ in range(5)])
+    app.start(threads=1, prefetch=4)
+    runs = [app.wait_for_run(app.runs_for_event(e)[0].id, 30) for e in ids]
+    statuses = [r.status for r in runs]
+    assert statuses.count("completed") == len(began) == 1, statuses
+    for run in runs:
+        if run.status == "cancelled":
+            assert run.error is not None and run.error.message.startswith("timeouts.start")
