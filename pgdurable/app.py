@@ -29,8 +29,8 @@ from .functions import (
     Handler,
     define,
     failure_handler,
-    flow_options,
     run_options,
+    start_options,
 )
 from .rls import Rls, check_role
 from .runs import Run
@@ -385,7 +385,7 @@ class Durable:
             fdef = self.functions.get(run.function_id)
             retries = fdef.retries if fdef else DEFAULT_RETRIES
             event = self.store.event(conn, run.event_ids[0])
-            options = flow_options(fdef, event) if fdef and event else {}
+            options = start_options(fdef, event) if fdef and event else {}
             new_id = self.store.replay_run(conn, run.id, retries, options)
         assert new_id is not None
         return new_id

@@ -382,6 +382,16 @@ def run_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
     return options
 
 
+def start_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
+    """The options of a run of `fdef` started one by one for `event` (an
+    invoked child, a replay): flow control and cancel_on listeners, as a
+    sent event's run has them (admission is the send's alone)."""
+    options = flow_options(fdef, event)
+    if fdef.cancel_on:
+        options["cancels"] = _cancel_listeners(fdef, event.to_doc())
+    return options
+
+
 def flow_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
     """The options a run of `fdef` for `event` is claimed under, however it
     starts: concurrency keys and limits, throttle, priority in seconds."""

@@ -87,7 +87,7 @@ class Scheduler:
         if self._batched:
             due.append(self._store.start_due_batches(conn, self._batched))
         if self._debounced:
-            due.append(self._store.start_due_debounces(conn, self._debounced))
+            due.append(self._store.start_due_debounces(conn, self._debounced, self._dedupe))
         return min((d for d in due if d is not None), default=None)
 
     def register(self, conn: psycopg.Connection[Any], all_ids: Sequence[str]) -> None:

@@ -443,10 +443,11 @@ class Store:
         return None if row is None else row[0]
 
     def start_due_debounces(
-        self, conn: psycopg.Connection[Any], function_ids: Sequence[str]
+        self, conn: psycopg.Connection[Any], function_ids: Sequence[str], window: timedelta
     ) -> datetime | None:
-        """Start the runs of debounces that came due; when the next is due."""
-        row = self._run(conn, "start_due_debounces", (list(function_ids),)).fetchone()
+        """Start the runs of debounces that came due (admitted then, with
+        `window` for idempotency); when the next is due."""
+        row = self._run(conn, "start_due_debounces", (list(function_ids), window)).fetchone()
         return None if row is None else row[0]
 
     # -- management -------------------------------------------------------

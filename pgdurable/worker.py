@@ -35,7 +35,7 @@ from .context import Context
 from .control import Cancelled, Park, Suspend
 from .errors import ConfigurationError, RetryAfterError, StepError
 from .events import Event
-from .functions import FunctionDef, flow_options
+from .functions import FunctionDef, start_options
 from .journal import Journal
 from .rls import CURRENT_RUN, Rls
 from .schedules import Scheduler
@@ -338,8 +338,8 @@ class Worker:
         data_json: str, expires: datetime | None,
     ) -> str:
         claimed = state.claimed
-        options = flow_options(self._functions[function_id],
-                               Event(INVOKED_EVENT, serde.loads(data_json)))
+        options = start_options(self._functions[function_id],
+                                Event(INVOKED_EVENT, serde.loads(data_json)))
         outcome = self._with_db("invoke a function", partial(
             self._store.invoke_child, run_id=claimed.id, token=claimed.token, key=key,
             position=position, function_id=function_id, retries=retries,

@@ -154,7 +154,7 @@ SELECT min(next_tick) FROM {schema}.schedules WHERE function_id = ANY(%s::text[]
 SELECT {schema}.start_due_batches(%s::text[]);
 
 -- name: start_due_debounces
-SELECT {schema}.start_due_debounces(%s::text[]);
+SELECT {schema}.start_due_debounces(%s::text[], %s::interval);
 
 -- name: get_run
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import run_of, send_from_threads, status_of, wait_until
 
@@ -80,9 +81,25 @@ def test_the_rate_limit_holds_across_concurrent_senders_and_refills(app: Durable
         lambda ctx: None)
     send_from_threads(4, lambda _: [app.send("ping", {}) for _ in range(10)])
     assert statuses(app, "ping") == {"queued": 5, "skipped": 35}
-    # one slot comes back every 2 s / 5 = 0.4 s
+    # a slot comes back once the first admission is 2 s old
     wait_until(lambda: app.send("ping", {}) and statuses(app, "ping")["queued"] == 6,
                timeout=10, what="the limit to refill")
+
+
+def test_the_rate_limit_holds_in_every_window_not_only_in_buckets(
+    app: Durable, db: psycopg.Connection[Any]
+) -> None:
+    """Issue 22, s7: limit=3 per 3 s, then a send 1.05 s later and another
+    1.05 s after that: only the first three are admitted in those 2.1 s."""
+    app.function(id="ping", event="ping", rate_limit=RateLimit(limit=3, period="3s"))(
+        lambda ctx: None)
+    app.send([Event("ping", {}) for _ in range(3)])
+    for _ in range(2):
+        time.sleep(1.05)
+        app.send("ping", {})
+    assert statuses(app, "ping") == {"queued": 3, "skipped": 2}
+    admitted = db.execute(f"SELECT cardinality(admitted) FROM {app.schema}.rate_limits").fetchone()
+    assert admitted == (3,)
 
 
 def test_bad_admission_options(app: Durable) -> None:
@@ -172,3 +189,32 @@ def test_debounce_timeout_caps_the_delay(app: Durable) -> None:
     [run] = app.list_runs(function="autosave")
     assert 1.8 <= waited <= 5  # the 2 s cap, not the never-ending 1 s quiet period
     assert 5 <= app.wait_for_run(run.id, 20).output <= n  # the latest event at the cap
+
+
+@pytest.mark.parametrize("option", [
+    {"singleton": Singleton(key="data.k")},
+    {"rate_limit": RateLimit(limit=1, period="1h", key="data.k")},
+    {"idempotency": "data.k"},
+])
+def test_a_debounced_run_is_admitted_when_it_starts_with_its_last_event(
+    app: Durable, db: psycopg.Connection[Any], option: dict[str, Any]
+) -> None:
+    """Issue 22, s9: not one admission per event at send time (a phantom run
+    holding the singleton key; the run skipped as rate limited)."""
+    @app.function(id="settle", event="e", debounce=Debounce(period="300ms", key="data.k"),
+                  **option)
+    def settle(ctx: Context) -> int:
+        return int(ctx.event.data["n"])
+
+    app.start(threads=2)
+    app.send([Event("e", {"k": 1, "n": n}) for n in (1, 2)])
+    wait_until(lambda: app.list_runs(function="settle"), what="the debounced run")
+    [run] = app.list_runs(function="settle")
+    assert app.wait_for_run(run.id, 20).output == 2
+    assert statuses(app, "settle") == {"completed": 1}
+    orphans = db.execute(f"SELECT count(*) FROM {app.schema}.singletons s WHERE NOT EXISTS "
+                         f"(SELECT FROM {app.schema}.queue q WHERE q.run_id = s.run_id)").fetchone()
+    assert orphans == (0,)
+    if "singleton" in option:  # the key is free again: a later event starts a run
+        app.send("e", {"k": 1, "n": 3})
+        wait_until(lambda: statuses(app, "settle") == {"completed": 2}, what="a second run")

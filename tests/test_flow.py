@@ -10,6 +10,7 @@ overlap of steps per key, the number of run starts in any window.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -262,6 +263,35 @@ def test_throttle_is_per_key_and_drops_nothing(app: Durable) -> None:
     queued = app.list_runs(function="per-key", status="queued")
     assert len(queued) == 1  # the second of key 1: waits its turn, an hour on
     assert app.get_run(queued[0].id) is not None
+
+
+def test_throttle_holds_when_runs_also_wait_for_a_concurrency_slot(
+    spans: Durable, db: psycopg.Connection[Any]
+) -> None:
+    """Issue 22, s8: runs blocked on a full key must not start back to back
+    once the slot frees: each still waits its throttle turn."""
+    app, hold = spans, threading.Event()
+
+    @app.function(id="both", event="b", throttle=Throttle(limit=1, period="1s"),
+                  concurrency=Concurrency(limit=1))
+    def both(ctx: Context) -> None:
+        record(app, ctx.run_id, "", hold if ctx.event.data["first"] else None)
+
+    app.start(threads=4)
+    app.send("b", {"first": True})
+    wait_until(lambda: db.execute(f"SELECT count(*) FROM {app.schema}.spans").fetchone() == (1,),
+               what="the first run to start")
+    app.send([Event("b", {"first": False}) for _ in range(3)])
+    # Their throttle turns (1 s apart) all pass while they are blocked.
+    wait_until(lambda: db.execute(f"SELECT count(*) FROM {app.schema}.queue "
+                                  "WHERE blocked_key IS NOT NULL").fetchone() == (3,),
+               what="the three runs to block on the slot")
+    time.sleep(3.5)  # the scenario itself: a first run that holds its slot long
+    hold.set()
+    finished(app, "both", 4)
+    gaps = db.execute(f"SELECT extract(epoch FROM started - lag(started) OVER (ORDER BY started)) "
+                      f"FROM {app.schema}.spans ORDER BY started").fetchall()[1:]
+    assert all(gap >= 0.95 for (gap,) in gaps), gaps
 
 
 # -- priority ----------------------------------------------------------------

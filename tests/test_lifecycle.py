@@ -10,7 +10,16 @@ import psycopg
 import pytest
 from conftest import run_of, status_of, wait_until
 
-from pgdurable import Cancel, Context, Durable, Event, InvalidEventError, Timeouts
+from pgdurable import (
+    Cancel,
+    Context,
+    Debounce,
+    Durable,
+    Event,
+    InvalidEventError,
+    StepError,
+    Timeouts,
+)
 
 
 def test_cancel_on_cancels_sleeping_waiting_and_running_runs(app: Durable) -> None:
@@ -206,3 +215,45 @@ def test_timeouts_start_counts_the_time_a_run_waits_prefetched(app: Durable) -> 
     for run in runs:
         if run.status == "cancelled":
             assert run.error is not None and run.error.message.startswith("timeouts.start")
+
+
+@pytest.mark.parametrize("started_by", ["debounce", "replay", "invoke"])
+def test_cancel_on_holds_however_a_run_was_started(
+    app: Durable, db: psycopg.Connection[Any], started_by: str
+) -> None:
+    """Issue 22, s4: debounced runs, replays and invoked children listen too."""
+    options: dict[str, Any] = {"debounce": Debounce(period="200ms")} if started_by == "debounce" else {}
+
+    @app.function(id="listener", event="go", cancel_on=[Cancel(event="stop", match="data.k")],
+                  **options)
+    def listener(ctx: Context) -> None:
+        ctx.step.sleep("nap", "1h")
+
+    @app.function(id="parent", event="parent")
+    def parent(ctx: Context) -> str:
+        try:
+            ctx.step.invoke("call", function="listener", data={"k": 1})
+        except StepError as exc:
+            return exc.error_type
+        return "not cancelled"
+
+    app.start(threads=2)
+    if started_by == "invoke":
+        parent_run = run_of(app, "parent")
+    else:
+        app.send("go", {"k": 1})
+    wait_until(lambda: app.list_runs(function="listener", status="sleeping"), what="a sleeping run")
+    if started_by == "replay":
+        [first] = app.list_runs(function="listener")
+        assert app.cancel(first.id)
+        app.replay(first.id)
+        wait_until(lambda: app.list_runs(function="listener", status="sleeping"),
+                   what="the replay to sleep")
+    [target] = app.list_runs(function="listener", status="sleeping")
+    app.send("stop", {"k": 1})
+    assert app.wait_for_run(target.id, 20).status == "cancelled"
+    if started_by == "invoke":
+        assert app.wait_for_run(parent_run, 20).output == "Cancelled"
+    orphans = db.execute(f"SELECT count(*) FROM {app.schema}.waits w WHERE NOT EXISTS "
+                         f"(SELECT FROM {app.schema}.runs r WHERE r.id = w.run_id)").fetchone()
+    assert orphans == (0,)

@@ -165,6 +165,30 @@ def test_as_user_inside_a_transactional_step_commits_with_it(
         ("as_user", "jobs:post", "bob", run.id, "post", "write", "pgdurable_test_jobs")]
 
 
+def test_a_bypass_role_inside_a_transactional_step_commits_with_it(
+    as_login: Callable[..., Durable], db: psycopg.Connection[Any]
+) -> None:
+    """Issue 22, s14: the journal entry is written as the worker's own role,
+    not as the bypass role, which has only the app's table grants."""
+    jobs = as_login("pgdurable_test_jobs", bypass_role=BYPASS_ROLE)
+
+    @jobs.function(id="count-all", event="count-all")
+    def count_all(ctx: Context) -> list[Any]:
+        def read(conn: psycopg.Connection[Any]) -> list[Any]:
+            pgdurable.rls_bypass(conn, "jobs:count-all")
+            row = conn.execute("SELECT current_user").fetchone()
+            return [row[0] if row else None, bodies(conn, jobs.schema)]
+
+        return list(ctx.step.transaction("read", read))
+
+    [event_id] = jobs.send("count-all", {})
+    [run] = jobs.runs_for_event(event_id)
+    jobs.start(threads=1)
+    done = jobs.wait_for_run(run.id, 30)
+    assert (done.status, done.output) == ("completed", [BYPASS_ROLE, ["a1", "a2", "b1"]])
+    assert [row[6] for row in audit(db, jobs.schema)] == [BYPASS_ROLE]
+
+
 # -- the audit row goes with its work; nothing leaks ----------------------------------
 
 

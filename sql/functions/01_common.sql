@@ -34,26 +34,65 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- start_run: a new run of p_function for the events p_events (the first
--- is its triggering event), due now, with the flow-control options
--- p_options (see send_events); returns its id. Sends create their runs in
--- sets instead (send_events: the hot path); this is for the runs started
--- one by one (children, batches, debounces, failure handlers, replays).
+-- is its triggering event), due now, with the run options p_options (see
+-- send_events): admitted (idempotency, rate limit, singleton; p_window is
+-- the idempotency window) when it is created, listening for its cancel_on
+-- events from then on. Returns its id, or null if it was a duplicate (no
+-- run); a skipped run is recorded as such. Sends create their runs in sets
+-- instead (send_events: the hot path); this is for the runs started one by
+-- one (children, batches, debounces, failure handlers, replays).
 CREATE FUNCTION {schema}.start_run(
     p_function text, p_events text[], p_retries int, p_parent uuid DEFAULT NULL,
-    p_options jsonb DEFAULT NULL
+    p_options jsonb DEFAULT NULL, p_window interval DEFAULT NULL
 ) RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
     v_run uuid := {schema}.uuid_v7();
+    v_verdict jsonb := '"run"';
 BEGIN
+    IF p_options ?| ARRAY['idempotency', 'rate_limit', 'singleton'] THEN
+        v_verdict := {schema}.admit(v_run, p_function, p_options, coalesce(p_window, '0'));
+        IF v_verdict = '"duplicate"' THEN
+            RETURN NULL;
+        END IF;
+    END IF;
     INSERT INTO {schema}.runs (id, function_id, event_ids, parent_run_id)
     VALUES (v_run, p_function, p_events, p_parent);
+    IF v_verdict <> '"run"' THEN  -- rate limited, or a singleton in progress
+        INSERT INTO {schema}.results (run_id, status, error, attempt)
+        VALUES (v_run, 'skipped', v_verdict, 0);
+        RETURN v_run;
+    END IF;
     INSERT INTO {schema}.queue (run_id, function_id, event_id, event_count, available_at, retries,
                                 slot_keys, slot_limits, throttle)
     VALUES (v_run, p_function, p_events[1], cardinality(p_events),
             {schema}.flow_due(now(), p_options), p_retries, {schema}.flow_keys(p_options),
             {schema}.flow_limits(p_options), p_options -> 'throttle');
+    IF p_options ? 'cancels' THEN
+        PERFORM {schema}.listen_for_cancels(ARRAY[v_run], ARRAY[p_options -> 'cancels']);
+    END IF;
     RETURN v_run;
 END
+$$;
+
+-- listen_for_cancels: the runs p_runs listen, each for the events of its
+-- cancel_on listeners (p_cancels: [[event name, match path, match value,
+-- condition, condition vars, expires], ...] per run).
+CREATE FUNCTION {schema}.listen_for_cancels(p_runs uuid[], p_cancels jsonb[])
+RETURNS void LANGUAGE sql AS $$
+    WITH listening AS (
+        INSERT INTO {schema}.waits (run_id, step_key, event_name, match_path, match_value,
+                                    condition, condition_vars, cancel, expires_at)
+        SELECT x.run_id, 'cancel_on:' || c.ord, c.spec ->> 0,
+               ARRAY(SELECT jsonb_array_elements_text(c.spec -> 1)), c.spec -> 2,
+               (c.spec ->> 3)::jsonpath, nullif(c.spec -> 4, 'null'), true,
+               (c.spec ->> 5)::timestamptz
+        FROM unnest(p_runs, p_cancels) AS x(run_id, cancels),
+             jsonb_array_elements(x.cancels) WITH ORDINALITY AS c(spec, ord)
+        RETURNING event_name, match_path
+    )
+    INSERT INTO {schema}.wait_paths (event_name, match_path)
+    SELECT DISTINCT event_name, match_path FROM listening
+    ON CONFLICT DO NOTHING;
 $$;
 
 -- A run as a claim hands it to a worker. The first event comes as columns;

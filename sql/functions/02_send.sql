@@ -112,9 +112,14 @@ DECLARE
     v_due boolean;
     v_batch_functions text[];
     v_batch_keys text[];
+    v_listeners uuid[];
+    v_cancels jsonb[];
 BEGIN
     WITH planned AS MATERIALIZED (
+        -- A debounced run is admitted when it is created, with its last event
+        -- (start_due_debounces), not for each event that pushes it back.
         SELECT p.*, CASE WHEN p.options ?| ARRAY['idempotency', 'rate_limit', 'singleton']
+                              AND p.debounce IS NULL
                          THEN {schema}.admit(p.id, p.fn, p.options, p_dedupe)
                          ELSE '"run"' END AS verdict
         FROM (SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
@@ -162,25 +167,20 @@ BEGIN
         FROM planned WHERE batch IS NOT NULL
         ORDER BY event_id
         RETURNING function_id, batch_key
-    ), listening AS (  -- cancel_on: the run listens for the events that cancel it
-        INSERT INTO {schema}.waits (run_id, step_key, event_name, match_path, match_value,
-                                    condition, condition_vars, cancel, expires_at)
-        SELECT p.id, 'cancel_on:' || c.ord, c.spec ->> 0,
-               ARRAY(SELECT jsonb_array_elements_text(c.spec -> 1)), c.spec -> 2,
-               (c.spec ->> 3)::jsonpath, nullif(c.spec -> 4, 'null'), true,
-               (c.spec ->> 5)::timestamptz
-        FROM planned p, jsonb_array_elements(p.cancels) WITH ORDINALITY AS c(spec, ord)
-        WHERE p.cancels IS NOT NULL AND p.verdict = '"run"'
-        RETURNING event_name, match_path
-    ), listened AS (
-        INSERT INTO {schema}.wait_paths (event_name, match_path)
-        SELECT DISTINCT event_name, match_path FROM listening
-        ON CONFLICT DO NOTHING
     )
     SELECT coalesce((SELECT bool_or(available_at <= now()) FROM queued), false),
            (SELECT array_agg(function_id) FROM batched),
-           (SELECT array_agg(batch_key) FROM batched)
-    INTO v_due, v_batch_functions, v_batch_keys;
+           (SELECT array_agg(batch_key) FROM batched),
+           -- cancel_on: the runs started here listen for the events that cancel them
+           (SELECT array_agg(id) FROM planned
+            WHERE cancels IS NOT NULL AND verdict = '"run"' AND debounce IS NULL),
+           (SELECT array_agg(cancels) FROM planned
+            WHERE cancels IS NOT NULL AND verdict = '"run"' AND debounce IS NULL)
+    INTO v_due, v_batch_functions, v_batch_keys, v_listeners, v_cancels;
+
+    IF v_listeners IS NOT NULL THEN
+        PERFORM {schema}.listen_for_cancels(v_listeners, v_cancels);
+    END IF;
 
     IF v_batch_functions IS NOT NULL THEN
         PERFORM {schema}.start_full_batches(v_batch_functions, v_batch_keys);

@@ -79,9 +79,11 @@ END
 $$;
 
 -- start_due_debounces: start the run of every debounce of these functions
--- that came due, with its latest event (a sender pushing one back holds
--- its row: skipped). Returns when the next is due.
-CREATE FUNCTION {schema}.start_due_debounces(p_functions text[])
+-- that came due, with its latest event and that event's options (a sender
+-- pushing one back holds its row: skipped). The run is admitted then
+-- (idempotency within p_window, rate limit, singleton) and listens for its
+-- cancel_on events from then on. Returns when the next is due.
+CREATE FUNCTION {schema}.start_due_debounces(p_functions text[], p_window interval)
 RETURNS timestamptz LANGUAGE plpgsql AS $$
 DECLARE
     v_started int;
@@ -96,7 +98,7 @@ BEGIN
         WHERE d.function_id = due.function_id AND d.key = due.key
         RETURNING d.function_id, d.event_id, d.retries, d.flow
     )
-    SELECT count({schema}.start_run(function_id, ARRAY[event_id], retries, NULL, flow))
+    SELECT count({schema}.start_run(function_id, ARRAY[event_id], retries, NULL, flow, p_window))
     INTO v_started
     FROM fired;
     IF v_started > 0 THEN

@@ -16,9 +16,10 @@ CREATE FUNCTION {schema}.admit(p_run uuid, p_function text, p_options jsonb, p_w
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_key text := p_options -> 'rate_limit' ->> 0;
+    v_limit int := (p_options -> 'rate_limit' ->> 1)::int;
     v_period interval := make_interval(secs => (p_options -> 'rate_limit' ->> 2)::float8);
-    v_step interval := v_period / greatest((p_options -> 'rate_limit' ->> 1)::int, 1);
-    v_tat timestamptz;
+    v_admitted timestamptz[];
+    v_now timestamptz;
     v_holder uuid;
 BEGIN
     IF p_options ? 'idempotency' THEN
@@ -31,16 +32,24 @@ BEGIN
         END IF;
     END IF;
     IF p_options ? 'rate_limit' THEN
-        INSERT INTO {schema}.rate_limits (function_id, key, tat)
-        VALUES (p_function, v_key, now()) ON CONFLICT DO NOTHING;
-        SELECT greatest(r.tat, now()) INTO v_tat FROM {schema}.rate_limits r
+        -- A sliding log: admitted if fewer than `limit` runs were admitted
+        -- in the period before now, so no window of `period` ever holds
+        -- more than `limit` admissions.
+        -- Times are read once the key's row is locked (senders of a key take
+        -- turns), not at the start of the sender's transaction.
+        INSERT INTO {schema}.rate_limits (function_id, key)
+        VALUES (p_function, v_key) ON CONFLICT DO NOTHING;
+        SELECT r.admitted INTO v_admitted FROM {schema}.rate_limits r
         WHERE r.function_id = p_function AND r.key = v_key FOR UPDATE;
-        IF v_tat + v_step - now() > v_period THEN
+        v_now := clock_timestamp();
+        v_admitted := ARRAY(SELECT a FROM unnest(v_admitted) AS a WHERE a > v_now - v_period
+                            ORDER BY a);
+        IF cardinality(v_admitted) >= v_limit THEN
             RETURN jsonb_build_object('type', 'RateLimited', 'traceback', null, 'message',
                 format('rate limit of %s runs per %s reached%s',
-                       p_options -> 'rate_limit' ->> 1, v_period, {schema}.for_key(v_key)));
+                       v_limit, v_period, {schema}.for_key(v_key)));
         END IF;
-        UPDATE {schema}.rate_limits SET tat = v_tat + v_step
+        UPDATE {schema}.rate_limits SET admitted = v_admitted || v_now
         WHERE function_id = p_function AND key = v_key;
     END IF;
     IF p_options ? 'singleton' THEN

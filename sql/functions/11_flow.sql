@@ -151,6 +151,31 @@ BEGIN
         FROM unnest(p_runs) WITH ORDINALITY AS p(id, ord)
         JOIN {schema}.queue q ON q.run_id = p.id ORDER BY p.ord
     LOOP
+        -- Concurrency first: a run blocked on a full key must not spend its
+        -- throttle turn, or it would start unthrottled once a slot is
+        -- handed to it. Then the throttle, before any slot is taken: a
+        -- deferred run takes none (it keeps a slot handed to it).
+        v_full := NULL;
+        IF r.slot_keys IS NOT NULL AND NOT r.holds_slots THEN
+            FOR j IN 1 .. cardinality(r.slot_keys) LOOP
+                i := array_position(v_keys, r.slot_keys[j]);
+                IF r.slot_keys[j] IS DISTINCT FROM r.reserved_key
+                   AND v_used[i] + v_reserved[i] >= r.slot_limits[j] THEN
+                    v_full := r.slot_keys[j];
+                    EXIT;
+                END IF;
+            END LOOP;
+        END IF;
+        IF v_full IS NOT NULL THEN
+            v_block := v_block || r.run_id;
+            v_block_keys := v_block_keys || v_full;
+            IF r.reserved_key IS NOT NULL THEN
+                -- The slot it was handed goes on to the next blocked run (at
+                -- the end), not to a newcomer later in this loop.
+                v_given_back := v_given_back || r.reserved_key;
+            END IF;
+            CONTINUE;
+        END IF;
         IF r.throttle IS NOT NULL THEN
             -- Two GCRA clocks per key, each letting `burst` go at once: `tat`
             -- gives a new run its turn (a flood is spread out once, not
@@ -184,25 +209,6 @@ BEGIN
             v_unthrottled := v_unthrottled || r.run_id;
         END IF;
         CONTINUE WHEN r.slot_keys IS NULL OR r.holds_slots;
-        v_full := NULL;
-        FOR j IN 1 .. cardinality(r.slot_keys) LOOP
-            i := array_position(v_keys, r.slot_keys[j]);
-            IF r.slot_keys[j] IS DISTINCT FROM r.reserved_key
-               AND v_used[i] + v_reserved[i] >= r.slot_limits[j] THEN
-                v_full := r.slot_keys[j];
-                EXIT;
-            END IF;
-        END LOOP;
-        IF v_full IS NOT NULL THEN
-            v_block := v_block || r.run_id;
-            v_block_keys := v_block_keys || v_full;
-            IF r.reserved_key IS NOT NULL THEN
-                -- The slot it was handed goes on to the next blocked run (at
-                -- the end), not to a newcomer later in this loop.
-                v_given_back := v_given_back || r.reserved_key;
-            END IF;
-            CONTINUE;
-        END IF;
         FOR j IN 1 .. cardinality(r.slot_keys) LOOP
             i := array_position(v_keys, r.slot_keys[j]);
             v_used[i] := v_used[i] + 1;
