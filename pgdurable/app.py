@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -35,7 +36,7 @@ from .functions import (
 from .rls import Rls, check_role
 from .runs import Run
 from .steps import FRESH
-from .store import ClaimedRow, Store
+from .store import ClaimedRow, Store, is_transient
 from .worker import Worker
 
 H = TypeVar("H", bound=Handler)
@@ -229,8 +230,7 @@ class Durable:
         worker = self._worker
         reserved = 0 if worker is None else worker.reserve(_startable(worker, events, runs))
         if worker is None or not reserved:
-            with self._pooled() as own:
-                self.store.send_events(own, events, runs, self.dedupe_window)
+            self._send_plain(events, runs)
             return
         claimed: list[ClaimedRow] = []
         try:
@@ -241,6 +241,18 @@ class Durable:
             claimed = rows  # committed: now they are the worker's
         finally:
             worker.adopt(claimed, reserved)
+
+    def _send_plain(self, events: list[PreparedEvent], runs: list[list[Any]]) -> None:
+        """Send on a pooled connection; once more if a `migrate` recreated the
+        functions under the statement (it wrote nothing then)."""
+        try:
+            with self._pooled() as own:
+                self.store.send_events(own, events, runs, self.dedupe_window)
+        except psycopg.errors.InternalError_ as exc:
+            if not is_transient(exc):
+                raise
+            with self._pooled() as own:
+                self.store.send_events(own, events, runs, self.dedupe_window)
 
     @staticmethod
     def _run_spec(index: int, event: PreparedEvent, fdef: FunctionDef) -> list[Any]:
@@ -431,7 +443,17 @@ def _dsn_from_env(dsn: str | None) -> str:
     if not found:
         raise ConfigurationError(
             "no database given: pass a DSN or pool=, or set PGDURABLE_DSN or DATABASE_URL")
+    try:
+        psycopg.conninfo.conninfo_to_dict(found)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"{_redacted_text(found)!r} is not a PostgreSQL connection "
+                                 f"string or URL ({str(exc).strip()})") from None
     return found
+
+
+def _redacted_text(dsn: str) -> str:
+    """A DSN that did not parse, with anything that looks like a password cut."""
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn))
 
 
 def _redacted(conninfo: str) -> str:

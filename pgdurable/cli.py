@@ -9,16 +9,44 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from .app import Durable
-from .errors import DurableError
+from .errors import ConfigurationError, DurableError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _count(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an int from `low` (to `high`), else a one-line error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be {bounds}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more seconds")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pgdurable", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("PGDURABLE_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                        default=os.environ.get("PGDURABLE_LOG_LEVEL", "INFO").upper())
     commands = parser.add_subparsers(dest="command", required=True)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the schema")
@@ -33,12 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     worker = commands.add_parser("worker", help="run a worker for an app")
     worker.add_argument("app", help="where the app is, as module.path:attribute")
-    worker.add_argument("--threads", type=int, default=4)
-    worker.add_argument("--prefetch", type=int, default=None)
-    worker.add_argument("--shutdown-timeout", type=float, default=30.0)
+    worker.add_argument("--threads", type=_count(1, 256), default=4)
+    worker.add_argument("--prefetch", type=_count(0), default=None)
+    worker.add_argument("--shutdown-timeout", type=_seconds, default=30.0)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "migrate":
@@ -61,7 +89,11 @@ def load_app(path: str) -> Durable:
     if not attribute:
         raise DurableError(f"{path!r}: expected module.path:attribute, e.g. myapp.jobs:app")
     sys.path.insert(0, os.getcwd())
-    app = getattr(importlib.import_module(module_name), attribute, None)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DurableError(f"{path!r}: cannot import {module_name!r} ({exc})") from None
+    app = getattr(module, attribute, None)
     if not isinstance(app, Durable):
         raise DurableError(f"{path!r} is not a pgdurable.Durable app")
     return app
@@ -87,6 +119,8 @@ def run_worker(app: Durable, threads: int, prefetch: int | None, timeout: float)
         try:
             app.start(threads=threads, prefetch=prefetch)
             break
+        except ConfigurationError:  # a bad argument: waiting will not mend it
+            raise
         except DurableError as exc:  # Postgres not reachable or not migrated yet: keep trying
             log.warning("%s; retrying in 2 s", exc)
             stop.wait(2.0)

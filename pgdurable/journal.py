@@ -24,7 +24,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import serde
-from .store import Checkpoint, Finish, StepRecord, Store
+from .store import Checkpoint, Finish, StepRecord, Store, is_transient
 
 log = logging.getLogger("pgdurable.worker")
 
@@ -105,7 +105,9 @@ class Journal:
             try:
                 with self._pool.connection() as conn:
                     return self._store.flush(conn, steps, finishes, probes)
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
+                if not is_transient(exc):
+                    raise
                 log.warning("cannot write the journal (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -30,6 +30,14 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed statement is worth another try: a lost connection,
+    or a function dropped under it by a `migrate` that recreated the
+    schema's functions meanwhile (nothing was written; the new one is there)."""
+    return isinstance(exc, psycopg.OperationalError) or (
+        isinstance(exc, psycopg.errors.InternalError_) and "cache lookup failed" in str(exc))
+
+
 def sql_dir() -> Path:
     """Where the SQL files are: inside the installed package, or the source tree."""
     here = Path(__file__).resolve().parent

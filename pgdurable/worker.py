@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
-from tenacity import Retrying, retry_if_exception_type, stop_never, wait_random_exponential
+from tenacity import Retrying, retry_if_exception, stop_never, wait_random_exponential
 
 from . import serde
 from .context import Context
@@ -40,7 +40,7 @@ from .journal import Journal
 from .rls import CURRENT_RUN, Rls
 from .schedules import Scheduler
 from .steps import FRESH, Backoff, RunState, error_json, gives_up, retry_time
-from .store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec
+from .store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec, is_transient
 
 INVOKED_EVENT = "pgdurable/invoked"  # the event of a run started by step.invoke
 
@@ -227,15 +227,15 @@ class Worker:
     def _with_db(
         self, what: str, action: Callable[[psycopg.Connection[Any]], Any],
         until: threading.Event | None = None,
-        retry: type[Exception] = Exception,
+        retry: Callable[[BaseException], bool] = lambda exc: isinstance(exc, Exception),
     ) -> Any:
-        """Run `action` on a pooled connection, retrying with backoff while it
-        raises `retry` (default: anything, for the worker's own loops, which
-        must outlive any error) until it works or `until` (default: the
-        worker stopping) is set; None then."""
+        """Run `action` on a pooled connection, retrying with backoff while
+        `retry` says so of what it raises (default: anything, for the
+        worker's own loops, which must outlive any error) until it works or
+        `until` (default: the worker stopping) is set; None then."""
         until = until or self._stopping
         retrying = Retrying(
-            retry=retry_if_exception_type(retry),
+            retry=retry_if_exception(retry),
             wait=wait_random_exponential(multiplier=0.1, max=5.0),
             stop=stop_never,
             before_sleep=lambda state: self._log_db_error(what, state.outcome),
@@ -324,7 +324,7 @@ class Worker:
         claimed = state.claimed
         found = self._with_db("start a wait", partial(
             self._store.register_wait, run_id=claimed.id, token=claimed.token, key=key,
-            position=position, wait=wait), retry=psycopg.OperationalError)
+            position=position, wait=wait), retry=is_transient)
         return found or ("lost", None)
 
     def resolve(self, function: object) -> tuple[str, int]:
@@ -343,8 +343,7 @@ class Worker:
         outcome = self._with_db("invoke a function", partial(
             self._store.invoke_child, run_id=claimed.id, token=claimed.token, key=key,
             position=position, function_id=function_id, retries=retries,
-            data_json=data_json, expires=expires, options=options),
-            retry=psycopg.OperationalError)
+            data_json=data_json, expires=expires, options=options), retry=is_transient)
         return str(outcome or "lost")
 
     def send(self, events: list[Event]) -> list[str]:

@@ -5,6 +5,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import send_from_threads
 
 from pgdurable import ConfigurationError, Durable, MigrationError
 from pgdurable.store import Store
@@ -93,3 +94,35 @@ def test_changed_functions_are_recreated_by_migrate(app: Durable, db: psycopg.Co
     assert app.migrate() == []
     assert db.execute(f"SELECT count(*) FROM {app.schema}.queue_depth").fetchone() == (0,)
     app.start(threads=1)
+
+
+def test_sends_go_on_while_migrate_recreates_the_functions(
+    app: Durable, db: psycopg.Connection[Any]
+) -> None:
+    """Issue 22, s16: a send whose function is swapped under it by an
+    upgrade is tried once more, not failed."""
+    app.function(id="f", event="e")(lambda ctx: None)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def send(_: int) -> None:
+        for _ in range(100):
+            try:
+                app.send("e", {})
+            except Exception as exc:
+                errors.append(exc)
+
+    def upgrade() -> None:
+        while not stop.is_set():
+            db.execute(f"UPDATE {app.schema}.schema_functions SET checksum = 'old'")
+            app.migrate()
+
+    upgrader = threading.Thread(target=upgrade)
+    upgrader.start()
+    try:
+        send_from_threads(3, send)
+    finally:
+        stop.set()
+        upgrader.join(30)
+    assert errors == []
+    assert db.execute(f"SELECT count(*) FROM {app.schema}.runs").fetchone() == (300,)
