@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -209,9 +210,18 @@ class Durable:
         and only if it commits. Returns the event ids, in order; an id already
         seen within the dedupe window is returned and nothing more is done.
         """
-        events = self._events_of(name_or_events, data, id, ts)
-        prepared = [prepare(e, self._schemas.get(e.name), max_bytes=self.max_event_bytes)
-                    for e in events]
+        return self._send(self._events_of(name_or_events, data, id, ts), conn, generated=False)
+
+    def send_generated(self, events: list[Event]) -> list[str]:
+        """`send` for events from `step.send_event`, whose ids may be in the
+        namespace reserved for the ids pgdurable generates."""
+        return self._send(events, None, generated=True)
+
+    def _send(
+        self, events: list[Event], conn: psycopg.Connection[Any] | None, *, generated: bool
+    ) -> list[str]:
+        prepared = [prepare(e, self._schemas.get(e.name), max_bytes=self.max_event_bytes,
+                            generated=generated) for e in events]
         unique = list({p.id: p for p in reversed(prepared)}.values())[::-1]
         runs = [self._run_spec(index, event, fdef)
                 for index, event in enumerate(unique, start=1)
@@ -220,17 +230,19 @@ class Durable:
             with _translated_errors(self.schema):
                 self.store.send_events(conn, unique, runs, self.dedupe_window)
         else:
-            self._send_own(unique, runs)
+            self._send_own(unique, runs, generated)
         return [p.id for p in prepared]
 
-    def _send_own(self, events: list[PreparedEvent], runs: list[list[Any]]) -> None:
+    def _send_own(
+        self, events: list[PreparedEvent], runs: list[list[Any]], generated: bool
+    ) -> None:
         """Send on a pooled connection. New runs that this process's worker can
         start in idle threads are claimed in the sending transaction and
         handed to it once that commits: they start without a claim round trip."""
         worker = self._worker
         reserved = 0 if worker is None else worker.reserve(_startable(worker, events, runs))
         if worker is None or not reserved:
-            self._send_plain(events, runs)
+            self._send_plain(events, runs, generated)
             return
         claimed: list[ClaimedRow] = []
         try:
@@ -242,17 +254,21 @@ class Durable:
         finally:
             worker.adopt(claimed, reserved)
 
-    def _send_plain(self, events: list[PreparedEvent], runs: list[list[Any]]) -> None:
+    def _send_plain(
+        self, events: list[PreparedEvent], runs: list[list[Any]], generated: bool
+    ) -> None:
         """Send on a pooled connection; once more if a `migrate` recreated the
         functions under the statement (it wrote nothing then)."""
+        send = partial(self.store.send_events, events=events, runs=runs,
+                       dedupe_window=self.dedupe_window, generated=generated)
         try:
             with self._pooled() as own:
-                self.store.send_events(own, events, runs, self.dedupe_window)
+                send(own)
         except psycopg.errors.InternalError_ as exc:
             if not is_transient(exc):
                 raise
             with self._pooled() as own:
-                self.store.send_events(own, events, runs, self.dedupe_window)
+                send(own)
 
     @staticmethod
     def _run_spec(index: int, event: PreparedEvent, fdef: FunctionDef) -> list[Any]:

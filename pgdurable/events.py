@@ -19,6 +19,9 @@ from .errors import InvalidEventError, PayloadTooLargeError, SerializationError
 
 MAX_NAME_LENGTH = 256
 MAX_ID_LENGTH = 256
+# Ids pgdurable generates for events sent from steps (`step.send_event`):
+# no sender may use it, so none can take such an id first.
+GENERATED_ID_PREFIX = "pgdurable:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +90,10 @@ def check_name(name: object, *, what: str = "event name") -> str:
 
 
 def prepare(
-    event: Event, schema: type[BaseModel] | None, *, max_bytes: int
+    event: Event, schema: type[BaseModel] | None, *, max_bytes: int, generated: bool = False
 ) -> PreparedEvent:
-    """Validate one event against its schema and limits, and serialize it."""
+    """Validate one event against its schema and limits, and serialize it.
+    Only `generated` events (pgdurable's own) may have ids in its namespace."""
     name = check_name(event.name)
     data = _validated_data(name, event.data, schema)
     try:
@@ -101,7 +105,7 @@ def prepare(
             f"data of event {name!r} is {len(data_json):,} bytes of JSON, "
             f"over the limit of {max_bytes:,} bytes"
         )
-    event_id = new_event_id() if event.id is None else _checked_id(name, event.id)
+    event_id = new_event_id() if event.id is None else _checked_id(name, event.id, generated)
     ts = None if event.ts is None else require_aware(
         event.ts, what=f"ts of event {name!r}", error=InvalidEventError)
     return PreparedEvent(event_id, name, data_json, ts)
@@ -125,11 +129,14 @@ def _validated_data(name: str, data: Any, schema: type[BaseModel] | None) -> Any
         raise InvalidEventError(f"event {name!r} does not match its schema: {problems}") from None
 
 
-def _checked_id(name: str, event_id: object) -> str:
+def _checked_id(name: str, event_id: object, generated: bool) -> str:
     if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
         raise InvalidEventError(
             f"id of event {name!r} must be a non-empty str of at most {MAX_ID_LENGTH} characters"
         )
     if "\x00" in event_id:
         raise InvalidEventError(f"id of event {name!r} contains a NUL character")
+    if event_id.startswith(GENERATED_ID_PREFIX) and not generated:
+        raise InvalidEventError(f"id of event {name!r} starts with {GENERATED_ID_PREFIX!r}, "
+                                "which is reserved for the ids pgdurable generates")
     return event_id

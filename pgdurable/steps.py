@@ -40,7 +40,7 @@ from .errors import (
     StepError,
     StepOrderError,
 )
-from .events import Event, check_name
+from .events import GENERATED_ID_PREFIX, Event, check_name
 from .expressions import event_filter
 from .parallel import AsyncStepGate, StepGate, claim_step_id, in_branch, run_tasks, run_threads
 from .rls import CURRENT_STEP, Rls
@@ -512,7 +512,8 @@ def _with_ids(state: RunState, step_id: str, events: Event | list[Event]) -> lis
     if not items:
         raise TypeError(f"send_event takes an Event or a non-empty list of Events, not {events!r}")
     key = state.peek_key(step_id)
-    return [e if e.id is not None else replace(e, id=f"{state.claimed.id}/{key}/{n}")
+    return [e if e.id is not None
+            else replace(e, id=f"{GENERATED_ID_PREFIX}{state.claimed.id}/{key}/{n}")
             for n, e in enumerate(items)]
 
 

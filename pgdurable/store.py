@@ -297,10 +297,13 @@ class Store:
         events: Sequence[PreparedEvent],
         runs: Sequence[Sequence[Any]],
         dedupe_window: timedelta,
+        generated: bool = False,
     ) -> None:
         """Insert events and the runs they trigger; `runs` holds [1-based
-        event index, function id, retries, cancel_on listeners (optional)]."""
-        self._run(conn, "send_events", _send_params(events, runs, dedupe_window))
+        event index, function id, retries, cancel_on listeners (optional)].
+        `generated` events (pgdurable's own) may use its reserved id namespace."""
+        self._run(conn, "send_generated" if generated else "send_events",
+                  _send_params(events, runs, dedupe_window))
 
     def send_and_claim(
         self,

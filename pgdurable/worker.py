@@ -347,7 +347,7 @@ class Worker:
         return str(outcome or "lost")
 
     def send(self, events: list[Event]) -> list[str]:
-        return self._app.send(events)
+        return self._app.send_generated(events)
 
     def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
         return self._app.connection()

@@ -60,6 +60,9 @@ SELECT to_regclass(%s) IS NOT NULL;
 -- name: send_events
 SELECT FROM {schema}.send_events(%s::jsonb, %s::jsonb, %s::interval);
 
+-- name: send_generated
+SELECT FROM {schema}.send_generated(%s::jsonb, %s::jsonb, %s::interval);
+
 -- name: send_and_claim
 SELECT * FROM {schema}.send_and_claim(%s::jsonb, %s::jsonb, %s::interval, %s, %s::text[], %s,
                                       %s::interval);

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from conftest import run_of, wait_until
 
-from pgdurable import ConfigurationError, Context, Durable, Event, StepError
+from pgdurable import ConfigurationError, Context, Durable, Event, InvalidEventError, StepError
 
 
 def test_invoke_returns_the_child_output_and_links_the_runs(app: Durable) -> None:
@@ -109,7 +109,7 @@ def test_send_event_sends_once_across_retries(app: Durable, db: psycopg.Connecti
     app.start(threads=2)
     run_id = run_of(app, "user/signed-up", {"email": "a@example.com"})
     ids = app.wait_for_run(run_id, 20).output
-    assert ids == [f"{run_id}/welcome/0", "fixed"]
+    assert ids == [f"pgdurable:{run_id}/welcome/0", "fixed"]
     wait_until(lambda: received["a@example.com"] == 1, what="the email")
     assert attempts["handler"] == 3
     count = db.execute(f"SELECT count(*) FROM {app.schema}.events WHERE name = 'email/send'").fetchone()
@@ -193,3 +193,53 @@ def test_a_cancel_racing_a_claim_is_not_lost(app: Durable, dsn: str) -> None:
         flagged = conn.execute(f"SELECT cancel_requested FROM {app.schema}.queue WHERE run_id = %s",
                                (run_id,)).fetchone()
     assert flagged == (True,)  # the running run stops at its next step boundary
+
+
+# -- issue 22, s12: ids pgdurable generates cannot be taken first -------------
+
+
+def test_an_event_sent_first_under_a_guessable_id_does_not_hijack_an_invoke(app: Durable) -> None:
+    gate = threading.Event()
+
+    @app.function(id="charge", event="never")
+    def charge(ctx: Context) -> Any:
+        return [ctx.event.name, ctx.event.data["amount"]]
+
+    @app.function(id="checkout", event="checkout")
+    def checkout(ctx: Context) -> Any:
+        ctx.step.run("wait", lambda: gate.wait(20))
+        return ctx.step.invoke("charge", function="charge", data={"amount": 10})
+
+    app.start(threads=2)
+    run_id = run_of(app, "checkout")
+    app.send("never", {"amount": 10000}, id=f"{run_id}/charge")  # what used to be its id
+    gate.set()
+    assert app.wait_for_run(run_id, 20).output == ["pgdurable/invoked", 10]
+
+
+def test_an_event_sent_first_under_a_guessable_id_does_not_stop_on_failure(app: Durable) -> None:
+    handled = threading.Event()
+    gate = threading.Event()
+
+    @app.function(id="fragile", event="go", retries=0, on_failure=lambda ctx: handled.set())
+    def fragile(ctx: Context) -> None:
+        ctx.step.run("wait", lambda: gate.wait(20))
+        raise RuntimeError("down")
+
+    app.start(threads=2)
+    run_id = run_of(app, "go")
+    app.send("x", {}, id=f"{run_id}/failed")  # what used to be its handler's event id
+    gate.set()
+    assert app.wait_for_run(run_id, 20).status == "failed"
+    assert handled.wait(20), "the on_failure handler ran"
+
+
+def test_senders_cannot_use_the_reserved_id_namespace(
+    app: Durable, db: psycopg.Connection[Any]
+) -> None:
+    with pytest.raises(InvalidEventError, match="reserved for the ids pgdurable generates"):
+        app.send("x", {}, id="pgdurable:0/welcome/0")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="reserved"):
+        db.execute(f"SELECT {app.schema}.send_events(%s::jsonb, '[]', '1h')",
+                   ('[["pgdurable:0/welcome/0", "x", {}, null]]',))
+    assert db.execute(f"SELECT count(*) FROM {app.schema}.events").fetchone() == (0,)

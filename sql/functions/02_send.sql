@@ -11,7 +11,26 @@
 --               debounce: [key, period in seconds, timeout in seconds or null]
 --               idempotency, rate_limit, singleton: see admit
 --               slots, throttle, priority: see 11_flow.sql
+-- Ids starting with 'pgdurable:' are pgdurable's own (send_generated):
+-- refused here, so no sender can take one first.
 CREATE FUNCTION {schema}.send_events(p_events jsonb, p_runs jsonb, p_dedupe interval)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_reserved text := (SELECT x ->> 0 FROM jsonb_array_elements(p_events) AS x
+                        WHERE starts_with(x ->> 0, 'pgdurable:') LIMIT 1);
+BEGIN
+    IF v_reserved IS NOT NULL THEN
+        RAISE EXCEPTION 'event id % is in the namespace reserved for pgdurable''s own ids',
+            v_reserved USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Give events ids that do not start with ''pgdurable:''.';
+    END IF;
+    PERFORM {schema}.send_generated(p_events, p_runs, p_dedupe);
+END
+$$;
+
+-- send_generated: send_events for events sent from steps (step.send_event),
+-- whose ids pgdurable generates (in its reserved namespace); workers only.
+CREATE FUNCTION {schema}.send_generated(p_events jsonb, p_runs jsonb, p_dedupe interval)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     IF (SELECT s.due FROM {schema}.store_events(p_events, p_runs, p_dedupe) s) THEN
