@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -70,13 +71,37 @@ def test_same_id_is_acted_on_once(app: Durable, db: psycopg.Connection[Any]) -> 
     assert data == ({"n": 1},)
 
 
-def test_id_is_reusable_after_the_dedupe_window(make_app: Any) -> None:
+def test_a_stored_event_is_never_rewritten_even_after_the_window(make_app: Any) -> None:
+    """Issue 22, s13: a run in flight must not see its event change under it."""
     app = make_app(dedupe_window="0s")
     app.migrate()
-    register_two(app)
+    seen: list[Any] = []
+    gate = threading.Event()
+
+    @app.function(id="reader", event="receipt/process")
+    def reader(ctx: Context) -> None:
+        ctx.step.run("wait", lambda: gate.wait(20))
+        seen.append((ctx.event.name, dict(ctx.event.data)))
+
+    app.start(threads=1)
     app.send("receipt/process", {"n": 1}, id="again")
-    app.send("receipt/process", {"n": 2}, id="again")
-    assert len(app.runs_for_event("again")) == 4
+    app.send("other/name", {"n": 2}, id="again")
+    gate.set()
+    [run] = app.runs_for_event("again")
+    app.wait_for_run(run.id, 20)
+    assert seen == [("receipt/process", {"n": 1})]
+    stored = app.get_event("again")
+    assert stored is not None and (stored.name, stored.data) == ("receipt/process", {"n": 1})
+
+
+def test_a_negative_window_from_a_caller_rewrites_nothing(
+    app: Durable, db: psycopg.Connection[Any]
+) -> None:
+    app.send("receipt/process", {"n": 1}, id="kept")
+    db.execute(f"SELECT {app.schema}.send_events(%s::jsonb, '[]', '-1 day')",
+               ('[["kept", "evil", {"n": 666}, null]]',))
+    stored = app.get_event("kept")
+    assert stored is not None and (stored.name, stored.data) == ("receipt/process", {"n": 1})
 
 
 class CountingCursor(psycopg.Cursor[Any]):

@@ -1,7 +1,8 @@
 -- Sending events: store them, create their runs, wake waiting steps.
 
--- send_events: insert events (skipping ids seen within the dedupe window)
--- and the runs they trigger, in one statement; NOTIFY once if any run is due.
+-- send_events: insert events (skipping ids already stored) and the runs
+-- they trigger, in one statement; NOTIFY once if any run is due. p_dedupe
+-- is how long an idempotency key holds.
 --   p_events: [[id, name, data, ts or null], ...]
 --   p_runs:   [[1-based index of the event, function id, retries, options], ...]
 --             options (optional), each key optional:
@@ -58,6 +59,9 @@ DECLARE
     v_inserted text[];
     v_names text[];
 BEGIN
+    -- The window bounds idempotency keys; a caller's negative one would end
+    -- them before they are written.
+    p_dedupe := greatest(p_dedupe, interval '0');
     PERFORM pg_advisory_xact_lock_shared(k)
     FROM (SELECT DISTINCT {schema}.event_lock_key(x ->> 1) AS k
           FROM jsonb_array_elements(p_events) AS x ORDER BY 1) AS keys;
@@ -69,12 +73,11 @@ BEGIN
     ), inserted AS (
         -- received_at: when this statement ran, not when its transaction
         -- began (a sender's transaction may be old): see register_wait.
+        -- A stored event is never rewritten (runs, waits and audits refer
+        -- to it): an id already stored is a duplicate, however old.
         INSERT INTO {schema}.events AS e (id, name, data, ts, received_at)
         SELECT id, name, data, coalesce(ts, now()), clock_timestamp() FROM input
-        ON CONFLICT (id) DO UPDATE
-            SET name = excluded.name, data = excluded.data, ts = excluded.ts,
-                received_at = excluded.received_at
-            WHERE e.received_at < now() - p_dedupe
+        ON CONFLICT (id) DO NOTHING
         RETURNING e.id, e.name, e.data, e.ts
     ), planned AS MATERIALIZED (  -- plain runs; those with options: start_runs_with_options
         SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
