@@ -29,8 +29,8 @@ from zoneinfo import ZoneInfo
 import psycopg
 from croniter import croniter
 
-from .events import PreparedEvent
-from .functions import FunctionDef, Schedule
+from .events import GENERATED_ID_PREFIX, Event, PreparedEvent
+from .functions import FunctionDef, Schedule, run_options
 from .store import Store
 
 CRON_EVENT = "pgdurable/cron"
@@ -109,8 +109,8 @@ class Scheduler:
                 ticks, following = ticks_to_run(fdef.schedule, due, now)
                 if ticks:
                     events = [self._tick_event(fdef, tick) for tick in ticks]
-                    runs = [[n, fdef.id, fdef.retries] for n in range(1, len(events) + 1)]
-                    self._store.send_events(conn, events, runs, self._dedupe)
+                    runs = [_tick_run(n, fdef, e) for n, e in enumerate(events, start=1)]
+                    self._store.send_events(conn, events, runs, self._dedupe, generated=True)
                 self._store.set_next_tick(conn, function_id, following)
         return self._store.next_tick(conn, self.function_ids)
 
@@ -119,4 +119,14 @@ class Scheduler:
         assert fdef.schedule is not None
         data = {"function_id": fdef.id, "cron": fdef.schedule.cron,
                 "timezone": fdef.schedule.timezone, "tick": tick.isoformat()}
-        return PreparedEvent(f"cron/{fdef.id}/{tick.isoformat()}", CRON_EVENT, json.dumps(data), tick)
+        # In the reserved namespace: no sender can take a tick's id first.
+        return PreparedEvent(f"{GENERATED_ID_PREFIX}cron/{fdef.id}/{tick.isoformat()}",
+                             CRON_EVENT, json.dumps(data), tick)
+
+
+def _tick_run(index: int, fdef: FunctionDef, event: PreparedEvent) -> list[Any]:
+    """A tick's run, with the function's options like any sent event's."""
+    if not fdef.has_run_options:
+        return [index, fdef.id, fdef.retries]
+    doc = Event(event.name, json.loads(event.data_json), event.id, event.ts)
+    return [index, fdef.id, fdef.retries, run_options(fdef, doc)]

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from conftest import wait_until
 
-from pgdurable import ConfigurationError, Context, Durable
+from pgdurable import Cancel, ConfigurationError, Context, Durable
 from pgdurable.functions import Schedule
 from pgdurable.schedules import following_tick, ticks_to_run
 
@@ -96,3 +96,18 @@ def test_three_processes_start_one_run_per_tick(
     assert all(count == 1 for _, count in rows), rows
     # no tick skipped between the first and the last
     assert [(b - a).total_seconds() for a, b in pairwise(ticks)] == [1.0] * (len(ticks) - 1)
+
+
+def test_cron_runs_carry_the_function_s_options(app: Durable) -> None:
+    """Issue 22, s4's pattern: a run started by a cron tick listens for its
+    cancel_on events like a sent event's run."""
+    @app.function(id="ticking", cron="* * * * * *", cancel_on=[Cancel(event="stop")])
+    def ticking(ctx: Context) -> None:
+        ctx.step.sleep("nap", "1h")
+
+    app.start(threads=2)
+    [first, *_] = wait_until(lambda: app.list_runs(function="ticking", status="sleeping"),
+                             what="a tick's run asleep")
+    app.send("stop", {})
+    assert app.wait_for_run(first.id, 20).status == "cancelled"
+    assert first.event_ids[0].startswith("pgdurable:cron/ticking/")

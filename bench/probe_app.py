@@ -1,0 +1,52 @@
+"""The app that bench/probe_cancel.py runs in worker processes.
+
+Each step records when it began, on the database's clock, in `effects`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+from psycopg import sql
+
+from pgdurable import Context, Durable, RetryAfterError
+
+app = Durable(os.environ["PGDURABLE_DSN"], schema=os.environ["PGDURABLE_SCHEMA"], lease="2s")
+
+
+def effect(run_id: str, step: str) -> None:
+    with app.connection() as conn:
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, clock_timestamp())").format(
+            sql.Identifier(app.schema, "effects")), (run_id, step))
+
+
+def gap() -> None:
+    """Plain handler code between steps: none, a little, or a while."""
+    time.sleep(random.choice((0, 0, 0.002, 0.02, 0.2)))
+
+
+@app.function(id="probe", event="probe", retries=5)
+def probe(ctx: Context) -> str:
+    gap()
+    ctx.step.run("a", effect, ctx.run_id, "a")
+    gap()
+    ctx.step.run("b", effect, ctx.run_id, "b")
+    gap()
+    ending = int(ctx.event.data["n"]) % 5
+    if ending == 0:
+        ctx.step.wait_for_event("never", event="never")
+    elif ending == 1:
+        ctx.step.sleep("nap", "1h")
+    elif ending == 2:
+        ctx.step.invoke("call", function="child")
+    elif ending == 3 and ctx.attempt == 0:
+        ctx.step.run("later", lambda: (_ for _ in ()).throw(RetryAfterError("later", "1h")))
+    ctx.step.run("c", effect, ctx.run_id, "c")
+    return "done"
+
+
+@app.function(id="child", event="child")
+def child(ctx: Context) -> None:
+    effect(ctx.run_id, "child")

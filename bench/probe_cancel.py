@@ -1,0 +1,106 @@
+"""Probe: a cancel that returned True is kept (issue 22, section 1).
+
+    python bench/probe_cancel.py [--runs 600] [--workers 3] [--seed 1]
+
+Runs of 3-4 steps, with plain code of random length between them, ending
+in a wait, a sleep, an invoke, a retry in an hour or a last step, on
+several worker processes. A canceller cancels each run at a random moment
+(before it starts, while it runs, between steps, once parked) and records,
+on the database's clock, when `app.cancel()` returned True. Then, by SQL:
+every run whose cancel returned True ended `cancelled`, no step of it began
+after that moment, no invoked child started after it, and nothing of it is
+left in the queue or the waits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+from common import DSN, describe, fresh_schema, wait_for
+
+from pgdurable import Durable, Event
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=600)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    with fresh_schema() as schema, psycopg.connect(DSN, autocommit=True) as db:
+        app = Durable(DSN, schema=schema)
+        app.migrate()
+        for fid, event in (("probe", "probe"), ("child", "child")):
+            app.function(id=fid, event=event)(lambda ctx: None)
+        db.execute(f"CREATE TABLE {schema}.effects (run_id uuid, step text, at timestamptz)")
+        db.execute(f"CREATE TABLE {schema}.cancels (run_id uuid, returned_at timestamptz)")
+        env = {**os.environ, "PGDURABLE_DSN": DSN, "PGDURABLE_SCHEMA": schema,
+               "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+        workers = [subprocess.Popen([sys.executable, "-m", "pgdurable", "--log-level", "ERROR",
+                                     "worker", "probe_app:app", "--threads", "4"], env=env)
+                   for _ in range(args.workers)]
+        try:
+            started = time.perf_counter()
+            runs = [app.runs_for_event(e)[0].id
+                    for e in app.send([Event("probe", {"n": n}) for n in range(args.runs)])]
+
+            def cancel(run_id: str, delay: float) -> None:
+                time.sleep(delay)
+                if app.cancel(run_id):
+                    db.execute(f"INSERT INTO {schema}.cancels VALUES (%s, clock_timestamp())",
+                               (run_id,))
+
+            cancellers = [threading.Thread(target=cancel, args=(r, rng.uniform(0, 3)))
+                          for r in runs]
+            for thread in cancellers:
+                thread.start()
+            for thread in cancellers:
+                thread.join()
+            with contextlib.suppress(TimeoutError):  # what is left is counted below
+                wait_for(lambda: db.execute(
+                    f"SELECT count(*) FROM {schema}.queue q JOIN {schema}.cancels c USING (run_id)"
+                ).fetchone() == (0,), timeout=60)
+            elapsed = time.perf_counter() - started
+        finally:
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                worker.wait(30)
+        check(db, schema, args.runs, elapsed)
+
+
+def check(db: psycopg.Connection, schema: str, runs: int, elapsed: float) -> None:  # type: ignore[type-arg]
+    def one(query: str) -> int:
+        row = db.execute(query.format(s=schema)).fetchone()
+        return int(row[0]) if row else -1
+
+    cancelled = one("SELECT count(*) FROM {s}.cancels")
+    not_cancelled = one("SELECT count(*) FROM {s}.cancels c JOIN {s}.run_state r ON r.id = c.run_id "
+                        "WHERE r.status <> 'cancelled'")
+    late_steps = one("SELECT count(*) FROM {s}.cancels c JOIN {s}.effects e USING (run_id) "
+                     "WHERE e.at > c.returned_at")
+    late_children = one("SELECT count(*) FROM {s}.cancels c JOIN {s}.runs r "
+                        "ON r.parent_run_id = c.run_id WHERE r.created_at > c.returned_at")
+    left = one("SELECT count(*) FROM {s}.cancels c WHERE EXISTS (SELECT FROM {s}.waits w "
+               "WHERE w.run_id = c.run_id) OR EXISTS (SELECT FROM {s}.queue q WHERE q.run_id = c.run_id)")
+    print(f"cancel probe: {runs} runs, {cancelled} cancels returned True, in {elapsed:.1f} s; "
+          f"not ended cancelled: {not_cancelled}; steps begun after the cancel returned: "
+          f"{late_steps}; children started after it: {late_children}; left in queue or "
+          f"waits: {left} ({describe()})")
+    assert not_cancelled == late_steps == late_children == left == 0
+
+
+if __name__ == "__main__":
+    main()
