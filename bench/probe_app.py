@@ -50,3 +50,14 @@ def probe(ctx: Context) -> str:
 @app.function(id="child", event="child")
 def child(ctx: Context) -> None:
     effect(ctx.run_id, "child")
+
+
+@app.function(id="awaits", event="awaits")
+def awaits(ctx: Context) -> str | None:
+    def a() -> None:
+        effect(ctx.run_id, "a")
+        time.sleep(random.uniform(0, 0.3))
+
+    ctx.step.run("a", a)
+    got = ctx.step.wait_for_event("w", event="go", match="data.n", timeout="5s")
+    return None if got is None else got.id
