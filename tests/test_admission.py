@@ -218,3 +218,31 @@ def test_a_debounced_run_is_admitted_when_it_starts_with_its_last_event(
     if "singleton" in option:  # the key is free again: a later event starts a run
         app.send("e", {"k": 1, "n": 3})
         wait_until(lambda: statuses(app, "settle") == {"completed": 2}, what="a second run")
+
+
+def test_a_run_one_option_refuses_spends_no_other_option_s_budget(app: Durable) -> None:
+    """Issue 22's pattern "one option's bookkeeping spent before another has
+    decided", at send time: a rate-limited run does not use up its
+    idempotency key, and a singleton-skipped run takes no place in the rate
+    limit's window."""
+    app.function(id="once", event="once", idempotency="data.order",
+                 rate_limit=RateLimit(limit=1, period="1s"))(lambda ctx: None)
+    app.send("once", {"order": "a"})  # admitted: takes the one place of this second
+    app.send("once", {"order": "b"})  # rate limited: its key must stay unused
+    assert statuses(app, "once") == {"queued": 1, "skipped": 1}
+    wait_until(lambda: app.send("once", {"order": "b"}) and statuses(app, "once")["queued"] == 2,
+               timeout=10, what="order b to run once the window frees")
+
+    gate = threading.Event()
+    app.function(id="solo", event="solo", singleton=Singleton(key="data.k"),
+                 rate_limit=RateLimit(limit=2, period="1h", key="data.k"))(
+        lambda ctx: ctx.step.run("hold", lambda: gate.wait(20)))
+    app.start(threads=2)
+    first = run_of(app, "solo", {"k": 1})
+    wait_until(lambda: status_of(app, first) == "running", what="the first run")
+    skipped = run_of(app, "solo", {"k": 1})  # a singleton skip: no place taken
+    assert status_of(app, skipped) == "skipped"
+    gate.set()
+    assert app.wait_for_run(first, 20).status == "completed"
+    second = run_of(app, "solo", {"k": 1})
+    assert app.wait_for_run(second, 20).status == "completed", "the limit of 2 was not spent"
