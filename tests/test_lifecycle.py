@@ -198,17 +198,18 @@ def test_cancel_on_never_cancels_a_run_with_its_own_or_an_earlier_event(app: Dur
 
 
 def test_timeouts_start_counts_the_time_a_run_waits_prefetched(app: Durable) -> None:
-    """One thread, five 1.5 s runs due at once, start="1s": the runs claimed
-    ahead (prefetch) whose handlers would begin past 1 s are cancelled."""
+    """One thread, five 2.5 s runs due at once, start="2s": the first starts
+    at once (this process sends it to its own idle thread); the others,
+    claimed ahead (prefetch), would begin past 2 s and are cancelled."""
     began: list[float] = []
 
-    @app.function(id="slow", event="slow", timeouts=Timeouts(start="1s"))
+    @app.function(id="slow", event="slow", timeouts=Timeouts(start="2s"))
     def slow(ctx: Context) -> None:
         began.append(time.monotonic())
-        time.sleep(1.5)
+        time.sleep(2.5)
 
-    ids = app.send([Event("slow", {}) for _ in range(5)])
     app.start(threads=1, prefetch=4)
+    ids = app.send([Event("slow", {}) for _ in range(5)])
     runs = [app.wait_for_run(app.runs_for_event(e)[0].id, 30) for e in ids]
     statuses = [r.status for r in runs]
     assert statuses.count("completed") == len(began) == 1, statuses
