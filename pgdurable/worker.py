@@ -3,9 +3,12 @@
 Threads of one worker:
 - the claimer: claims due runs in batches (`FOR UPDATE SKIP LOCKED`) when
   slots are free, woken by LISTEN/NOTIFY or a jittered poll;
-- the listener: holds a LISTEN connection and wakes the claimer;
+- the listener: holds a LISTEN connection, wakes the claimer, and hears
+  cancels of the runs held (with a barrier that dates what it has heard);
 - the heartbeat: extends the leases of every run held, and learns of cancels;
 - the journal writer (journal.py): group-commits steps and run transitions;
+- the prober (a second journal.Journal): batches the read-only questions
+  "was this run asked to cancel?" of step boundaries that have no fresh answer;
 - N executors: run handlers, one run at a time each.
 """
 
