@@ -7,6 +7,7 @@ from .errors import (
     DurableError,
     InvalidEventError,
     MigrationError,
+    NewerSchemaError,
     NonRetriableError,
     PayloadTooLargeError,
     RetryAfterError,
@@ -33,7 +34,7 @@ from .runs import Run, RunError
 __all__ = [
     "Batch", "Cancel", "Concurrency", "ConfigurationError", "Context", "Debounce",
     "Durable", "DurableError", "Event", "InvalidEventError", "MigrationError",
-    "NonRetriableError", "PayloadTooLargeError", "Priority", "RateLimit",
+    "NewerSchemaError", "NonRetriableError", "PayloadTooLargeError", "Priority", "RateLimit",
     "RetryAfterError", "RlsContextError", "Run", "RunError", "SerializationError", "Singleton",
     "StepError", "StepOrderError", "Throttle", "Timeouts", "as_user", "rls_bypass",
 ]

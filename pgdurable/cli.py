@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from .app import Durable
-from .errors import ConfigurationError, DurableError
+from .errors import ConfigurationError, DurableError, NewerSchemaError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -119,7 +119,7 @@ def run_worker(app: Durable, threads: int, prefetch: int | None, timeout: float)
         try:
             app.start(threads=threads, prefetch=prefetch)
             break
-        except ConfigurationError:  # a bad argument: waiting will not mend it
+        except (ConfigurationError, NewerSchemaError):  # waiting will not mend these
             raise
         except DurableError as exc:  # Postgres not reachable or not migrated yet: keep trying
             log.warning("%s; retrying in 2 s", exc)

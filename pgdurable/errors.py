@@ -33,6 +33,11 @@ class MigrationError(DurableError):
     """The database schema is missing or newer than this library."""
 
 
+class NewerSchemaError(MigrationError):
+    """A newer pgdurable migrated the schema: this one must not migrate it
+    (it would put older functions over newer tables) nor work on it."""
+
+
 class NonRetriableError(DurableError):
     """Raise from a step or handler to fail at once, without retries."""
 

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, NewerSchemaError
 from .events import Event, PreparedEvent
 from .runs import Run
 
@@ -213,6 +213,20 @@ def _function_files() -> str:
     return "\n".join(path.read_text() for path in sorted((sql_dir() / "functions").glob("*.sql")))
 
 
+@cache
+def functions_revision() -> tuple[int, str]:
+    """The revision of sql/functions/, and the checksum recorded with it."""
+    fields = dict(line.split(None, 1) for line in
+                  (sql_dir() / "functions" / "REVISION").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    return int(fields["revision"]), fields["sha256"].strip()
+
+
+def functions_checksum() -> str:
+    """The sha256 of sql/functions/*.sql as they are, to compare with REVISION's."""
+    return hashlib.sha256(_function_files().encode()).hexdigest()
+
+
 def _migration_files() -> list[tuple[int, str, str]]:
     found = []
     for path in sorted((sql_dir() / "migrations").iterdir()):
@@ -262,7 +276,9 @@ class Store:
         self._run(conn, "create_schema")
         self._run(conn, "create_version_table")
         self._run(conn, "create_functions_table")
+        self._run(conn, "add_functions_revision")
         applied = {row[0] for row in self._run(conn, "applied_versions")}
+        self._refuse_newer(conn, applied)
         pending = [m for m in self.migrations() if m.version not in applied]
         functions, checksum = self.functions_script()
         if not pending and self._functions_checksum(conn) == checksum:
@@ -273,18 +289,36 @@ class Store:
             conn.execute(migration.text.encode())
             self._run(conn, "record_version", (migration.version, migration.name))
         conn.execute(functions.encode())
-        self._run(conn, "record_functions", (checksum,))
+        self._run(conn, "record_functions", (checksum, functions_revision()[0]))
         return [m.version for m in pending]
+
+    def _refuse_newer(self, conn: psycopg.Connection[Any], applied: set[int]) -> None:
+        """NewerSchemaError if a newer library migrated this schema: this one
+        must not run on its tables nor put older functions over its own."""
+        known = max(m.version for m in self.migrations())
+        if applied and max(applied) > known:
+            raise NewerSchemaError(
+                f"schema {self.schema!r} is at migration {max(applied)}, newer than this "
+                f"pgdurable's latest ({known}): upgrade pgdurable; it will not downgrade a schema")
+        row = self._run(conn, "functions_revision").fetchone()
+        ours = functions_revision()[0]
+        if row is not None and row[0] is not None and row[0] > ours:
+            raise NewerSchemaError(
+                f"schema {self.schema!r} has SQL functions of revision {row[0]}, newer than "
+                f"this pgdurable's ({ours}): upgrade pgdurable; it will not replace them")
 
     def _functions_checksum(self, conn: psycopg.Connection[Any]) -> str | None:
         row = self._run(conn, "functions_checksum").fetchone()
         return None if row is None else str(row[0])
 
     def is_migrated(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether the schema is as this library migrates it; NewerSchemaError
+        if a newer library migrated it."""
         row = self._run(conn, "schema_exists", (f"{self.schema}.schema_functions",)).fetchone()
         if not row or not row[0]:
             return False
         applied = {r[0] for r in self._run(conn, "applied_versions")}
+        self._refuse_newer(conn, applied)
         _, checksum = self.functions_script()
         return (all(m.version in applied for m in self.migrations())
                 and self._functions_checksum(conn) == checksum)

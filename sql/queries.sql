@@ -21,12 +21,20 @@ CREATE TABLE IF NOT EXISTS {schema}.schema_functions (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- name: add_functions_revision
+-- The revision of the library that wrote the functions (sql/functions/REVISION).
+ALTER TABLE {schema}.schema_functions ADD COLUMN IF NOT EXISTS revision int;
+
 -- name: functions_checksum
 SELECT checksum FROM {schema}.schema_functions;
 
+-- name: functions_revision
+-- Null where an older library created the table without the column.
+SELECT (to_jsonb(f) ->> 'revision')::int FROM {schema}.schema_functions f;
+
 -- name: record_functions
 WITH gone AS (DELETE FROM {schema}.schema_functions)
-INSERT INTO {schema}.schema_functions (checksum) VALUES (%s);
+INSERT INTO {schema}.schema_functions (checksum, revision) VALUES (%s, %s);
 
 -- name: drop_functions
 DO $$

@@ -8,7 +8,7 @@ import pytest
 from conftest import send_from_threads
 
 from pgdurable import ConfigurationError, Durable, MigrationError
-from pgdurable.store import Store
+from pgdurable.store import Store, functions_checksum, functions_revision
 
 MIGRATIONS = Store("x").migrations()
 ALL_VERSIONS = [m.version for m in MIGRATIONS]
@@ -126,3 +126,59 @@ def test_sends_go_on_while_migrate_recreates_the_functions(
         upgrader.join(30)
     assert errors == []
     assert db.execute(f"SELECT count(*) FROM {app.schema}.runs").fetchone() == (300,)
+
+
+# -- issue 14, s5: upgrades in the right direction only ---------------------------
+
+
+def test_the_functions_revision_is_bumped_with_the_functions() -> None:
+    revision, recorded = functions_revision()
+    assert functions_checksum() == recorded, (
+        f"sql/functions/ changed: bump the revision in sql/functions/REVISION to "
+        f"{revision + 1} and record its sha256 {functions_checksum()}")
+
+
+def test_a_library_older_than_the_schema_neither_migrates_nor_starts(
+    app: Durable, db: psycopg.Connection[Any]
+) -> None:
+    latest = max(ALL_VERSIONS)
+    db.execute(f"INSERT INTO {app.schema}.schema_version VALUES (%s, 'from-the-future')",
+               (latest + 1,))
+    message = f"at migration {latest + 1}, newer than this pgdurable's latest \\({latest}\\)"
+    with pytest.raises(MigrationError, match=message):
+        app.migrate()
+    with pytest.raises(MigrationError, match=message):
+        app.start(threads=1)
+
+
+def test_a_library_older_than_the_functions_does_not_replace_them(
+    app: Durable, db: psycopg.Connection[Any]
+) -> None:
+    ours = functions_revision()[0]
+    db.execute(f"UPDATE {app.schema}.schema_functions SET checksum = 'newer', revision = %s",
+               (ours + 1,))
+    with pytest.raises(MigrationError, match=f"revision {ours + 1}, newer than this pgdurable's"):
+        app.migrate()
+    with pytest.raises(MigrationError, match="will not replace them"):
+        app.start(threads=1)
+    assert db.execute(f"SELECT checksum FROM {app.schema}.schema_functions").fetchone() == ("newer",)
+
+
+def test_functions_written_by_a_library_without_revisions_are_upgraded(
+    app: Durable, db: psycopg.Connection[Any]
+) -> None:
+    db.execute(f"ALTER TABLE {app.schema}.schema_functions DROP COLUMN revision")
+    db.execute(f"UPDATE {app.schema}.schema_functions SET checksum = 'older'")
+    assert app.migrate() == []
+    assert db.execute(f"SELECT revision FROM {app.schema}.schema_functions").fetchone() == (
+        functions_revision()[0],)
+
+
+def test_the_worker_command_exits_at_once_on_a_newer_schema(
+    app: Durable, db: psycopg.Connection[Any], worker_process: Any
+) -> None:
+    db.execute(f"INSERT INTO {app.schema}.schema_version VALUES (%s, 'from-the-future')",
+               (max(ALL_VERSIONS) + 1,))
+    worker = worker_process()
+    assert worker.proc.wait(60) == 2
+    assert "newer than this pgdurable's latest" in worker.output()
