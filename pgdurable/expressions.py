@@ -187,11 +187,13 @@ class _Parser:
     def operand(self) -> str:
         token = self.take()
         if token[0] in "\"'":
-            return self.variable(self.literal(_string(token), "a string", token))
+            return self.variable(self.json_literal(_string(token), "a string", token))
         if token in _KEYWORDS:
             return self.variable(_KEYWORDS[token])
         if token[0].isdigit() or token[0] == "-":
-            return self.variable(self.literal(_NUMBER.fullmatch(token) and token, "a number", token))
+            if not _NUMBER.fullmatch(token):
+                self.fail(f"{token!r} is not a number")
+            return self.variable(json.loads(token))
         root, _, rest = token.partition(".")
         if root == "async" and rest:
             return "$" + "".join(f'."{p}"' for p in field_path(rest, what="field"))
@@ -201,10 +203,10 @@ class _Parser:
         self.fail(f"{token!r} is not a literal, async.<field> or event.<field>")
         return ""
 
-    def literal(self, text: str | None, kind: str, token: str) -> Any:
-        """The value of a literal, JSON text once unquoted; a clear error if it is not one."""
+    def json_literal(self, text: str, kind: str, token: str) -> Any:
+        """The value of a literal written as JSON `text`; a clear error if it is not."""
         try:
-            return json.loads(text) if text is not None else self.fail(f"{token!r} is not {kind}")
+            return json.loads(text)
         except ValueError:
             self.fail(f"{token!r} is not {kind}")
 

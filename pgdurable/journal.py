@@ -116,21 +116,23 @@ class Journal:
         """Each run's entries in a transaction of their own. A run whose
         entries are refused is failed with the reason, and reported as
         cancelled so that its handler stops at its next step."""
-        runs = dict.fromkeys([s.run_id for s in batch.steps] + [f.run_id for f in batch.finishes])
-        cancelled: set[str] = set()
+        by_run: dict[str, tuple[list[StepRecord], list[Finish]]] = {}
+        for step in batch.steps:
+            by_run.setdefault(step.run_id, ([], []))[0].append(step)
+        for finish in batch.finishes:
+            by_run.setdefault(finish.run_id, ([], []))[1].append(finish)
         checkpoint = self._flush([], [], batch.probes)
-        for run_id in runs:
-            steps = [s for s in batch.steps if s.run_id == run_id]
-            finishes = [f for f in batch.finishes if f.run_id == run_id]
+        cancelled = set(checkpoint.cancelled)
+        for run_id, (steps, finishes) in by_run.items():
             try:
                 checkpoint = self._flush(steps, finishes, [])
             except Exception as exc:
                 log.error("run %s: its journal entries were refused: %s", run_id, exc)
-                token = (steps or finishes)[0].token
-                self._fail(run_id, token, exc)
+                self._fail(run_id, (steps or finishes)[0].token, exc)
                 cancelled.add(run_id)
+                continue
             cancelled |= checkpoint.cancelled
-        return Checkpoint(frozenset(cancelled | checkpoint.cancelled), checkpoint.clock)
+        return Checkpoint(frozenset(cancelled), checkpoint.clock)
 
     def _fail(self, run_id: str, token: int, exc: Exception) -> None:
         error = {"type": "JournalWriteError", "traceback": None,
