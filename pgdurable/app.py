@@ -41,6 +41,7 @@ from .store import ClaimedRow, Store, is_transient
 from .worker import Worker
 
 H = TypeVar("H", bound=Handler)
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 
@@ -242,33 +243,29 @@ class Durable:
         worker = self._worker
         reserved = 0 if worker is None else worker.reserve(_startable(worker, events, runs))
         if worker is None or not reserved:
-            self._send_plain(events, runs, generated)
+            self._on_own(partial(self.store.send_events, events=events, runs=runs,
+                                 dedupe_window=self.dedupe_window, generated=generated))
             return
         claimed: list[ClaimedRow] = []
         try:
-            with self._pooled() as own:
-                rows = self.store.send_and_claim(
-                    own, events, runs, self.dedupe_window, worker.id, worker.function_ids,
-                    reserved, self.lease)
-            claimed = rows  # committed: now they are the worker's
+            claimed = self._on_own(partial(  # committed: now they are the worker's
+                self.store.send_and_claim, events=events, runs=runs,
+                dedupe_window=self.dedupe_window, worker_id=worker.id,
+                function_ids=worker.function_ids, limit=reserved, lease=self.lease))
         finally:
             worker.adopt(claimed, reserved)
 
-    def _send_plain(
-        self, events: list[PreparedEvent], runs: list[list[Any]], generated: bool
-    ) -> None:
-        """Send on a pooled connection; once more if a `migrate` recreated the
-        functions under the statement (it wrote nothing then)."""
-        send = partial(self.store.send_events, events=events, runs=runs,
-                       dedupe_window=self.dedupe_window, generated=generated)
+    def _on_own(self, statement: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """One statement on a pooled connection (autocommit); once more if a
+        `migrate` recreated the functions under it (it wrote nothing then)."""
         try:
             with self._pooled() as own:
-                send(own)
+                return statement(own)
         except psycopg.errors.InternalError_ as exc:
             if not is_transient(exc):
                 raise
-            with self._pooled() as own:
-                send(own)
+        with self._pooled() as own:
+            return statement(own)
 
     @staticmethod
     def _run_spec(index: int, event: PreparedEvent, fdef: FunctionDef) -> list[Any]:

@@ -261,8 +261,8 @@ class Worker:
 
     def _listen_loop(self) -> None:
         """Hear NOTIFYs: work to claim, and cancels of runs held here. While
-        runs are held, a statement on the LISTEN connection every FRESH / 2
-        seconds is a barrier: its answer comes after every notification
+        runs are held (only then), a statement on the LISTEN connection every
+        FRESH / 2 seconds is a barrier: its answer comes after every notification
         committed before it, so cancels committed before `cancel_barrier`
         are known here without asking (see RunState.boundary)."""
         while not self._draining.is_set():
@@ -271,7 +271,10 @@ class Worker:
                     self._store.listen(conn)
                     self._wake.set()  # notifications may have been missed while away
                     while not self._draining.is_set():
-                        self._hear(conn.notifies(timeout=FRESH / 2 if self._held else 0.5))
+                        if not self._held:  # no run needs a barrier: just listen
+                            self._hear(conn.notifies(timeout=0.5))
+                            continue
+                        self._hear(conn.notifies(timeout=FRESH / 2))
                         sent = time.monotonic()
                         self._store.barrier(conn)
                         self._hear(conn.notifies(timeout=0))  # what came with its answer
