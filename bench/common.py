@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -125,3 +127,39 @@ def drain(app: Durable, schema: str, args: argparse.Namespace, event: str, funct
 
         app.start(threads=args.threads, prefetch=args.prefetch)
         return wait_for(done, timeout=600, interval=0.05)
+
+
+def probe_arguments(runs: int) -> argparse.Namespace:
+    """The options of the probes: how many runs, worker processes, and the seed."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    return parser.parse_args()
+
+
+@contextmanager
+def probe_setup(
+    functions: Iterable[str], tables: Iterable[str], workers: int, threads: int
+) -> Iterator[tuple[Durable, psycopg.Connection[Any], str]]:
+    """A fresh schema with `tables` (SQL column lists by name), a sending app
+    that knows `functions` (each triggered by the event of its own name), and
+    `workers` processes of `pgdurable worker probe_app:app`, stopped after."""
+    with bench_app() as (app, schema), psycopg.connect(DSN, autocommit=True) as db:
+        for function_id in functions:
+            app.function(id=function_id, event=function_id)(lambda ctx: None)
+        for table in tables:
+            db.execute(f"CREATE TABLE {schema}.{table}")
+        here = os.path.dirname(os.path.abspath(__file__))
+        env = {**os.environ, "PGDURABLE_DSN": DSN, "PGDURABLE_SCHEMA": schema,
+               "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+        processes = [subprocess.Popen([sys.executable, "-m", "pgdurable", "--log-level", "ERROR",
+                                       "worker", "probe_app:app", "--threads", str(threads)],
+                                      env=env) for _ in range(workers)]
+        try:
+            yield app, db, schema
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(30)

@@ -14,71 +14,43 @@ left in the queue or the waits.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import psycopg
-from common import DSN, describe, fresh_schema, wait_for
+from common import describe, probe_arguments, probe_setup, wait_for
 
-from pgdurable import Durable, Event
-
-HERE = Path(__file__).resolve().parent
+from pgdurable import Event
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=600)
-    parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
+    args = probe_arguments(runs=600)
     rng = random.Random(args.seed)
-    with fresh_schema() as schema, psycopg.connect(DSN, autocommit=True) as db:
-        app = Durable(DSN, schema=schema)
-        app.migrate()
-        for fid, event in (("probe", "probe"), ("child", "child")):
-            app.function(id=fid, event=event)(lambda ctx: None)
-        db.execute(f"CREATE TABLE {schema}.effects (run_id uuid, step text, at timestamptz)")
-        db.execute(f"CREATE TABLE {schema}.cancels (run_id uuid, returned_at timestamptz)")
-        env = {**os.environ, "PGDURABLE_DSN": DSN, "PGDURABLE_SCHEMA": schema,
-               "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-        workers = [subprocess.Popen([sys.executable, "-m", "pgdurable", "--log-level", "ERROR",
-                                     "worker", "probe_app:app", "--threads", "4"], env=env)
-                   for _ in range(args.workers)]
-        try:
-            started = time.perf_counter()
-            runs = [app.runs_for_event(e)[0].id
-                    for e in app.send([Event("probe", {"n": n}) for n in range(args.runs)])]
+    tables = ["effects (run_id uuid, step text, at timestamptz)",
+              "cancels (run_id uuid, returned_at timestamptz)"]
+    with probe_setup(["probe", "child"], tables, args.workers, threads=4) as (app, db, schema):
+        started = time.perf_counter()
+        runs = [app.runs_for_event(e)[0].id
+                for e in app.send([Event("probe", {"n": n}) for n in range(args.runs)])]
 
-            def cancel(run_id: str, delay: float) -> None:
-                time.sleep(delay)
-                if app.cancel(run_id):
-                    db.execute(f"INSERT INTO {schema}.cancels VALUES (%s, clock_timestamp())",
-                               (run_id,))
+        def cancel(run_id: str, delay: float) -> None:
+            time.sleep(delay)
+            if app.cancel(run_id):
+                db.execute(f"INSERT INTO {schema}.cancels VALUES (%s, clock_timestamp())",
+                           (run_id,))
 
-            cancellers = [threading.Thread(target=cancel, args=(r, rng.uniform(0, 3)))
-                          for r in runs]
-            for thread in cancellers:
-                thread.start()
-            for thread in cancellers:
-                thread.join()
-            with contextlib.suppress(TimeoutError):  # what is left is counted below
-                wait_for(lambda: db.execute(
-                    f"SELECT count(*) FROM {schema}.queue q JOIN {schema}.cancels c USING (run_id)"
-                ).fetchone() == (0,), timeout=60)
-            elapsed = time.perf_counter() - started
-        finally:
-            for worker in workers:
-                worker.terminate()
-            for worker in workers:
-                worker.wait(30)
-        check(db, schema, args.runs, elapsed)
+        cancellers = [threading.Thread(target=cancel, args=(r, rng.uniform(0, 3))) for r in runs]
+        for thread in cancellers:
+            thread.start()
+        for thread in cancellers:
+            thread.join()
+        with contextlib.suppress(TimeoutError):  # what is left is counted below
+            wait_for(lambda: db.execute(
+                f"SELECT count(*) FROM {schema}.queue q JOIN {schema}.cancels c USING (run_id)"
+            ).fetchone() == (0,), timeout=60)
+        check(db, schema, args.runs, time.perf_counter() - started)
 
 
 def check(db: psycopg.Connection, schema: str, runs: int, elapsed: float) -> None:  # type: ignore[type-arg]

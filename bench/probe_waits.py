@@ -13,70 +13,44 @@ later. Then, by SQL: every run got its event.
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psycopg
-from common import DSN, describe, fresh_schema, wait_for
+from common import DSN, describe, probe_arguments, probe_setup, wait_for
 
-from pgdurable import Durable, Event
-
-HERE = Path(__file__).resolve().parent
+from pgdurable import Event
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=400)
-    parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
+    args = probe_arguments(runs=400)
     rng = random.Random(args.seed)
-    with fresh_schema() as schema, psycopg.connect(DSN, autocommit=True) as db:
-        app = Durable(DSN, schema=schema)
-        app.migrate()
-        app.function(id="awaits", event="awaits")(lambda ctx: None)
-        db.execute(f"CREATE TABLE {schema}.effects (run_id uuid, step text, at timestamptz)")
-        db.execute(f"CREATE TABLE {schema}.sends (run_id uuid, at timestamptz)")
-        env = {**os.environ, "PGDURABLE_DSN": DSN, "PGDURABLE_SCHEMA": schema,
-               "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-        workers = [subprocess.Popen([sys.executable, "-m", "pgdurable", "--log-level", "ERROR",
-                                     "worker", "probe_app:app", "--threads", "8"], env=env)
-                   for _ in range(args.workers)]
-        try:
-            runs = [app.runs_for_event(e)[0].id
-                    for e in app.send([Event("awaits", {"n": n}) for n in range(args.runs)])]
+    tables = ["effects (run_id uuid, step text, at timestamptz)", "sends (run_id uuid, at timestamptz)"]
+    with probe_setup(["awaits"], tables, args.workers, threads=8) as (app, db, schema):
+        runs = [app.runs_for_event(e)[0].id
+                for e in app.send([Event("awaits", {"n": n}) for n in range(args.runs)])]
 
-            def sender(n: int, begin: float, send: float, commit: float) -> None:
-                time.sleep(begin)
-                with psycopg.connect(DSN) as conn, psycopg.connect(DSN, autocommit=True) as look:
-                    conn.execute("SELECT 1")  # the transaction begins, maybe before step "a"
-                    wait_for(lambda: look.execute(
-                        f"SELECT 1 FROM {schema}.effects WHERE run_id = %s", (runs[n],)
-                    ).fetchone() is not None, timeout=60, interval=0.005)
-                    time.sleep(send)  # step "a" lasts 0-0.3 s: during it, or after
-                    look.execute(f"INSERT INTO {schema}.sends VALUES (%s, clock_timestamp())",
-                                 (runs[n],))
-                    app.send("go", {"n": n}, conn=conn)
-                    time.sleep(commit)
+        def sender(n: int, begin: float, send: float, commit: float) -> None:
+            time.sleep(begin)
+            with psycopg.connect(DSN) as conn, psycopg.connect(DSN, autocommit=True) as look:
+                conn.execute("SELECT 1")  # the transaction begins, maybe before step "a"
+                wait_for(lambda: look.execute(
+                    f"SELECT 1 FROM {schema}.effects WHERE run_id = %s", (runs[n],)
+                ).fetchone() is not None, timeout=60, interval=0.005)
+                time.sleep(send)  # step "a" lasts 0-0.3 s: during it, or after
+                look.execute(f"INSERT INTO {schema}.sends VALUES (%s, clock_timestamp())",
+                             (runs[n],))
+                app.send("go", {"n": n}, conn=conn)
+                time.sleep(commit)
 
-            timings = [(n, rng.uniform(0, 0.5), rng.uniform(0, 0.4), rng.uniform(0, 0.05))
-                       for n in range(args.runs)]
-            with ThreadPoolExecutor(max_workers=30) as pool:  # 2 connections each
-                for done in [pool.submit(sender, *timing) for timing in timings]:
-                    done.result()
-            wait_for(lambda: db.execute(f"SELECT count(*) FROM {schema}.queue").fetchone() == (0,),
-                     timeout=120)
-        finally:
-            for worker in workers:
-                worker.terminate()
-            for worker in workers:
-                worker.wait(30)
+        timings = [(n, rng.uniform(0, 0.5), rng.uniform(0, 0.4), rng.uniform(0, 0.05))
+                   for n in range(args.runs)]
+        with ThreadPoolExecutor(max_workers=30) as pool:  # 2 connections each
+            for done in [pool.submit(sender, *timing) for timing in timings]:
+                done.result()
+        wait_for(lambda: db.execute(f"SELECT count(*) FROM {schema}.queue").fetchone() == (0,),
+                 timeout=120)
         check(db, schema, len(runs))
 
 
