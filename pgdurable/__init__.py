@@ -1,7 +1,7 @@
 """pgdurable: durable execution for Python apps, on their own PostgreSQL."""
 
 from .app import Durable
-from .context import Context
+from .context import AsyncContext, Context
 from .errors import (
     ConfigurationError,
     DurableError,
@@ -22,6 +22,7 @@ from .options import (
     Cancel,
     Concurrency,
     Debounce,
+    FunctionOptions,
     Priority,
     RateLimit,
     Singleton,
@@ -29,14 +30,43 @@ from .options import (
     Timeouts,
 )
 from .rls import as_user, rls_bypass
-from .runs import Run, RunError
+from .runs import Run, RunError, RunStatus
+from .steps import AsyncStep, Step
 
 __all__ = [
-    "Batch", "Cancel", "Concurrency", "ConfigurationError", "Context", "Debounce",
-    "Durable", "DurableError", "Event", "InvalidEventError", "MigrationError",
-    "NewerSchemaError", "NonRetriableError", "PayloadTooLargeError", "Priority", "RateLimit",
-    "RetryAfterError", "RlsContextError", "Run", "RunError", "SerializationError", "Singleton",
-    "StepError", "StepOrderError", "Throttle", "Timeouts", "as_user", "rls_bypass",
+    "AsyncContext",
+    "AsyncStep",
+    "Batch",
+    "Cancel",
+    "Concurrency",
+    "ConfigurationError",
+    "Context",
+    "Debounce",
+    "Durable",
+    "DurableError",
+    "Event",
+    "FunctionOptions",
+    "InvalidEventError",
+    "MigrationError",
+    "NewerSchemaError",
+    "NonRetriableError",
+    "PayloadTooLargeError",
+    "Priority",
+    "RateLimit",
+    "RetryAfterError",
+    "RlsContextError",
+    "Run",
+    "RunError",
+    "RunStatus",
+    "SerializationError",
+    "Singleton",
+    "Step",
+    "StepError",
+    "StepOrderError",
+    "Throttle",
+    "Timeouts",
+    "as_user",
+    "rls_bypass",
 ]
 
 __version__ = "0.1.0"

@@ -8,11 +8,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -22,25 +22,26 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
 from . import serde
+from .context import AsyncContext, Context
 from .durations import Duration, parse_duration, require_aware
 from .errors import ConfigurationError, DurableError, InvalidEventError, MigrationError
 from .events import Event, PreparedEvent, check_name, prepare
 from .functions import (
     DEFAULT_RETRIES,
     FunctionDef,
-    Handler,
     define,
     failure_handler,
     run_options,
     start_options,
 )
+from .options import FunctionOptions
+from .replay import FRESH
 from .rls import Rls, check_role
 from .runs import Run
-from .steps import FRESH
 from .store import ClaimedRow, Store, is_transient
 from .worker import Worker
 
-H = TypeVar("H", bound=Handler)
+H = TypeVar("H", bound=Callable[[Context], Any] | Callable[[AsyncContext], Awaitable[Any]])
 T = TypeVar("T")
 
 MiB = 1024 * 1024
@@ -176,12 +177,16 @@ class Durable:
         self._schemas[name] = schema
 
     def function(
-        self, *, id: str, event: str | list[str] | None = None, retries: int = DEFAULT_RETRIES, **options: Any
+        self, *, id: str, event: str | list[str] | None = None, retries: int = DEFAULT_RETRIES,
+        **options: Unpack[FunctionOptions],
     ) -> Callable[[H], H]:
-        """Register the decorated `def` or `async def` handler as a function."""
+        """Register the decorated handler as a function: a `def` handler
+        receives a `Context`, an `async def` one an `AsyncContext`. The
+        options are those of `FunctionOptions`; a bad one raises
+        ConfigurationError here, at import time."""
 
         def register(handler: H) -> H:
-            fdef = define(handler, id=id, event=event, retries=retries, options=options)
+            fdef = define(handler, id=id, event=event, retries=retries, options=dict(options))
             defs = [d for d in (fdef, failure_handler(fdef)) if d is not None]
             for d in defs:
                 if d.id in self.functions:

@@ -1,19 +1,32 @@
-"""`Context`: what a handler receives."""
+"""What a handler receives: `Context` (a `def` handler) and `AsyncContext`
+(an `async def` one), and the context variables naming the run and the step
+that execute."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from .events import Event
-from .steps import AsyncStep, RunState, Step
+
+if TYPE_CHECKING:
+    from .replay import RunState
+    from .rls import Rls
+    from .steps import AsyncStep, Step
 
 logger = logging.getLogger("pgdurable.run")
+
+# The run whose handler executes in this context (its app's Rls and its
+# context), and the step executing: set by the worker and the step API with
+# plain set/reset, as they are on the hot path. RLS audit rows read them.
+CURRENT_RUN: ContextVar[tuple[Rls, BaseContext] | None] = ContextVar("pgdurable_run", default=None)
+CURRENT_STEP: ContextVar[str | None] = ContextVar("pgdurable_step", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,18 +46,17 @@ class Failure:
                    str(error.get("message")), error.get("traceback"))
 
 
-class Context:
-    """The run's triggering event(s), identity, attempt, logger and step API.
+class BaseContext:
+    """What both kinds of handler receive: the run's triggering event(s),
+    identity, attempt, logger and RLS contexts.
 
-    `ctx.step` is a `Step` in a `def` handler and an `AsyncStep` (every method
-    awaited) in an `async def` one. In an on_failure handler, `ctx.event` is
-    the failed run's triggering event and `ctx.error` the failure; otherwise
-    `ctx.error` is None.
+    In an on_failure handler, `ctx.event` is the failed run's triggering
+    event and `ctx.error` the failure; otherwise `ctx.error` is None.
     """
 
-    __slots__ = ("_state", "error", "event", "events", "function_id", "logger", "run_id", "step")
+    __slots__ = ("_state", "error", "event", "events", "function_id", "logger", "run_id")
 
-    def __init__(self, state: RunState, *, is_async: bool, failure_of: str | None = None) -> None:
+    def __init__(self, state: RunState, *, failure_of: str | None = None) -> None:
         claimed = state.claimed
         self._state = state
         self.events: list[Event] = claimed.events
@@ -59,7 +71,6 @@ class Context:
         self.logger = logging.LoggerAdapter(
             logger, {"run_id": claimed.id, "function_id": claimed.function_id}
         )
-        self.step: Step | AsyncStep = AsyncStep(state) if is_async else Step(state)
 
     @contextmanager
     def as_user(self, user_id: object, *, tag: str | None = None) -> Iterator[psycopg.Connection[Any]]:
@@ -85,3 +96,24 @@ class Context:
         """0 on the first try of the current step (or of the handler outside
         steps), n on its n-th retry."""
         return self._state.attempt
+
+
+class Context(BaseContext):
+    """What a `def` handler receives; `ctx.step` is a `Step`."""
+
+    __slots__ = ("step",)
+
+    def __init__(self, state: RunState, step: Step, *, failure_of: str | None = None) -> None:
+        super().__init__(state, failure_of=failure_of)
+        self.step = step
+
+
+class AsyncContext(BaseContext):
+    """What an `async def` handler receives; `ctx.step` is an `AsyncStep`,
+    whose every method is awaited."""
+
+    __slots__ = ("step",)
+
+    def __init__(self, state: RunState, step: AsyncStep, *, failure_of: str | None = None) -> None:
+        super().__init__(state, failure_of=failure_of)
+        self.step = step

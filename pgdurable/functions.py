@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from .durations import parse_duration
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidEventError
 from .events import Event, check_name
 from .expressions import check_key, event_filter, field_path, key_of, value_of
 from .options import (
@@ -21,6 +21,7 @@ from .options import (
     Cancel,
     Concurrency,
     Debounce,
+    FunctionOptions,
     Key,
     Priority,
     RateLimit,
@@ -104,10 +105,7 @@ def define(
             "starting with a letter or digit"
         )
     options = {name: value for name, value in options.items() if value is not None}
-    known = {"cron", "timezone", "catch_up", "cancel_on", "timeouts", "on_failure", "batch",
-             "idempotency", "rate_limit", "singleton", "debounce", "concurrency", "throttle",
-             "priority"}
-    for name in sorted(set(options) - known):
+    for name in sorted(set(options) - FunctionOptions.__optional_keys__):
         raise ConfigurationError(f"function {id!r}: unknown option {name}=")
     if not callable(handler):
         raise ConfigurationError(f"function {id!r}: the handler is not callable")
@@ -306,7 +304,7 @@ def _cancel_on(function_id: str, value: Any) -> tuple[Cancel, ...]:
     items = _one_or_more(function_id, value, Cancel, "cancel_on takes a list of Cancel(...)")
     what = f"cancel_on of function {function_id!r}"
     for cancel in items:
-        check_name(cancel.event, what=f"event name in {what}")
+        _event_name(cancel.event, what=f"event name in {what}")
         if cancel.match is not None:
             field_path(cancel.match, what=f"match in {what}")
         if cancel.timeout is not None:
@@ -336,8 +334,16 @@ def _triggers(
     if not names:
         raise ConfigurationError(f"function {function_id!r}: event= is an empty list")
     for name in names:
-        check_name(name, what=f"event name of function {function_id!r}")
+        _event_name(name, what=f"event name of function {function_id!r}")
     return tuple(dict.fromkeys(names))
+
+
+def _event_name(name: object, *, what: str) -> None:
+    """An event name in a definition: a bad one is a ConfigurationError, at import."""
+    try:
+        check_name(name, what=what)
+    except InvalidEventError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _cancel_listeners(fdef: FunctionDef, trigger: dict[str, Any]) -> list[list[Any]]:

@@ -6,11 +6,14 @@ database enforces them (sql/functions/10_admission.sql, 11_flow.sql).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from .durations import Duration
+
+if TYPE_CHECKING:
+    from .context import AsyncContext, Context
 
 Key = str | Callable[[Any], Any] | None
 
@@ -82,3 +85,24 @@ class Timeouts:
 
     start: Duration | None = None
     finish: Duration | None = None
+
+
+class FunctionOptions(TypedDict, total=False):
+    """The options of `@app.function` beside `id`, `event` and `retries`:
+    the one list of them, which both type checkers and `functions.define`
+    read (an option missing here is refused at registration)."""
+
+    cron: str
+    timezone: str
+    catch_up: Literal["none", "latest", "all"]
+    cancel_on: Cancel | list[Cancel] | tuple[Cancel, ...]
+    timeouts: Timeouts
+    on_failure: Callable[[Context], Any] | Callable[[AsyncContext], Awaitable[Any]]
+    batch: Batch
+    idempotency: Key
+    rate_limit: RateLimit
+    singleton: Singleton
+    debounce: Debounce
+    concurrency: Concurrency | list[Concurrency] | tuple[Concurrency, ...]
+    throttle: Throttle
+    priority: Priority

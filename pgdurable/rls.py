@@ -7,37 +7,29 @@ policies apply as that user; `rls_bypass` sets a bypass setting the
 policies honour, or switches to a role with BYPASSRLS (`SET LOCAL ROLE`).
 Either lasts until the transaction ends and writes an audit row in it.
 
-Which run, function and step an audit row names comes from context
-variables the worker sets while it executes a handler and its steps.
+Which run, function and step an audit row names comes from the context
+variables (context.py) the worker sets while it executes a handler and its steps.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from .context import CURRENT_RUN, CURRENT_STEP, BaseContext
 from .errors import ConfigurationError, RlsContextError
 
 if TYPE_CHECKING:
     from .app import Durable
-    from .context import Context
     from .store import Store
 
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 _SETTING = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+")  # a custom GUC: prefix.name
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-
-
-# The run whose handler executes in this context (its app's Rls and its
-# Context), and the step executing: set by the worker and the step API with
-# plain set/reset, as they are on the hot path.
-CURRENT_RUN: ContextVar[tuple[Rls, Context] | None] = ContextVar("pgdurable_run", default=None)
-CURRENT_STEP: ContextVar[str | None] = ContextVar("pgdurable_step", default=None)
 
 
 class Rls:
@@ -54,20 +46,20 @@ class Rls:
         self.bypass_role = None if bypass_role is None else check_role(bypass_role, "bypass_role")
 
     def as_user(self, conn: psycopg.Connection[Any], user_id: object, tag: str | None = None,
-                ctx: Context | None = None) -> None:
+                ctx: BaseContext | None = None) -> None:
         """Act as `user_id` in `conn`'s transaction: the app's policies apply to it."""
         user = _user_text(user_id)
         self._switch(conn, "as_user", None if tag is None else _tag(tag), user, ctx,
                      self.user_setting, user)
 
-    def bypass(self, conn: psycopg.Connection[Any], tag: str, ctx: Context | None = None) -> None:
+    def bypass(self, conn: psycopg.Connection[Any], tag: str, ctx: BaseContext | None = None) -> None:
         """Bypass RLS in `conn`'s transaction, under `tag` (names the job in the audit)."""
         setting, value = (("role", self.bypass_role) if self.bypass_role is not None
                           else (self.bypass_setting, "on"))
         self._switch(conn, "bypass", _tag(tag), None, ctx, setting, value)
 
     def _switch(self, conn: psycopg.Connection[Any], kind: str, tag: str | None,
-                user: str | None, ctx: Context | None, setting: str, value: str) -> None:
+                user: str | None, ctx: BaseContext | None, setting: str, value: str) -> None:
         if conn.autocommit and conn.info.transaction_status != TransactionStatus.INTRANS:
             raise RlsContextError(
                 f"{kind} needs a connection in an open transaction (it lasts until that "

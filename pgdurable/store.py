@@ -33,9 +33,15 @@ _MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 def is_transient(exc: BaseException) -> bool:
     """Whether a failed statement is worth another try: a lost connection,
     or a function dropped under it by a `migrate` that recreated the
-    schema's functions meanwhile (nothing was written; the new one is there)."""
+    schema's functions or views meanwhile (nothing was written; the new
+    ones are there). Postgres reports the latter as an internal error naming
+    the object it no longer finds."""
     return isinstance(exc, psycopg.OperationalError) or (
-        isinstance(exc, psycopg.errors.InternalError_) and "cache lookup failed" in str(exc))
+        isinstance(exc, psycopg.errors.InternalError_)
+        and any(text in str(exc) for text in _DROPPED_UNDER_US))
+
+
+_DROPPED_UNDER_US = ("cache lookup failed", "could not open relation with OID")
 
 
 def sql_dir() -> Path:

@@ -34,15 +34,17 @@ from psycopg_pool import ConnectionPool
 from tenacity import Retrying, retry_if_exception, stop_never, wait_random_exponential
 
 from . import serde
-from .context import Context
+from .context import CURRENT_RUN, AsyncContext, BaseContext, Context
 from .control import Cancelled, Park, Suspend
 from .errors import ConfigurationError, RetryAfterError, StepError
 from .events import Event
 from .functions import FunctionDef, start_options
 from .journal import Journal
-from .rls import CURRENT_RUN, Rls
+from .replay import FRESH, RunState
+from .retries import Backoff, error_json, gives_up, retry_time
+from .rls import Rls
 from .schedules import Scheduler
-from .steps import FRESH, Backoff, RunState, error_json, gives_up, retry_time
+from .steps import AsyncStep, Step
 from .store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec, is_transient
 
 INVOKED_EVENT = "pgdurable/invoked"  # the event of a run started by step.invoke
@@ -440,7 +442,7 @@ class Worker:
         claimed = state.claimed
         try:
             _check_timeouts(fdef, state)
-            ctx = Context(state, is_async=fdef.is_async, failure_of=fdef.failure_of)
+            ctx = _context(fdef, state)
             current = CURRENT_RUN.set((self._app.rls, ctx))
             try:
                 result = fdef.handler(ctx)
@@ -499,3 +501,10 @@ def _check_timeouts(fdef: FunctionDef, state: RunState) -> None:
     if claimed.first_start and limit is not None and state.now() - claimed.due_at > limit:
         raise Cancelled.timeout("start", limit)
     state.check_cancelled()
+
+
+def _context(fdef: FunctionDef, state: RunState) -> BaseContext:
+    """What `fdef`'s handler receives: a Context, or an AsyncContext if it is `async def`."""
+    if fdef.is_async:
+        return AsyncContext(state, AsyncStep(state), failure_of=fdef.failure_of)
+    return Context(state, Step(state), failure_of=fdef.failure_of)
