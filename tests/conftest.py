@@ -1,8 +1,9 @@
 """Fixtures: one PostgreSQL server per session, one fresh schema per test.
 
 The server is PGDURABLE_TEST_DSN if set, else 127.0.0.1:5432 if it answers,
-else a throwaway cluster started here and stopped at the end; the header
-of the test report says which.
+else a throwaway cluster started here and stopped at the end; the report
+says which. It is found when the first test asks for it, so the unit tier
+(tests/unit) runs without any.
 """
 
 from __future__ import annotations
@@ -23,15 +24,6 @@ from pgdurable import Durable
 from pgdurable.testing import drop_schema, new_schema_name, test_server
 
 _server = ExitStack()
-_found: dict[str, str] = {}
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    dsn, how = _server.enter_context(test_server())
-    _found.update(dsn=dsn, how=how)
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"pgdurable tests: PostgreSQL from {how}")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -39,8 +31,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
-def dsn() -> str:
-    return _found["dsn"]
+def dsn(pytestconfig: pytest.Config) -> str:
+    dsn, how = _server.enter_context(test_server())
+    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\npgdurable tests: PostgreSQL from {how}")
+    return dsn
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import pytest
 from conftest import run_of, status_of
 
 from pgdurable import Cancel, ConfigurationError, Context, Durable, InvalidEventError
-from pgdurable.expressions import compile_condition
 from pgdurable.journal import Journal
 from pgdurable.store import Finish, StepRecord, check_schema_name
 
@@ -113,21 +112,6 @@ def test_text_that_looks_like_a_nul_escape_comes_back_as_sent(app: Durable, text
 def test_a_real_nul_is_still_refused(app: Durable) -> None:
     with pytest.raises(InvalidEventError, match="NUL"):
         app.send("echo", {"p": "a\x00b"})
-
-
-@pytest.mark.parametrize(("expression", "problem"), [
-    ("""async.x == 'a\\\\"b' """, None),  # an escaped backslash, then a quote: fine
-    ("async.x == 01", "'01' is not a number"),
-    ("async.x == 1.2.3", "'1.2.3' is not a number"),
-    ("async.x == \u0661", "cannot read"),  # an Arabic-Indic digit
-    ("async.x == '\\q'", "is not a string"),
-])
-def test_if_literals_are_read_or_refused_by_name(expression: str, problem: str | None) -> None:
-    if problem is None:
-        assert compile_condition(expression, {}).variables == {"v0": 'a\\"b'}
-        return
-    with pytest.raises(ConfigurationError, match=problem):
-        compile_condition(expression, {})
 
 
 def test_a_bad_if_literal_in_cancel_on_is_an_invalid_event_at_send(app: Durable) -> None:

@@ -20,7 +20,6 @@ from conftest import send_from_threads, wait_until
 
 from pgdurable import (
     Concurrency,
-    ConfigurationError,
     Context,
     Debounce,
     Durable,
@@ -314,25 +313,6 @@ def test_priority_moves_a_run_ahead_of_runs_queued_before_it(app: Durable) -> No
 
 
 # -- validation ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"concurrency": Concurrency(limit=0)}, "Concurrency.limit must be an int"),
-        ({"concurrency": [Concurrency(1)] * 3}, "at most 2 concurrency constraints"),
-        ({"concurrency": Concurrency(1, scope="account")}, "scope must be"),  # type: ignore[arg-type]
-        ({"concurrency": Concurrency(1, key="data.")}, "not a dotted field path"),
-        ({"throttle": Throttle(limit=1, period="0s")}, "Throttle.period must be positive"),
-        ({"throttle": Throttle(limit=1, period="1s", burst=0)}, "Throttle.burst must be"),
-        ({"priority": 5}, "priority takes Priority"),
-    ],
-)
-def test_bad_flow_options_are_refused_at_definition(
-    app: Durable, options: dict[str, Any], message: str
-) -> None:
-    with pytest.raises(ConfigurationError, match=message):
-        app.function(id="f", event="e", **options)(lambda ctx: None)
 
 
 def test_a_missing_key_or_a_priority_that_is_not_a_number_fails_the_send(app: Durable) -> None:
