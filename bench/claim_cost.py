@@ -14,6 +14,8 @@ from datetime import timedelta
 
 from common import bench_app, describe, percentiles
 
+from pgdurable.testing import internals
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -24,14 +26,15 @@ def main() -> None:
     one: list[float] = []
     with bench_app() as (app, _):
         app.function(id="claimed", event="bench/claim")(lambda ctx: None)
-        with app.pool.connection() as conn:  # autocommit: each claim commits, as a worker's
+        store, pool, _ = internals(app)
+        with pool.connection() as conn:  # autocommit: each claim commits, as a worker's
             for i in range(args.rounds):
                 start = time.perf_counter()
-                app.store.claim_runs(conn, "bench", ["claimed"], 20, lease)
+                store.claim_runs(conn, "bench", ["claimed"], 20, lease)
                 idle.append((time.perf_counter() - start) * 1000)
                 app.send("bench/claim", {"i": i})
                 start = time.perf_counter()
-                if len(app.store.claim_runs(conn, "bench", ["claimed"], 20, lease)) != 1:
+                if len(store.claim_runs(conn, "bench", ["claimed"], 20, lease)) != 1:
                     raise AssertionError("the claim did not take the run just sent")
                 one.append((time.perf_counter() - start) * 1000)
     print(f"claim_runs over {args.rounds} rounds: idle p50 {percentiles(idle)['p50']:.3f} ms, "

@@ -36,10 +36,11 @@ from .functions import (
 )
 from .options import FunctionOptions
 from .replay import FRESH
+from .retries import Backoff
 from .rls import Rls, check_role
 from .runs import Run
-from .store import ClaimedRow, Store, is_transient
-from .worker import Worker
+from .store import Store, is_transient
+from .worker import Worker, WorkerSettings
 
 H = TypeVar("H", bound=Callable[[Context], Any] | Callable[[AsyncContext], Awaitable[Any]])
 T = TypeVar("T")
@@ -78,7 +79,7 @@ class Durable:
     ) -> None:
         if dsn is not None and pool is not None:
             raise ConfigurationError("give either dsn= or pool=, not both")
-        self.store = Store(schema)
+        self._store = Store(schema)
         self.schema = schema
         self.lease = parse_duration(lease, what="lease")
         if self.lease < timedelta(seconds=1):
@@ -93,14 +94,14 @@ class Durable:
             raise ConfigurationError("retry_backoff must have 0 < base <= cap")
         self.retry_backoff = (base, cap)
         self.connect_timeout = connect_timeout
-        self.rls = Rls(self.store, user_setting=user_setting, bypass_setting=bypass_setting,
+        self.rls = Rls(self._store, user_setting=user_setting, bypass_setting=bypass_setting,
                        bypass_role=bypass_role)
         self._owns_pool = pool is None
         self._dsn = None if pool is not None else _dsn_from_env(dsn)
         self._pool_size = _positive(pool_size, "pool_size")
-        self.pool: ConnectionPool[Any] = pool or self._new_pool()
+        self._pool: ConnectionPool[Any] = pool or self._new_pool()
         self._pool_opened = False
-        self.functions: dict[str, FunctionDef] = {}
+        self._functions: dict[str, FunctionDef] = {}
         self._triggers: dict[str, list[FunctionDef]] = {}
         self._schemas: dict[str, type[BaseModel]] = {}
         self._worker: Worker | None = None
@@ -115,8 +116,8 @@ class Durable:
     @property
     def conninfo(self) -> str:
         """The connection string of the pool, for connections of our own (LISTEN)."""
-        conninfo = self.pool.conninfo() if callable(self.pool.conninfo) else self.pool.conninfo
-        kwargs = self.pool.kwargs() if callable(self.pool.kwargs) else self.pool.kwargs
+        conninfo = self._pool.conninfo() if callable(self._pool.conninfo) else self._pool.conninfo
+        kwargs = self._pool.kwargs() if callable(self._pool.kwargs) else self._pool.kwargs
         extra = {k: v for k, v in (kwargs or {}).items()  # libpq parameters only
                  if isinstance(v, str | int) and not isinstance(v, bool)
                  and k not in _PSYCOPG_CONNECT_ARGS}
@@ -136,15 +137,15 @@ class Durable:
         if self._owns_pool and not self._pool_opened:
             with self._open_lock:
                 if not self._pool_opened:
-                    self.pool.open(wait=False)  # connects in the background, retrying
+                    self._pool.open(wait=False)  # connects in the background, retrying
                     self._pool_opened = True
         stack = ExitStack()
         try:
-            conn = stack.enter_context(self.pool.connection(timeout=self.connect_timeout))
+            conn = stack.enter_context(self._pool.connection(timeout=self.connect_timeout))
         except PoolTimeout:
             raise DurableError(
                 f"cannot connect to Postgres at {_redacted(self.conninfo)} within "
-                f"{self.connect_timeout} s (unreachable, or all {self.pool.max_size} "
+                f"{self.connect_timeout} s (unreachable, or all {self._pool.max_size} "
                 "pooled connections busy)") from None
         with stack, _translated_errors(self.schema):
             yield conn
@@ -155,7 +156,7 @@ class Durable:
         """Create or upgrade the schema; idempotent and safe to run concurrently.
         Returns the migration versions applied by this call."""
         with self.connection() as conn:
-            return self.store.migrate(conn)
+            return self._store.migrate(conn)
 
     def create_roles(self, sender: str = "pgdurable_sender",
                      worker: str = "pgdurable_worker") -> None:
@@ -165,7 +166,7 @@ class Durable:
         the role that runs migrations; upgrades keep the grants."""
         sender, worker = check_role(sender, "sender"), check_role(worker, "worker")
         with self.connection() as conn:
-            self.store.create_roles(conn, sender, worker)
+            self._store.create_roles(conn, sender, worker)
 
     # -- registry ---------------------------------------------------------
 
@@ -189,10 +190,10 @@ class Durable:
             fdef = define(handler, id=id, event=event, retries=retries, options=dict(options))
             defs = [d for d in (fdef, failure_handler(fdef)) if d is not None]
             for d in defs:
-                if d.id in self.functions:
+                if d.id in self._functions:
                     raise ConfigurationError(f"a function with id {d.id!r} is already registered")
             for d in defs:
-                self.functions[d.id] = d
+                self._functions[d.id] = d
             for name in fdef.events:
                 self._triggers.setdefault(name, []).append(fdef)
             return handler
@@ -234,7 +235,7 @@ class Durable:
                 for fdef in self._triggers.get(event.name, ())]
         if conn is not None:
             with _translated_errors(self.schema):
-                self.store.send_events(conn, unique, runs, self.dedupe_window)
+                self._store.send_events(conn, unique, runs, self.dedupe_window)
         else:
             self._send_own(unique, runs, generated)
         return [p.id for p in prepared]
@@ -242,23 +243,12 @@ class Durable:
     def _send_own(
         self, events: list[PreparedEvent], runs: list[list[Any]], generated: bool
     ) -> None:
-        """Send on a pooled connection. New runs that this process's worker can
-        start in idle threads are claimed in the sending transaction and
-        handed to it once that commits: they start without a claim round trip."""
+        """Send on a pooled connection; this process's worker, if any, starts
+        what it can of the new runs at once (Worker.send_and_start)."""
         worker = self._worker
-        reserved = 0 if worker is None else worker.reserve(_startable(worker, events, runs))
-        if worker is None or not reserved:
-            self._on_own(partial(self.store.send_events, events=events, runs=runs,
+        if worker is None or not worker.send_and_start(events, runs, self._on_own):
+            self._on_own(partial(self._store.send_events, events=events, runs=runs,
                                  dedupe_window=self.dedupe_window, generated=generated))
-            return
-        claimed: list[ClaimedRow] = []
-        try:
-            claimed = self._on_own(partial(  # committed: now they are the worker's
-                self.store.send_and_claim, events=events, runs=runs,
-                dedupe_window=self.dedupe_window, worker_id=worker.id,
-                function_ids=worker.function_ids, limit=reserved, lease=self.lease))
-        finally:
-            worker.adopt(claimed, reserved)
 
     def _on_own(self, statement: Callable[[psycopg.Connection[Any]], T]) -> T:
         """One statement on a pooled connection (autocommit); once more if a
@@ -317,11 +307,15 @@ class Durable:
             raise DurableError("this app's worker is already started")
         if not 1 <= _positive(threads, "threads") <= 256:
             raise ConfigurationError("threads must be from 1 to 256")
-        worker = Worker(self, threads=threads,
-                        prefetch=4 * threads if prefetch is None else prefetch,
-                        poll_interval=poll_interval, eager=eager)
+        settings = WorkerSettings(
+            threads=threads, prefetch=4 * threads if prefetch is None else prefetch,
+            poll_interval=poll_interval, eager=eager, lease=self.lease,
+            backoff=Backoff(*self.retry_backoff), dedupe_window=self.dedupe_window,
+            max_output_bytes=self.max_output_bytes, listen_conninfo=self.conninfo)
+        worker = Worker(settings, self._store, self._pool, self._functions, rls=self.rls,
+                        send=self.send_generated)
         with self.connection() as conn:
-            if not self.store.is_migrated(conn):
+            if not self._store.is_migrated(conn):
                 raise MigrationError(
                     f"schema {self.schema!r} is not migrated; call app.migrate() "
                     "or run `pgdurable migrate`")
@@ -337,8 +331,8 @@ class Durable:
             self._worker = None
         if self._owns_pool and self._pool_opened:
             with self._open_lock:
-                self.pool.close()
-                self.pool = self._new_pool()  # the app stays usable: it reopens on demand
+                self._pool.close()
+                self._pool = self._new_pool()  # the app stays usable: it reopens on demand
                 self._pool_opened = False
 
     # -- management -------------------------------------------------------
@@ -346,7 +340,7 @@ class Durable:
     def get_run(self, run_id: str) -> Run | None:
         """The run with this id, or None."""
         with self._pooled() as conn:
-            return self.store.get_run(conn, _run_id(run_id))
+            return self._store.get_run(conn, _run_id(run_id))
 
     def wait_for_run(self, run_id: str, timeout: float = 60.0) -> Run:
         """Return the run once it is terminal; raise TimeoutError if it is not in time."""
@@ -366,25 +360,25 @@ class Durable:
     def get_event(self, event_id: str) -> Event | None:
         """The stored event with this id (its data as stored), or None."""
         with self._pooled() as conn:
-            return self.store.event(conn, event_id)
+            return self._store.event(conn, event_id)
 
     def runs_for_event(self, event_id: str) -> list[Run]:
         """The runs an event triggered, oldest first."""
         with self._pooled() as conn:
-            return self.store.runs_for_event(conn, event_id)
+            return self._store.runs_for_event(conn, event_id)
 
     def list_runs(self, *, function: str | None = None, status: str | None = None,
                   limit: int = 100) -> list[Run]:
         """Runs, newest first, optionally of one function and/or status."""
         with self._pooled() as conn:
-            return self.store.list_runs(conn, function, status, _positive(limit, "limit"))
+            return self._store.list_runs(conn, function, status, _positive(limit, "limit"))
 
     def cancel(self, run_id: str) -> bool:
         """Cancel a run: at once if it is not running, else at its next step
         boundary. False if it is unknown or already finished. Once it has
         returned True, the run ends `cancelled` and starts no other step."""
         with self._pooled() as conn:
-            cancelled = self.store.cancel_run(conn, _run_id(run_id))
+            cancelled = self._store.cancel_run(conn, _run_id(run_id))
         if cancelled:
             time.sleep(FRESH)  # until no worker can start a step unaware of it
         return cancelled
@@ -396,12 +390,12 @@ class Durable:
         """Cancel every unfinished run of `function` created in
         [created_after, created_before) (open-ended where omitted), as
         `cancel` does each. Returns how many were cancelled or will be."""
-        if function not in self.functions:
+        if function not in self._functions:
             raise ConfigurationError(f"cancel_runs: no function {function!r} is registered")
         start = _aware(created_after, "created_after", datetime.min)
         end = _aware(created_before, "created_before", datetime.max)
         with self._pooled() as conn:
-            cancelled = self.store.cancel_runs(conn, function, start, end)
+            cancelled = self._store.cancel_runs(conn, function, start, end)
         if cancelled:
             time.sleep(FRESH)  # until no worker can start a step unaware of them
         return cancelled
@@ -409,14 +403,14 @@ class Durable:
     def replay(self, run_id: str) -> str:
         """Start a new run of the same function with the same event(s); return its id."""
         with self.connection() as conn:
-            run = self.store.get_run(conn, _run_id(run_id))
+            run = self._store.get_run(conn, _run_id(run_id))
             if run is None:
                 raise DurableError(f"no run with id {run_id!r}")
-            fdef = self.functions.get(run.function_id)
+            fdef = self._functions.get(run.function_id)
             retries = fdef.retries if fdef else DEFAULT_RETRIES
-            event = self.store.event(conn, run.event_ids[0])
+            event = self._store.event(conn, run.event_ids[0])
             options = start_options(fdef, event) if fdef and event else {}
-            new_id = self.store.replay_run(conn, run.id, retries, options)
+            new_id = self._store.replay_run(conn, run.id, retries, options)
         assert new_id is not None
         return new_id
 
@@ -492,11 +486,3 @@ def _translated_errors(schema: str) -> Iterator[None]:
         raise MigrationError(
             f"schema {schema!r} is not migrated ({exc.diag.message_primary}); "
             "call app.migrate() or run `pgdurable migrate`") from exc
-
-
-def _startable(worker: Worker, events: list[PreparedEvent], runs: list[list[Any]]) -> int:
-    """How many of the runs to send the worker could start now: plain runs
-    (no options) of its functions, for events not dated in the future."""
-    now = datetime.now(UTC)
-    return sum(1 for spec in runs if len(spec) == 3 and spec[1] in worker.function_ids
-               and ((ts := events[spec[0] - 1].ts) is None or ts <= now))

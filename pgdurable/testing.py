@@ -1,4 +1,5 @@
-"""Test helpers: find or start a PostgreSQL server, and isolated schemas.
+"""Test helpers: find or start a PostgreSQL server, isolated schemas, and
+(for pgdurable's own tests and benchmarks) an app's internals.
 
 Order: `PGDURABLE_TEST_DSN` if set; else a server on 127.0.0.1:5432 if one
 answers; else a throwaway cluster in a temporary folder (see embedded.py).
@@ -12,11 +13,19 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 from psycopg import sql
 
 from .embedded import EmbeddedPostgres
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+    from .app import Durable
+    from .functions import FunctionDef
+    from .store import Store
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -55,3 +64,18 @@ def new_schema_name() -> str:
 def drop_schema(dsn: str, schema: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+class Internals(NamedTuple):
+    """What `Durable` keeps to itself: its SQL gateway, its pool and its
+    function table. Not a stable API: for tests that drive the SQL directly
+    (claim a run by hand, flush a transition) and for benchmarks."""
+
+    store: Store
+    pool: ConnectionPool[Any]
+    functions: dict[str, FunctionDef]
+
+
+def internals(app: Durable) -> Internals:
+    """`app`'s internals (see Internals)."""
+    return Internals(app._store, app._pool, app._functions)

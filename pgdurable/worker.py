@@ -24,10 +24,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -37,7 +38,7 @@ from . import serde
 from .context import CURRENT_RUN, AsyncContext, BaseContext, Context
 from .control import Cancelled, Park, Suspend
 from .errors import ConfigurationError, RetryAfterError, StepError
-from .events import Event
+from .events import Event, PreparedEvent
 from .functions import FunctionDef, start_options
 from .journal import Journal
 from .replay import FRESH, RunState
@@ -49,27 +50,44 @@ from .store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec, 
 
 INVOKED_EVENT = "pgdurable/invoked"  # the event of a run started by step.invoke
 
-if TYPE_CHECKING:
-    from .app import Durable
-
 log = logging.getLogger("pgdurable.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """What a worker takes from its app's configuration and from `start()`."""
+
+    threads: int
+    prefetch: int
+    poll_interval: float
+    eager: bool
+    lease: timedelta
+    backoff: Backoff
+    dedupe_window: timedelta
+    max_output_bytes: int
+    listen_conninfo: str  # for the LISTEN connection: straight to Postgres
 
 
 class Worker:
     """Executes runs of the app's registered functions in this process."""
 
     def __init__(
-        self, app: Durable, *, threads: int, prefetch: int, poll_interval: float, eager: bool,
+        self, settings: WorkerSettings, store: Store, pool: ConnectionPool[Any],
+        functions: dict[str, FunctionDef], *, rls: Rls, send: Callable[[list[Event]], list[str]],
     ) -> None:
-        self._app = app
-        self._store: Store = app.store
-        self._pool: ConnectionPool[Any] = app.pool
-        self._functions: dict[str, FunctionDef] = dict(app.functions)
+        """`send` sends the events of `step.send_event` (their ids may be
+        generated ones); `rls` serves the handlers' RLS contexts."""
+        self._settings = settings
+        self._store = store
+        self._pool = pool
+        self._functions = dict(functions)
         self.function_ids = tuple(sorted(self._functions))  # what it claims, as SQL takes it
-        self._threads = threads
-        self._capacity = threads + prefetch
-        self._poll_interval = poll_interval
-        self._lease: timedelta = app.lease
+        self._rls = rls
+        self._send = send
+        self._threads = settings.threads
+        self._capacity = settings.threads + settings.prefetch
+        self._poll_interval = settings.poll_interval
+        self._lease = settings.lease
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._journal = Journal(self._pool, self._store, on_written=self._forget)
         # Probes of cancel requests at step boundaries: read-only batches of
@@ -81,7 +99,7 @@ class Worker:
         self._reserved = 0  # of those, threads reserved by senders not yet back (eager starts)
         self._held_lock = threading.Lock()
         self._settled = threading.Condition(self._held_lock)  # notified as reservations end
-        self._eager = eager
+        self._eager = settings.eager
         self._wake = threading.Event()
         # Cancels committed before this monotonic time have been heard (the
         # listener's barrier); -inf while it is not listening.
@@ -90,8 +108,8 @@ class Worker:
         self._next_due = float("inf")  # monotonic time of the earliest retry this worker scheduled
         self._stopping = threading.Event()
         self._draining = threading.Event()
-        self._backoff = Backoff(app.retry_backoff[0], app.retry_backoff[1])
-        self._scheduler = Scheduler(self._store, self._functions, app.dedupe_window)
+        self._backoff = settings.backoff
+        self._scheduler = Scheduler(self._store, self._functions, settings.dedupe_window)
         self._workers: list[threading.Thread] = []
 
     # -- lifecycle --------------------------------------------------------
@@ -166,10 +184,39 @@ class Worker:
 
     # -- claiming ---------------------------------------------------------
 
-    def reserve(self, wanted: int) -> int:
+    def send_and_start(
+        self, events: list[PreparedEvent], runs: list[list[Any]],
+        execute: Callable[[Callable[[psycopg.Connection[Any]], list[ClaimedRow]]], list[ClaimedRow]],
+    ) -> bool:
+        """Send `events` (with `execute`, the app's way to run a statement on
+        a pooled connection) and claim, in the same transaction, the new runs
+        this worker can start in idle threads now: an eager start, handed to
+        the executors once it commits, without a claim round trip. False,
+        and nothing sent, when none can start so."""
+        reserved = self._reserve(self._startable(events, runs))
+        if not reserved:
+            return False
+        claimed: list[ClaimedRow] = []
+        try:
+            claimed = execute(partial(  # committed: now they are this worker's
+                self._store.send_and_claim, events=events, runs=runs,
+                dedupe_window=self._settings.dedupe_window, worker_id=self.id,
+                function_ids=self.function_ids, limit=reserved, lease=self._lease))
+        finally:
+            self.adopt(claimed, reserved)
+        return True
+
+    def _startable(self, events: list[PreparedEvent], runs: list[list[Any]]) -> int:
+        """How many of the runs to send this worker could start now: plain runs
+        (no options) of its functions, for events not dated in the future."""
+        now = datetime.now(UTC)
+        return sum(1 for spec in runs if len(spec) == 3 and spec[1] in self.function_ids
+                   and ((ts := events[spec[0] - 1].ts) is None or ts <= now))
+
+    def _reserve(self, wanted: int) -> int:
         """Reserve up to `wanted` idle executor threads for runs that a sender
         in this process is about to claim as it creates them (an eager start).
-        Each reservation must end with `adopt`."""
+        Each reservation ends with `adopt`."""
         with self._held_lock:
             if not self._eager or self._draining.is_set():
                 return 0
@@ -179,7 +226,7 @@ class Worker:
             return granted
 
     def adopt(self, rows: list[ClaimedRow], reserved: int = 0) -> None:
-        """Queue claimed runs for the executors. After `reserve`, `rows` are
+        """Queue claimed runs for the executors. After `_reserve`, `rows` are
         the runs claimed under it (none if the send failed), and the threads
         they do not need are given back."""
         states = [self._new_state(row) for row in rows]
@@ -269,7 +316,7 @@ class Worker:
         are known here without asking (see RunState.boundary)."""
         while not self._draining.is_set():
             try:
-                with psycopg.connect(self._app.conninfo, autocommit=True) as conn:
+                with psycopg.connect(self._settings.listen_conninfo, autocommit=True) as conn:
                     self._store.listen(conn)
                     self._wake.set()  # notifications may have been missed while away
                     while not self._draining.is_set():
@@ -355,14 +402,16 @@ class Worker:
         return str(outcome or "lost")
 
     def send(self, events: list[Event]) -> list[str]:
-        return self._app.send_generated(events)
+        return self._send(events)
 
-    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
-        return self._app.connection()
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._pool.connection() as conn, conn.transaction():
+            yield conn
 
     @property
     def rls(self) -> Rls:
-        return self._app.rls
+        return self._rls
 
     def transaction(
         self, state: RunState, body: Callable[[psycopg.Connection[Any]], StepRecord]
@@ -397,7 +446,7 @@ class Worker:
 
     def _new_state(self, claimed: ClaimedRow) -> RunState:
         return RunState(claimed, self._journal, self._prober, self,
-                        max_output_bytes=self._app.max_output_bytes,
+                        max_output_bytes=self._settings.max_output_bytes,
                         backoff=self._backoff,
                         finish_timeout=self._functions[claimed.function_id].finish_timeout)
 
@@ -443,7 +492,7 @@ class Worker:
         try:
             _check_timeouts(fdef, state)
             ctx = _context(fdef, state)
-            current = CURRENT_RUN.set((self._app.rls, ctx))
+            current = CURRENT_RUN.set((self._rls, ctx))
             try:
                 result = fdef.handler(ctx)
                 if fdef.is_async:
@@ -451,7 +500,7 @@ class Worker:
             finally:
                 CURRENT_RUN.reset(current)
             output = serde.dumps(result, what=f"output of function {fdef.id!r}",
-                                 limit=self._app.max_output_bytes)
+                                 limit=self._settings.max_output_bytes)
             return Finish(claimed.id, claimed.token, "completed", output_json=output)
         except (Suspend, Park) as suspend:
             return suspend

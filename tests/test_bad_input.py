@@ -13,6 +13,7 @@ from conftest import run_of, status_of
 from pgdurable import Cancel, ConfigurationError, Context, Durable, InvalidEventError
 from pgdurable.journal import Journal
 from pgdurable.store import Finish, StepRecord, check_schema_name
+from pgdurable.testing import internals
 
 
 @pytest.mark.parametrize(("step_id", "problem"), [
@@ -75,13 +76,13 @@ def test_a_refused_journal_entry_fails_its_run_not_the_batch(
     app.function(id="f", event="e")(lambda ctx: None)
     runs = [run_of(app, "e") for _ in range(3)]
     with app.connection() as conn:
-        claimed = {r.id: r for r in app.store.claim_runs(conn, "w", ["f"], 3, app.lease)}
+        claimed = {r.id: r for r in internals(app).store.claim_runs(conn, "w", ["f"], 3, app.lease)}
     now = datetime.now(UTC)
 
     def entry(run_id: str, key: str) -> StepRecord:
         return StepRecord(run_id, claimed[run_id].token, key, 1, "completed", "1", None, 1, now)
 
-    journal = Journal(app.pool, app.store)
+    journal = Journal(internals(app).pool, internals(app).store)
     journal.start()
     try:
         checkpoint = journal.submit(

@@ -31,6 +31,7 @@ from pgdurable import (
     Throttle,
 )
 from pgdurable.store import Finish
+from pgdurable.testing import internals
 
 FLOW = {"PGDURABLE_TEST_FLOW": "1"}
 
@@ -196,13 +197,13 @@ def test_a_cancelled_run_passes_on_the_slot_handed_to_it(
     runs = [app.runs_for_event(app.send("go", {"n": n})[0])[0].id for n in range(3)]
     lease = timedelta(seconds=30)
     with app.connection() as conn:
-        [first] = app.store.claim_runs(conn, "w", ["single"], 10, lease)  # the others block
+        [first] = internals(app).store.claim_runs(conn, "w", ["single"], 10, lease)  # the others block
     assert first.id == runs[0]
     with app.connection() as conn:  # it ends: its slot is handed to the second
-        app.store.flush(conn, [], [Finish(first.id, first.token, "completed", "null")])
+        internals(app).store.flush(conn, [], [Finish(first.id, first.token, "completed", "null")])
     assert app.cancel(runs[1])  # which passes it on to the third
     with app.connection() as conn:
-        assert [r.id for r in app.store.claim_runs(conn, "w", ["single"], 10, lease)] == [runs[2]]
+        assert [r.id for r in internals(app).store.claim_runs(conn, "w", ["single"], 10, lease)] == [runs[2]]
     assert db.execute(f"SELECT used, reserved FROM {app.schema}.slots").fetchall() == [(1, 0)]
 
 

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from pgdurable import Durable, Event
+from pgdurable.testing import internals
 
 
 def plans_of(conn: psycopg.Connection[Any], action: Any) -> str:
@@ -35,7 +36,7 @@ def test_claim_walks_the_index_instead_of_sorting_the_backlog(app: Durable, dsn:
     for start in range(0, 5000, 1000):
         app.send([Event("e", {"i": i}) for i in range(start, start + 1000)])
     with psycopg.connect(dsn, autocommit=True) as conn:
-        plans = plans_of(conn, lambda: app.store.claim_runs(
+        plans = plans_of(conn, lambda: internals(app).store.claim_runs(
             conn, "w", ["f"], 10, timedelta(seconds=30)))
     picked = next(plan for plan in plans.split("Query Text:") if "FOR UPDATE SKIP LOCKED" in plan)
     assert "Index Scan using queue_available" in picked

@@ -27,6 +27,7 @@ from pgdurable import (
     RlsContextError,
 )
 from pgdurable.cli import main
+from pgdurable.testing import internals
 
 PASSWORD = "pgdurable-test"
 LOGINS = {"pgdurable_test_jobs": "pgdurable_test_worker", "pgdurable_test_web": "pgdurable_test_sender"}
@@ -269,7 +270,7 @@ def test_as_user_needs_a_valid_user_id(app: Durable, user: Any) -> None:
 
 
 def test_contexts_need_a_transaction_and_an_app(app: Durable) -> None:
-    with app.pool.connection() as conn, pytest.raises(RlsContextError, match="open transaction"):
+    with internals(app).pool.connection() as conn, pytest.raises(RlsContextError, match="open transaction"):
         pgdurable.rls_bypass(conn, "ops:x", app=app)  # autocommit, no transaction open
     with pytest.raises(ConfigurationError, match="outside a run needs app="), \
             app.connection() as conn:

@@ -12,6 +12,7 @@ import pytest
 from conftest import run_of, wait_until
 
 from pgdurable import Context, Durable, Event
+from pgdurable.testing import internals
 
 
 @pytest.fixture
@@ -104,17 +105,17 @@ def test_a_held_run_is_not_taken_over_and_its_lease_goes_on(
     app.function(id="held", event="h")(lambda ctx: None)
     run_id = run_of(app, "h")
     with app.connection() as conn:
-        [claimed] = app.store.claim_runs(conn, "w1", ["held"], 1, timedelta(milliseconds=1))
+        [claimed] = internals(app).store.claim_runs(conn, "w1", ["held"], 1, timedelta(milliseconds=1))
     with app.connection() as step_conn:  # a transactional step's transaction
-        assert app.store.hold_run(step_conn, run_id, claimed.token) is False  # held, no cancel
+        assert internals(app).store.hold_run(step_conn, run_id, claimed.token) is False  # held, no cancel
         with app.connection() as other:  # lease expired, yet no one else takes the run
-            assert app.store.claim_runs(other, "w2", ["held"], 1, timedelta(seconds=30)) == []
+            assert internals(app).store.claim_runs(other, "w2", ["held"], 1, timedelta(seconds=30)) == []
         with app.connection() as other:  # and its own worker's heartbeat extends it
-            app.store.heartbeat(other, [(run_id, claimed.token)], timedelta(seconds=30))
+            internals(app).store.heartbeat(other, [(run_id, claimed.token)], timedelta(seconds=30))
     assert db.execute(f"SELECT available_at > now() + interval '20s' FROM {app.schema}.queue "
                       "WHERE run_id = %s", (run_id,)).fetchone() == (True,)
     with app.connection() as conn:  # a claim that lost the run gets no hold
-        assert app.store.hold_run(conn, run_id, claimed.token + 1) is None
+        assert internals(app).store.hold_run(conn, run_id, claimed.token + 1) is None
 
 
 def test_exactly_once_over_1000_runs_with_workers_killed_at_random(

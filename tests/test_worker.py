@@ -11,6 +11,7 @@ import pytest
 from conftest import run_of, wait_until
 
 from pgdurable import ConfigurationError, Context, Durable, DurableError
+from pgdurable.testing import internals
 
 
 def test_get_run_unknown_and_invalid_ids(app: Durable) -> None:
@@ -226,7 +227,7 @@ def test_monitoring_views(app: Durable, db: psycopg.Connection[Any]) -> None:
 
     [event_id] = app.send("v", {})
     app.send("idle", {})
-    app.functions.pop("idle")  # this worker does not run `idle`: it stays queued
+    internals(app).functions.pop("idle")  # this worker does not run `idle`: it stays queued
     app.start(threads=2, poll_interval=0.1)
     for run in app.runs_for_event(event_id):
         app.wait_for_run(run.id, 20)
