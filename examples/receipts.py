@@ -22,7 +22,6 @@ import time
 from pydantic import BaseModel
 
 from pgdurable import Context, Durable, Event, Run
-from pgdurable.app import env_dsn
 from pgdurable.embedded import dsn_or_embedded
 
 
@@ -111,7 +110,8 @@ def report(runs: list[Run]) -> None:
 
 
 def main(count: int = 10) -> None:
-    say("database: " + ("PGDURABLE_DSN / DATABASE_URL" if env_dsn() else
+    from_env = os.environ.get("PGDURABLE_DSN") or os.environ.get("DATABASE_URL")
+    say("database: " + ("PGDURABLE_DSN / DATABASE_URL" if from_env else
                         "a private PostgreSQL in ./.pgdurable (set PGDURABLE_DSN to use yours)"))
     app = build(dsn_or_embedded(), os.environ.get("PGDURABLE_SCHEMA", "receipts"))
     app.migrate()

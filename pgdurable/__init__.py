@@ -1,7 +1,23 @@
 """pgdurable: durable execution for Python apps, on their own PostgreSQL."""
 
-from .app import Durable
-from .context import AsyncContext, Context
+from ._app import Durable
+from ._context import AsyncContext, Context
+from ._events import Event
+from ._options import (
+    Batch,
+    Cancel,
+    Concurrency,
+    Debounce,
+    FunctionOptions,
+    Priority,
+    RateLimit,
+    Singleton,
+    Throttle,
+    Timeouts,
+)
+from ._rls import as_user, rls_bypass
+from ._runs import Run, RunError, RunStatus
+from ._steps import AsyncStep, Step
 from .errors import (
     ConfigurationError,
     DurableError,
@@ -16,22 +32,6 @@ from .errors import (
     StepError,
     StepOrderError,
 )
-from .events import Event
-from .options import (
-    Batch,
-    Cancel,
-    Concurrency,
-    Debounce,
-    FunctionOptions,
-    Priority,
-    RateLimit,
-    Singleton,
-    Throttle,
-    Timeouts,
-)
-from .rls import as_user, rls_bypass
-from .runs import Run, RunError, RunStatus
-from .steps import AsyncStep, Step
 
 __all__ = [
     "AsyncContext",

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from .app import Durable
+from ._app import Durable
 from .errors import ConfigurationError, DurableError, NewerSchemaError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .app import env_dsn
+from ._app import env_dsn
 from .errors import DurableError
 
 log = logging.getLogger("pgdurable.embedded")

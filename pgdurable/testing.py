@@ -23,9 +23,9 @@ from .embedded import EmbeddedPostgres
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
-    from .app import Durable
-    from .functions import FunctionDef
-    from .store import Store
+    from ._app import Durable
+    from ._functions import FunctionDef
+    from ._store import Store
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -11,8 +11,8 @@ import pytest
 from conftest import run_of, status_of
 
 from pgdurable import Cancel, ConfigurationError, Context, Durable, InvalidEventError
-from pgdurable.journal import Journal
-from pgdurable.store import Finish, StepRecord, check_schema_name
+from pgdurable._journal import Journal
+from pgdurable._store import Finish, StepRecord, check_schema_name
 from pgdurable.testing import internals
 
 

@@ -16,7 +16,7 @@ from pgdurable import (
     InvalidEventError,
     PayloadTooLargeError,
 )
-from pgdurable.events import new_event_id
+from pgdurable._events import new_event_id
 
 
 class ReceiptProcess(BaseModel):

@@ -8,7 +8,7 @@ import pytest
 from conftest import send_from_threads
 
 from pgdurable import ConfigurationError, Durable, MigrationError
-from pgdurable.store import Store, functions_checksum, functions_revision
+from pgdurable._store import Store, functions_checksum, functions_revision
 
 MIGRATIONS = Store("x").migrations()
 ALL_VERSIONS = [m.version for m in MIGRATIONS]

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pgdurable import ConfigurationError, Context, Durable, InvalidEventError
-from pgdurable.serde import MAX_DEPTH
+from pgdurable._serde import MAX_DEPTH
 from pgdurable.testing import internals
 
 SQL_FRAGMENTS = ["'; DROP TABLE events; --", '"; DELETE FROM queue; --', "$$ || pg_sleep(5) $$",

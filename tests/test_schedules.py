@@ -11,8 +11,8 @@ import pytest
 from conftest import wait_until
 
 from pgdurable import Cancel, ConfigurationError, Context, Durable
-from pgdurable.functions import Schedule
-from pgdurable.schedules import following_tick, ticks_to_run
+from pgdurable._functions import Schedule
+from pgdurable._schedules import following_tick, ticks_to_run
 
 
 def test_ticks_follow_the_time_zone_across_daylight_saving() -> None:

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_of, status_of, wait_until
 
 from pgdurable import Context, Durable, Event
-from pgdurable.expressions import compile_condition
+from pgdurable._expressions import compile_condition
 
 # -- sleep ------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import atexit
 
 from flask import Flask
 
-from ..app import Durable
+from .._app import Durable
 
 
 def init_app(flask_app: Flask, durable: Durable, *, threads: int = 4,

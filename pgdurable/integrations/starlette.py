@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from ..app import Durable
+from .._app import Durable
 
 
 def lifespan(

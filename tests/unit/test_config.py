@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pgdurable import ConfigurationError, Durable
-from pgdurable.durations import parse_duration
+from pgdurable._durations import parse_duration
 
 DSN = "postgresql://nobody@127.0.0.1:1/none"  # never connected to: nothing here opens the pool
 

@@ -1,4 +1,4 @@
-"""Event filters (expressions.py): `match=` paths, `if_=` expressions
+"""Event filters (_expressions.py): `match=` paths, `if_=` expressions
 compiled to jsonpath with every value a variable, and key options. No database."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pgdurable import ConfigurationError, Event
-from pgdurable.expressions import compile_condition, event_filter, field_path, key_of
+from pgdurable._expressions import compile_condition, event_filter, field_path, key_of
 
 TRIGGER = {"name": "order/created", "data": {"user": 7, "region": "eu"}}
 

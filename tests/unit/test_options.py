@@ -1,4 +1,4 @@
-"""`@app.function` options (functions.py, options.py): each is checked when
+"""`@app.function` options (_functions.py, _options.py): each is checked when
 the function is registered, from one list of known options. No database."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pgdurable import (
     Throttle,
     Timeouts,
 )
-from pgdurable.functions import define
+from pgdurable._functions import define
 
 DSN = "postgresql://nobody@127.0.0.1:1/none"  # never connected to
 

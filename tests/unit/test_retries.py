@@ -1,4 +1,4 @@
-"""The retry policy (retries.py): backoff bounds, when retrying stops, and
+"""The retry policy (_retries.py): backoff bounds, when retrying stops, and
 when the next attempt is due. No database."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pgdurable import NonRetriableError, RetryAfterError, SerializationError
-from pgdurable.retries import Backoff, error_json, gives_up, retry_time
+from pgdurable._retries import Backoff, error_json, gives_up, retry_time
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""JSON in and out of the journal (serde.py): what is refused, by name, and
+"""JSON in and out of the journal (_serde.py): what is refused, by name, and
 what comes back as its annotated type. No database."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from pgdurable import SerializationError
-from pgdurable.serde import MAX_DEPTH, dumps, loads, revive
+from pgdurable._serde import MAX_DEPTH, dumps, loads, revive
 
 
 class Total(BaseModel):

@@ -15,10 +15,10 @@ import psycopg
 from django.conf import settings
 from django.db import connections
 
-from ...app import Durable
+from ..._app import Durable
 from ...cli import load_app
 from ...errors import ConfigurationError
-from ...events import Event
+from ..._events import Event
 
 
 def durable_app() -> Durable:

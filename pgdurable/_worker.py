@@ -6,7 +6,7 @@ Threads of one worker:
 - the listener: holds a LISTEN connection, wakes the claimer, and hears
   cancels of the runs held (with a barrier that dates what it has heard);
 - the heartbeat: extends the leases of every run held, and learns of cancels;
-- the journal writer (journal.py): group-commits steps and run transitions;
+- the journal writer (_journal.py): group-commits steps and run transitions;
 - the prober (a second journal.Journal): batches the read-only questions
   "was this run asked to cancel?" of step boundaries that have no fresh answer;
 - N executors: run handlers, one run at a time each.
@@ -34,19 +34,19 @@ import psycopg
 from psycopg_pool import ConnectionPool
 from tenacity import Retrying, retry_if_exception, stop_never, wait_random_exponential
 
-from . import serde
-from .context import CURRENT_RUN, AsyncContext, BaseContext, Context
-from .control import Cancelled, Park, Suspend
+from . import _serde as serde
+from ._context import CURRENT_RUN, AsyncContext, BaseContext, Context
+from ._control import Cancelled, Park, Suspend
+from ._events import Event, PreparedEvent
+from ._functions import FunctionDef, start_options
+from ._journal import Journal
+from ._replay import FRESH, RunState
+from ._retries import Backoff, error_json, gives_up, retry_time
+from ._rls import Rls
+from ._schedules import Scheduler
+from ._steps import AsyncStep, Step
+from ._store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec, is_transient
 from .errors import ConfigurationError, RetryAfterError, StepError
-from .events import Event, PreparedEvent
-from .functions import FunctionDef, start_options
-from .journal import Journal
-from .replay import FRESH, RunState
-from .retries import Backoff, error_json, gives_up, retry_time
-from .rls import Rls
-from .schedules import Scheduler
-from .steps import AsyncStep, Step
-from .store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec, is_transient
 
 INVOKED_EVENT = "pgdurable/invoked"  # the event of a run started by step.invoke
 

@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from .durations import Duration
+from ._durations import Duration
 
 if TYPE_CHECKING:
-    from .context import AsyncContext, Context
+    from ._context import AsyncContext, Context
 
 Key = str | Callable[[Any], Any] | None
 

@@ -25,14 +25,14 @@ from typing import Any, Protocol
 
 import psycopg
 
-from . import serde
-from .control import Cancelled, Suspend
+from . import _serde as serde
+from ._control import Cancelled, Suspend
+from ._events import Event
+from ._parallel import claim_step_id, in_branch
+from ._retries import Backoff, error_json, gives_up, retry_time
+from ._rls import Rls
+from ._store import Checkpoint, ClaimedRow, DbTime, Finish, StepRecord, WaitSpec
 from .errors import NonRetriableError, StepError, StepOrderError
-from .events import Event
-from .parallel import claim_step_id, in_branch
-from .retries import Backoff, error_json, gives_up, retry_time
-from .rls import Rls
-from .store import Checkpoint, ClaimedRow, DbTime, Finish, StepRecord, WaitSpec
 
 MAX_STEP_ID_LENGTH = 512
 

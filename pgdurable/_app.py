@@ -21,12 +21,11 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
-from . import serde
-from .context import AsyncContext, Context
-from .durations import Duration, parse_duration, require_aware
-from .errors import ConfigurationError, DurableError, InvalidEventError, MigrationError
-from .events import Event, PreparedEvent, check_name, prepare
-from .functions import (
+from . import _serde as serde
+from ._context import AsyncContext, Context
+from ._durations import Duration, parse_duration, require_aware
+from ._events import Event, PreparedEvent, check_name, prepare
+from ._functions import (
     DEFAULT_RETRIES,
     FunctionDef,
     define,
@@ -34,13 +33,14 @@ from .functions import (
     run_options,
     start_options,
 )
-from .options import FunctionOptions
-from .replay import FRESH
-from .retries import Backoff
-from .rls import Rls, check_role
-from .runs import Run
-from .store import Store, is_transient
-from .worker import Worker, WorkerSettings
+from ._options import FunctionOptions
+from ._replay import FRESH
+from ._retries import Backoff
+from ._rls import Rls, check_role
+from ._runs import Run
+from ._store import Store, is_transient
+from ._worker import Worker, WorkerSettings
+from .errors import ConfigurationError, DurableError, InvalidEventError, MigrationError
 
 H = TypeVar("H", bound=Callable[[Context], Any] | Callable[[AsyncContext], Awaitable[Any]])
 T = TypeVar("T")

@@ -8,7 +8,7 @@ policies honour, or switches to a role with BYPASSRLS (`SET LOCAL ROLE`).
 Either lasts until the transaction ends and writes an audit row in it.
 
 Which run, function and step an audit row names comes from the context
-variables (context.py) the worker sets while it executes a handler and its steps.
+variables (_context.py) the worker sets while it executes a handler and its steps.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from .context import CURRENT_RUN, CURRENT_STEP, BaseContext
+from ._context import CURRENT_RUN, CURRENT_STEP, BaseContext
 from .errors import ConfigurationError, RlsContextError
 
 if TYPE_CHECKING:
-    from .app import Durable
-    from .store import Store
+    from ._app import Durable
+    from ._store import Store
 
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}")
 _SETTING = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+")  # a custom GUC: prefix.name

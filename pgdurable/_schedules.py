@@ -29,9 +29,9 @@ from zoneinfo import ZoneInfo
 import psycopg
 from croniter import croniter
 
-from .events import GENERATED_ID_PREFIX, Event, PreparedEvent
-from .functions import FunctionDef, Schedule, run_options
-from .store import Store
+from ._events import GENERATED_ID_PREFIX, Event, PreparedEvent
+from ._functions import FunctionDef, Schedule, run_options
+from ._store import Store
 
 CRON_EVENT = "pgdurable/cron"
 MISSED_AFTER = timedelta(seconds=60)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from .store import StepRecord
+from ._store import StepRecord
 
 
 class Suspend(BaseException):

@@ -1,9 +1,9 @@
 """The step API: `ctx.step` in `def` handlers (`Step`) and in `async def`
 ones (`AsyncStep`, every method awaited).
 
-Each method numbers its step, looks it up in the run's journal (replay.py),
+Each method numbers its step, looks it up in the run's journal (_replay.py),
 and either returns the journaled value or executes once the run's earlier
-steps are durable. Steps that park the run follow a plan (plans.py).
+steps are durable. Steps that park the run follow a plan (_plans.py).
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, overload
 
 import psycopg
 
-from . import serde
-from .context import CURRENT_STEP
-from .control import Cancelled, Park, Suspend
-from .durations import Duration, require_aware
+from . import _serde as serde
+from ._context import CURRENT_STEP
+from ._control import Cancelled, Park, Suspend
+from ._durations import Duration, require_aware
+from ._events import Event
+from ._parallel import AsyncStepGate, StepGate, run_tasks, run_threads
+from ._plans import Plan, deadline, plan_invoke, plan_sleep, plan_wait, wait_spec, with_ids
+from ._replay import RunState, replayed_value
+from ._store import Checkpoint, StepRecord
 from .errors import SerializationError, StepError
-from .events import Event
-from .parallel import AsyncStepGate, StepGate, run_tasks, run_threads
-from .plans import Plan, deadline, plan_invoke, plan_sleep, plan_wait, wait_spec, with_ids
-from .replay import RunState, replayed_value
-from .store import Checkpoint, StepRecord
 
 if TYPE_CHECKING:
-    from .context import AsyncContext, Context
+    from ._context import AsyncContext, Context
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -13,14 +13,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from . import serde
-from .control import Cancelled, Park
-from .durations import Duration, parse_duration
+from . import _serde as serde
+from ._control import Cancelled, Park
+from ._durations import Duration, parse_duration
+from ._events import GENERATED_ID_PREFIX, Event, check_name
+from ._expressions import event_filter
+from ._replay import RunState
+from ._store import StepRecord, WaitSpec
 from .errors import StepError
-from .events import GENERATED_ID_PREFIX, Event, check_name
-from .expressions import event_filter
-from .replay import RunState
-from .store import StepRecord, WaitSpec
 
 
 @dataclass(slots=True)

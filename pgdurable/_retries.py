@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from . import serde
-from .durations import parse_duration
+from . import _serde as serde
+from ._durations import parse_duration
 from .errors import NonRetriableError, RetryAfterError, SerializationError
 
 

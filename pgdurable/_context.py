@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from .events import Event
+from ._events import Event
 
 if TYPE_CHECKING:
-    from .replay import RunState
-    from .rls import Rls
-    from .steps import AsyncStep, Step
+    from ._replay import RunState
+    from ._rls import Rls
+    from ._steps import AsyncStep, Step
 
 logger = logging.getLogger("pgdurable.run")
 

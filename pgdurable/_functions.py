@@ -12,11 +12,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from .durations import parse_duration
-from .errors import ConfigurationError, InvalidEventError
-from .events import Event, check_name
-from .expressions import check_key, event_filter, field_path, key_of, value_of
-from .options import (
+from ._durations import parse_duration
+from ._events import Event, check_name
+from ._expressions import check_key, event_filter, field_path, key_of, value_of
+from ._options import (
     Batch,
     Cancel,
     Concurrency,
@@ -29,6 +28,7 @@ from .options import (
     Throttle,
     Timeouts,
 )
+from .errors import ConfigurationError, InvalidEventError
 
 Handler = Callable[..., Any]
 T = TypeVar("T")

@@ -23,8 +23,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from . import serde
-from .store import Checkpoint, Finish, StepRecord, Store, is_transient
+from . import _serde as serde
+from ._store import Checkpoint, Finish, StepRecord, Store, is_transient
 
 log = logging.getLogger("pgdurable.worker")
 

@@ -22,9 +22,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ._events import Event, PreparedEvent
+from ._runs import Run
 from .errors import ConfigurationError, NewerSchemaError
-from .events import Event, PreparedEvent
-from .runs import Run
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .control import Cancelled, Park, Suspend
+from ._control import Cancelled, Park, Suspend
 from .errors import ConfigurationError
 
 MAX_THREADS = 32  # branches of a `def` handler running at once; the rest queue

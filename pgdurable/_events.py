@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import serde
-from .durations import require_aware
+from . import _serde as serde
+from ._durations import require_aware
 from .errors import InvalidEventError, PayloadTooLargeError, SerializationError
 
 MAX_NAME_LENGTH = 256
