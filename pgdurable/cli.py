@@ -1,4 +1,4 @@
-"""`pgdurable migrate`, `pgdurable roles` and `pgdurable worker module:app`."""
+"""`pgdurable migrate`, `pgdurable roles`, `pgdurable schema` and `pgdurable worker module:app`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from ._app import Durable
+from ._store import fresh_schema_ddl
 from .errors import ConfigurationError, DurableError, NewerSchemaError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -59,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     roles.add_argument("--sender", default="pgdurable_sender")
     roles.add_argument("--worker", default="pgdurable_worker")
 
+    schema = commands.add_parser("schema", help="print the DDL that migrate creates (nothing is kept)")
+    schema.add_argument("--dsn", help="defaults to PGDURABLE_DSN, then DATABASE_URL")
+
     worker = commands.add_parser("worker", help="run a worker for an app")
     worker.add_argument("app", help="where the app is, as module.path:attribute")
     worker.add_argument("--threads", type=_count(1, 256), default=4)
@@ -77,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             Durable(args.dsn, schema=args.schema).create_roles(args.sender, args.worker)
             print(f"roles {args.sender} (sender) and {args.worker} (worker) granted "
                   f"on schema {args.schema}")
+            return 0
+        if args.command == "schema":
+            with Durable(args.dsn).connection() as conn:
+                print(fresh_schema_ddl(conn), end="")
             return 0
         return run_worker(load_app(args.app), args.threads, args.prefetch, args.shutdown_timeout)
     except DurableError as exc:

@@ -1,4 +1,4 @@
--- Every statement pgdurable runs, by name; pgdurable/store.py loads them.
+-- Every statement pgdurable runs, by name; pgdurable/_store.py loads them.
 -- `{schema}` is replaced by the quoted schema name; parameters use psycopg's
 -- %s / %(name)s placeholders.
 
@@ -197,8 +197,65 @@ FROM {schema}.runs WHERE id = %(run)s::uuid;
 -- name: event
 SELECT {schema}.event_doc(e) FROM {schema}.events e WHERE e.id = %s;
 
+-- name: notify_migrated
+SELECT pg_notify('{channel}', 'migrated');
+
 -- name: listen
 LISTEN {channel_ident};
 
 -- name: barrier
 SELECT;
+
+-- The schema as DDL, read back from the catalogs (Store.schema_ddl; the
+-- source of sql/schema.sql). Each returns (sort key, DDL text) rows.
+
+-- name: ddl_tables
+SELECT c.relname, format(E'CREATE TABLE %%I.%%I (\n%%s\n);', n.nspname, c.relname, concat_ws(E',\n',
+    (SELECT string_agg(format('    %%I %%s%%s%%s', a.attname, format_type(a.atttypid, a.atttypmod),
+                              CASE WHEN a.attnotnull THEN ' NOT NULL' END,
+                              ' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid)), E',\n' ORDER BY a.attnum)
+     FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+    (SELECT string_agg(format('    CONSTRAINT %%I %%s', k.conname, pg_get_constraintdef(k.oid)),
+                       E',\n' ORDER BY k.contype DESC, k.conname)
+     FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype <> 'n')))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p')
+ORDER BY c.relname;
+
+-- name: ddl_indexes
+SELECT t.relname || ' ' || i.relname, pg_get_indexdef(x.indexrelid) || ';'
+FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = %(schema)s
+  AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = x.indexrelid AND k.conrelid = t.oid)
+ORDER BY 1;
+
+-- name: ddl_types
+SELECT c.relname, format(E'CREATE TYPE %%I.%%I AS (\n%%s\n);', n.nspname, c.relname,
+    (SELECT string_agg(format('    %%I %%s', a.attname, format_type(a.atttypid, a.atttypmod)),
+                       E',\n' ORDER BY a.attnum)
+     FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relkind = 'c'
+ORDER BY c.relname;
+
+-- name: ddl_views
+SELECT c.relname, format(E'CREATE VIEW %%I.%%I AS\n%%s', n.nspname, c.relname,
+                         pg_get_viewdef(c.oid, true))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relkind = 'v'
+ORDER BY c.relname;
+
+-- name: ddl_functions
+SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+       pg_get_functiondef(p.oid) || ';'
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = %(schema)s
+ORDER BY 1;
+
+-- name: ddl_triggers
+SELECT c.relname || ' ' || t.tgname, pg_get_triggerdef(t.oid, true) || ';'
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND NOT t.tgisinternal
+ORDER BY 1;

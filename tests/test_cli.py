@@ -41,3 +41,18 @@ def test_a_bad_dsn_in_the_api_is_a_configuration_error() -> None:
         with pytest.raises(ConfigurationError, match="not a PostgreSQL connection string") as err:
             Durable(dsn)
         assert "hunter2" not in str(err.value)
+
+
+def test_schema_prints_what_migrate_creates_and_keeps_nothing(
+    dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psycopg
+
+    from pgdurable.cli import main
+
+    assert main(["schema", "--dsn", dsn]) == 0
+    printed = capsys.readouterr().out
+    assert "CREATE TABLE pgdurable.queue (" in printed and "FUNCTION pgdurable.flush(" in printed
+    with psycopg.connect(dsn) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgdurable_ddl_%'")
+        assert left.fetchone() == (0,)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import difflib
+import re
 import threading
 from typing import Any
 
@@ -8,7 +10,7 @@ import pytest
 from conftest import send_from_threads
 
 from pgdurable import ConfigurationError, Durable, MigrationError
-from pgdurable._store import Store, functions_checksum, functions_revision
+from pgdurable._store import Store, fresh_schema_ddl, functions_checksum, functions_revision, sql_dir
 
 MIGRATIONS = Store("x").migrations()
 ALL_VERSIONS = [m.version for m in MIGRATIONS]
@@ -182,3 +184,19 @@ def test_the_worker_command_exits_at_once_on_a_newer_schema(
     worker = worker_process()
     assert worker.proc.wait(60) == 2
     assert "newer than this pgdurable's latest" in worker.output()
+
+
+def test_sql_schema_sql_is_what_migrate_creates(dsn: str) -> None:
+    """Issue 14, s4: sql/schema.sql, the one file a newcomer reads to know
+    every table, is kept in step with the migrations and functions."""
+    recorded = (sql_dir() / "schema.sql").read_text()
+    found = re.search(r"on PostgreSQL (\d+)", recorded)
+    assert found is not None, "sql/schema.sql lost its header"
+    with psycopg.connect(dsn) as conn:
+        if conn.info.server_version // 10000 != int(found[1]):
+            pytest.skip(f"sql/schema.sql renders PostgreSQL {found[1]}'s catalogs; this server "
+                        f"is {conn.info.server_version // 10000}")
+        fresh = fresh_schema_ddl(conn)
+    diff = list(difflib.unified_diff(recorded.splitlines(), fresh.splitlines(), "sql/schema.sql",
+                                     "a fresh migrate", lineterm="", n=1))
+    assert not diff, "run `pgdurable schema > sql/schema.sql`:\n" + "\n".join(diff[:40])

@@ -3,6 +3,54 @@
 -- versioned file per change) they are dropped and recreated as a whole by
 -- any `migrate` that finds them changed, so each has one current text.
 
+-- --8<-- [start:state-machine]
+-- The state machine of a run. A run is a row of `runs` (what and why) and,
+-- while it is not finished, a row of `queue` (where it stands); once
+-- finished, a row of `results` instead. Sub-states are columns of `queue`.
+--
+--   status (table)       sub-state (queue columns)          meaning
+--   queued (queue)       -                                  due at available_at
+--                        blocked_key                        a concurrency key was full; waits for a hand-off
+--                        reserved_key                       a slot was handed to it; due now
+--                        throttle (marked)                  had its throttle turn; due at available_at
+--   running (queue)      worker_id, lease_token, lease      a worker executes it until the lease lapses
+--                        holds_slots                        it counts against its concurrency keys
+--                        cancel_requested                   ends `cancelled` at its next transition
+--   sleeping (queue)     available_at                       step.sleep; due again when it ends
+--   waiting (queue)      waits rows, available_at           wait_for_event or invoke; due at the timeout
+--   completed | failed | cancelled | skipped (results)      finished; never changes again
+--
+-- Before a run exists, a debounced event waits in `debounces` and a batched
+-- one in `batch_items`, until start_due_debounces or start_batch starts it.
+--
+--   from          to                      made by
+--   -             queued                  send_events, send_generated (sends, cron ticks) through
+--                                         start_runs_with_options; start_run, for runs started one
+--                                         by one (invoke_child, replay_run, start_batch,
+--                                         start_due_debounces, on_failure handlers from runs_ended)
+--   -             skipped                 admit (idempotency duplicate: no run at all; rate limit,
+--                                         singleton in progress: a skipped result)
+--   queued        running                 claim_runs, send_and_claim (an eager start); admit_flow may
+--                                         instead defer it (throttle) or block it (concurrency)
+--   queued        queued (reserved_key)   hand_off, from release_slots when a slot frees
+--   running       queued                  flush (a retry after a failure, or a release at shutdown)
+--   running       running (another worker)  claim_runs, once its lease lapsed (recover_claimed)
+--   running       sleeping                flush (a sleep step's park)
+--   running       waiting                 register_wait, invoke_child
+--   sleeping      running                 claim_runs, once available_at passes (recover_claimed
+--                                         completes the sleep step)
+--   waiting       queued                  wake (deliver_events: an event matched; runs_ended: the
+--                                         invoked child ended)
+--   waiting       running                 claim_runs at the timeout (recover_claimed records it)
+--   running       completed | failed      flush; recover_claimed (lost its worker too often: failed)
+--   running       cancelled               flush (cancel_requested, or a start or finish timeout the
+--                                         worker found); recover_claimed (lapsed with a cancel request)
+--   queued, sleeping, waiting  cancelled  cancel_set (cancel_run, cancel_runs, cancel_on via
+--                                         deliver_events, singleton mode=cancel via admit)
+--   any end       -                       runs_ended (trigger on results): waits and singleton key
+--                                         go, the parent of an invoke wakes, on_failure starts
+-- --8<-- [end:state-machine]
+
 -- Helpers shared by the other functions.
 
 -- Functions on the hot path pin their plans with `SET enable_... = off`

@@ -91,16 +91,97 @@ BEGIN
 END
 $$;
 
+-- full_key: the first of a run's concurrency keys (p_slot_keys, with their
+-- limits) that has no slot free, or null. p_keys/p_used/p_reserved are the
+-- counters as the claim has them so far; a slot handed to the run
+-- (p_reserved_key) is its own.
+CREATE FUNCTION {schema}.full_key(
+    p_slot_keys text[], p_slot_limits int[], p_reserved_key text,
+    p_keys text[], p_used int[], p_reserved int[]
+) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    i int;
+BEGIN
+    FOR j IN 1 .. cardinality(p_slot_keys) LOOP
+        i := array_position(p_keys, p_slot_keys[j]);
+        IF p_slot_keys[j] IS DISTINCT FROM p_reserved_key
+           AND p_used[i] + p_reserved[i] >= p_slot_limits[j] THEN
+            RETURN p_slot_keys[j];
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- take_slots: the counters once a run takes a slot of each of its keys
+-- (using up the one handed to it, if any).
+CREATE FUNCTION {schema}.take_slots(
+    p_slot_keys text[], p_reserved_key text, p_keys text[],
+    INOUT used int[], INOUT reserved int[]
+) LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    i int;
+BEGIN
+    FOR j IN 1 .. cardinality(p_slot_keys) LOOP
+        i := array_position(p_keys, p_slot_keys[j]);
+        used[i] := used[i] + 1;
+        IF p_slot_keys[j] = p_reserved_key THEN
+            reserved[i] := reserved[i] - 1;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- throttle_turn: a run's turn under its throttle (p_throttle: [key, limit,
+-- period in seconds, burst], then a mark once it has had its turn), given
+-- its key's clocks; returns them moved on, and when the run may start (at
+-- or before now(): now).
+--
+-- Two GCRA clocks per key, each letting `burst` go at once: `tat` gives a
+-- new run its turn (a flood is spread out once, not re-examined at every
+-- turn); `started` lets a run start only if the starts so far allow it, so
+-- runs whose turns passed while no worker claimed them do not start
+-- together (`waiting` counts those deferred so far by this claim).
+CREATE FUNCTION {schema}.throttle_turn(
+    p_throttle jsonb, INOUT tat timestamptz, INOUT started timestamptz, INOUT waiting int,
+    OUT at timestamptz
+) LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_step interval := make_interval(
+        secs => (p_throttle ->> 2)::float8 / (p_throttle ->> 1)::int);
+    v_burst interval := v_step * ((p_throttle ->> 3)::int - 1);
+BEGIN
+    IF jsonb_array_length(p_throttle) = 4 THEN  -- not given a turn yet
+        tat := greatest(tat, now());
+        at := tat - v_burst;
+        tat := tat + v_step;
+    ELSE
+        at := now();
+    END IF;
+    IF at <= now() THEN
+        started := greatest(started, now());
+        at := started - v_burst + v_step * waiting;
+        IF at <= now() THEN
+            started := started + v_step;
+        ELSE
+            waiting := waiting + 1;
+        END IF;
+    END IF;
+END
+$$;
+
 -- admit_flow: of the runs a claim picked (p_runs, locked, in claim order)
 -- whose functions have concurrency= or throttle=, which may start now.
 -- Returns the others: throttled ones are due again at their turn, and
 -- ones that found a concurrency key full are blocked on it until a slot is
--- handed to them. Counters are read and locked once, worked in memory, and
+-- handed to them. Counters are read and locked once, worked in memory
+-- (full_key, throttle_turn, take_slots, run by run in claim order), and
 -- written back once.
 CREATE FUNCTION {schema}.admit_flow(p_runs uuid[]) RETURNS uuid[]
 LANGUAGE plpgsql AS $$
 DECLARE
     r record;
+    v_turn record;
     i int;
     v_full text;
     v_keys text[];
@@ -112,9 +193,6 @@ DECLARE
     v_tats timestamptz[];
     v_started timestamptz[];
     v_waiting int[];
-    v_burst interval;
-    v_step interval;
-    v_at timestamptz;
     v_unthrottled uuid[] := '{}';
     v_defer uuid[] := '{}';
     v_defer_at timestamptz[] := '{}';
@@ -155,17 +233,8 @@ BEGIN
         -- throttle turn, or it would start unthrottled once a slot is
         -- handed to it. Then the throttle, before any slot is taken: a
         -- deferred run takes none (it keeps a slot handed to it).
-        v_full := NULL;
-        IF r.slot_keys IS NOT NULL AND NOT r.holds_slots THEN
-            FOR j IN 1 .. cardinality(r.slot_keys) LOOP
-                i := array_position(v_keys, r.slot_keys[j]);
-                IF r.slot_keys[j] IS DISTINCT FROM r.reserved_key
-                   AND v_used[i] + v_reserved[i] >= r.slot_limits[j] THEN
-                    v_full := r.slot_keys[j];
-                    EXIT;
-                END IF;
-            END LOOP;
-        END IF;
+        v_full := CASE WHEN r.slot_keys IS NOT NULL AND NOT r.holds_slots THEN {schema}.full_key(
+            r.slot_keys, r.slot_limits, r.reserved_key, v_keys, v_used, v_reserved) END;
         IF v_full IS NOT NULL THEN
             v_block := v_block || r.run_id;
             v_block_keys := v_block_keys || v_full;
@@ -177,45 +246,22 @@ BEGIN
             CONTINUE;
         END IF;
         IF r.throttle IS NOT NULL THEN
-            -- Two GCRA clocks per key, each letting `burst` go at once: `tat`
-            -- gives a new run its turn (a flood is spread out once, not
-            -- re-examined at every turn); `started_tat` lets a run start only
-            -- if the starts so far allow it, so runs whose turns passed
-            -- while no worker claimed them do not start together.
             i := array_position(v_tkeys, r.function_id || ' ' || (r.throttle ->> 0));
-            v_step := make_interval(secs => (r.throttle ->> 2)::float8 / (r.throttle ->> 1)::int);
-            v_burst := v_step * ((r.throttle ->> 3)::int - 1);
-            IF jsonb_array_length(r.throttle) = 4 THEN  -- not given a turn yet
-                v_tats[i] := greatest(v_tats[i], now());
-                v_at := v_tats[i] - v_burst;
-                v_tats[i] := v_tats[i] + v_step;
-            ELSE
-                v_at := now();
-            END IF;
-            IF v_at <= now() THEN
-                v_started[i] := greatest(v_started[i], now());
-                v_at := v_started[i] - v_burst + v_step * v_waiting[i];
-                IF v_at <= now() THEN
-                    v_started[i] := v_started[i] + v_step;
-                ELSE
-                    v_waiting[i] := v_waiting[i] + 1;
-                END IF;
-            END IF;
-            IF v_at > now() THEN
+            SELECT * INTO v_turn
+            FROM {schema}.throttle_turn(r.throttle, v_tats[i], v_started[i], v_waiting[i]);
+            v_tats[i] := v_turn.tat;
+            v_started[i] := v_turn.started;
+            v_waiting[i] := v_turn.waiting;
+            IF v_turn.at > now() THEN
                 v_defer := v_defer || r.run_id;
-                v_defer_at := v_defer_at || v_at;
+                v_defer_at := v_defer_at || v_turn.at;
                 CONTINUE;
             END IF;
             v_unthrottled := v_unthrottled || r.run_id;
         END IF;
         CONTINUE WHEN r.slot_keys IS NULL OR r.holds_slots;
-        FOR j IN 1 .. cardinality(r.slot_keys) LOOP
-            i := array_position(v_keys, r.slot_keys[j]);
-            v_used[i] := v_used[i] + 1;
-            IF r.slot_keys[j] = r.reserved_key THEN
-                v_reserved[i] := v_reserved[i] - 1;
-            END IF;
-        END LOOP;
+        SELECT s.used, s.reserved INTO v_used, v_reserved
+        FROM {schema}.take_slots(r.slot_keys, r.reserved_key, v_keys, v_used, v_reserved) s;
         v_took := v_took || r.run_id;
     END LOOP;
 
