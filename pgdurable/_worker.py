@@ -108,6 +108,7 @@ class Worker:
         self._next_due = float("inf")  # monotonic time of the earliest retry this worker scheduled
         self._stopping = threading.Event()
         self._draining = threading.Event()
+        self._outdated = threading.Event()  # a newer pgdurable migrated: claim no more
         self._backoff = settings.backoff
         self._scheduler = Scheduler(self._store, self._functions, settings.dedupe_window)
         self._workers: list[threading.Thread] = []
@@ -218,7 +219,7 @@ class Worker:
         in this process is about to claim as it creates them (an eager start).
         Each reservation ends with `adopt`."""
         with self._held_lock:
-            if not self._eager or self._draining.is_set():
+            if not self._eager or self._draining.is_set() or self._outdated.is_set():
                 return 0
             granted = max(0, min(wanted, self._threads - self._unfinished))
             self._unfinished += granted
@@ -241,7 +242,7 @@ class Worker:
             self._ready.put(state)
 
     def _claim_loop(self) -> None:
-        while not self._draining.is_set():
+        while not self._draining.is_set() and not self._outdated.is_set():
             free = self._capacity - self.in_flight
             if time.monotonic() >= self._next_due:
                 self._next_due = float("inf")  # this claim picks the retry up
@@ -336,6 +337,8 @@ class Worker:
     def _hear(self, notifications: Iterator[psycopg.Notify]) -> None:
         for notification in notifications:
             kind, _, run_id = notification.payload.partition(" ")
+            if kind == "migrated":
+                self._check_schema()
             if kind != "cancel":
                 self._wake.set()
                 continue
@@ -347,9 +350,21 @@ class Worker:
                     while len(self._heard_cancels) > 10_000:
                         del self._heard_cancels[next(iter(self._heard_cancels))]
 
+    def _check_schema(self) -> None:
+        """Once a newer pgdurable has migrated the schema (a rolling deploy),
+        claim nothing more: its SQL may no longer be what this code expects.
+        Runs held here go on; any that cannot finish are claimed again by
+        the new version's workers once their leases lapse."""
+        newer = self._with_db("read the schema's version", self._store.newer_schema)
+        if newer is not None and not self._outdated.is_set():
+            self._outdated.set()
+            log.error("worker %s stops claiming runs: %s. Runs it holds go on; restart it on "
+                      "the new version", self.id, newer)
+
     def _heartbeat_loop(self) -> None:
         interval = self._lease.total_seconds() / 3
         while not self._stopping.wait(interval):
+            self._check_schema()  # also heard at once by the listener, where there is one
             with self._held_lock:
                 leases = [(s.claimed.id, s.claimed.token) for s in self._held.values()]
             if not leases:
@@ -362,7 +377,7 @@ class Worker:
                         state.cancel_requested = True
 
     def _schedule_loop(self) -> None:
-        while True:
+        while not self._outdated.is_set():
             next_tick = self._with_db("start scheduled runs", self._scheduler.start_due,
                                       until=self._draining)
             wait = self._poll_interval
@@ -371,7 +386,7 @@ class Worker:
             if self._draining.wait(wait):
                 return
 
-    # -- the steps' runtime (steps.Runtime) --------------------------------
+    # -- the steps' runtime (_replay.Runtime) -------------------------------
 
     def register_wait(
         self, state: RunState, key: str, position: int, wait: WaitSpec
