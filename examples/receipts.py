@@ -25,6 +25,7 @@ from pgdurable import Context, Durable, Event, Run
 from pgdurable.embedded import dsn_or_embedded
 
 
+# --8<-- [start:models]
 class ReceiptProcess(BaseModel):
     user_id: str
     file_key: str
@@ -35,6 +36,7 @@ class Receipt(BaseModel):
     merchant: str
     total: float
     lines: int
+# --8<-- [end:models]
 
 
 def say(text: str) -> None:
@@ -59,6 +61,7 @@ def ocr(name: str, content: str, failure_rate: float) -> Receipt:
                    lines=1 + digest[2] % 9)
 
 
+# --8<-- [start:build]
 def build(dsn: str, schema: str = "receipts", failure_rate: float = 0.3) -> Durable:
     app = Durable(dsn, schema=schema, retry_backoff=("200ms", "2s"))
     app.event("receipt/process", ReceiptProcess)
@@ -89,8 +92,10 @@ def build(dsn: str, schema: str = "receipts", failure_rate: float = 0.3) -> Dura
         return {"user_id": data.user_id, "file": name, **receipt.model_dump()}
 
     return app
+# --8<-- [end:build]
 
 
+# --8<-- [start:upload]
 def upload(app: Durable, user_id: str, count: int) -> list[str]:
     """The bulk upload: one event per file, sent in one round trip."""
     events = [
@@ -99,6 +104,7 @@ def upload(app: Durable, user_id: str, count: int) -> list[str]:
         for n in range(1, count + 1)
     ]
     return app.send(events)
+# --8<-- [end:upload]
 
 
 def report(runs: list[Run]) -> None:
@@ -109,6 +115,7 @@ def report(runs: list[Run]) -> None:
             f"{out.get('total', 0):>8.2f}  {run.attempt}")
 
 
+# --8<-- [start:main]
 def main(count: int = 10) -> None:
     from_env = os.environ.get("PGDURABLE_DSN") or os.environ.get("DATABASE_URL")
     say("database: " + ("PGDURABLE_DSN / DATABASE_URL" if from_env else
@@ -126,6 +133,7 @@ def main(count: int = 10) -> None:
     report(runs)
     done = sum(r.status == "completed" for r in runs)
     say(f"\n{done}/{len(runs)} completed in {time.monotonic() - started:.1f} s")
+# --8<-- [end:main]
 
 
 if __name__ == "__main__":

@@ -219,7 +219,7 @@ class Durable:
         """
         return self._send(self._events_of(name_or_events, data, id, ts), conn, generated=False)
 
-    def send_generated(self, events: list[Event]) -> list[str]:
+    def _send_generated(self, events: list[Event]) -> list[str]:
         """`send` for events from `step.send_event`, whose ids may be in the
         namespace reserved for the ids pgdurable generates."""
         return self._send(events, None, generated=True)
@@ -313,7 +313,7 @@ class Durable:
             backoff=Backoff(*self.retry_backoff), dedupe_window=self.dedupe_window,
             max_output_bytes=self.max_output_bytes, listen_conninfo=self.conninfo)
         worker = Worker(settings, self._store, self._pool, self._functions, rls=self.rls,
-                        send=self.send_generated)
+                        send=self._send_generated)
         with self.connection() as conn:
             if not self._store.is_migrated(conn):
                 raise MigrationError(

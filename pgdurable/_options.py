@@ -20,6 +20,11 @@ Key = str | Callable[[Any], Any] | None
 
 @dataclass(frozen=True, slots=True)
 class Concurrency:
+    """At most `limit` runs executing at once: per value of `key` (a dotted
+    path such as "event.data.user_id", or a callable of the event) if given;
+    `scope="app"` shares the key across functions. Sleeping and waiting runs
+    hold no slot."""
+
     limit: int
     key: Key = None
     scope: Literal["function", "app"] = "function"
@@ -27,6 +32,9 @@ class Concurrency:
 
 @dataclass(frozen=True, slots=True)
 class Throttle:
+    """Start at most `limit` runs per `period` (per `key`), letting `burst`
+    go at once; runs over it are delayed to their turn, never dropped."""
+
     limit: int
     period: Duration
     burst: int = 1
@@ -35,6 +43,9 @@ class Throttle:
 
 @dataclass(frozen=True, slots=True)
 class RateLimit:
+    """Start at most `limit` runs per `period` (per `key`), over any sliding
+    window; events over it still get a run, recorded as `skipped`."""
+
     limit: int
     period: Duration
     key: Key = None
@@ -42,6 +53,9 @@ class RateLimit:
 
 @dataclass(frozen=True, slots=True)
 class Debounce:
+    """Start one run, with the last event, once no event (per `key`) came
+    for `period`; `timeout` caps how long a stream of events can delay it."""
+
     period: Duration
     key: Key = None
     timeout: Duration | None = None
@@ -49,6 +63,9 @@ class Debounce:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
+    """Run once for up to `max_size` events (per `key`), or for what came
+    within `timeout` of the first; `ctx.events` holds them."""
+
     max_size: int
     timeout: Duration
     key: Key = None
@@ -68,11 +85,18 @@ class Cancel:
 
 @dataclass(frozen=True, slots=True)
 class Priority:
+    """Move a run ahead in its queue by `run` seconds, as if sent that much
+    earlier (back, if negative; clamped to 600 either way): `run` is a dotted
+    path to a number in the event, or a callable of the event."""
+
     run: Key
 
 
 @dataclass(frozen=True, slots=True)
 class Singleton:
+    """One run at a time (per `key`): `mode="skip"` skips a new run while one
+    is in progress; `mode="cancel"` cancels the one in progress instead."""
+
     key: Key = None
     mode: Literal["skip", "cancel"] = "skip"
 

@@ -9,6 +9,8 @@ from typing import Any, Literal
 RunStatus = Literal[
     "queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled", "skipped"
 ]
+"""Where a run stands: the first four while it is unfinished, then one of the
+four terminal ones, which never change again."""
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "skipped"})
 
 
@@ -45,6 +47,7 @@ class Run:
 
     @property
     def is_terminal(self) -> bool:
+        """Whether the run has finished (completed, failed, cancelled or skipped)."""
         return self.status in TERMINAL_STATUSES
 
     def to_dict(self) -> dict[str, Any]:

@@ -72,7 +72,7 @@ async def child_async(ctx: AsyncContext) -> list[str]:
     rate_limit=RateLimit(limit=5, period="1h", key="event.data.user"),
     singleton=Singleton(key="event.data.user", mode="cancel"),
     idempotency="event.data.id",
-    priority=Priority(run="event.data.vip ? 60 : 0"),
+    priority=Priority(run="event.data.priority"),
     on_failure=lambda ctx: None,
 )
 def sync_handler(ctx: Context) -> float:

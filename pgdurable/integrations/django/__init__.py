@@ -16,9 +16,9 @@ from django.conf import settings
 from django.db import connections
 
 from ..._app import Durable
+from ..._events import Event
 from ...cli import load_app
 from ...errors import ConfigurationError
-from ..._events import Event
 
 
 def durable_app() -> Durable:
