@@ -346,44 +346,50 @@ def _event_name(name: object, *, what: str) -> None:
         raise ConfigurationError(str(exc)) from None
 
 
-def _cancel_listeners(fdef: FunctionDef, trigger: dict[str, Any]) -> list[list[Any]]:
+def _cancel_listeners(fdef: FunctionDef, trigger: dict[str, Any]) -> list[dict[str, Any]]:
     """What a new run of `fdef` with this triggering event listens for to be
-    cancelled: [event name, match path, match value, condition, its
-    variables, expiry] per Cancel."""
+    cancelled, one listener per Cancel."""
     now, specs = datetime.now(UTC), []
     for cancel in fdef.cancel_on:
         what = f"cancel_on of function {fdef.id!r}"
         found = event_filter(cancel.match, cancel.if_, trigger, what=what)
         condition = found.condition
         expires = None if cancel.timeout is None else now + parse_duration(cancel.timeout, what=what)
-        specs.append([
-            cancel.event, found.path, found.value,
-            condition.jsonpath if condition else None, condition.variables if condition else None,
-            expires.isoformat() if expires else None,
-        ])
+        specs.append({
+            "event": cancel.event, "path": found.path, "value": found.value,
+            "condition": condition.jsonpath if condition else None,
+            "vars": condition.variables if condition else None,
+            "expires": expires.isoformat() if expires else None,
+        })
     return specs
 
 
 def run_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
     """The per-run options `send_events` needs for an event: cancel_on
-    listeners, batch placement, and the keys of the flow-control options."""
+    listeners, batch placement, and the keys of the flow-control options.
+
+    The one encoder of run options: SQL reads each by the names written
+    here (sql/functions/02_send.sql says which function reads which)."""
     options: dict[str, Any] = {}
     if fdef.cancel_on:
         options["cancels"] = _cancel_listeners(fdef, event.to_doc())
     if fdef.batch is not None and fdef.batch_timeout is not None:
-        options["batch"] = [_key(fdef, "batch", fdef.batch.key, event), fdef.batch.max_size,
-                            fdef.batch_timeout.total_seconds()]
+        options["batch"] = {"key": _key(fdef, "batch", fdef.batch.key, event),
+                             "max_size": fdef.batch.max_size,
+                             "timeout": fdef.batch_timeout.total_seconds()}
     if fdef.idempotency is not None:
         options["idempotency"] = _key(fdef, "idempotency", fdef.idempotency, event)
     if fdef.rate_limit is not None and fdef.rate_period is not None:
-        options["rate_limit"] = [_key(fdef, "rate limit", fdef.rate_limit.key, event),
-                                 fdef.rate_limit.limit, fdef.rate_period.total_seconds()]
+        options["rate_limit"] = {"key": _key(fdef, "rate limit", fdef.rate_limit.key, event),
+                                 "limit": fdef.rate_limit.limit,
+                                 "period": fdef.rate_period.total_seconds()}
     if fdef.debounce is not None and fdef.debounce_spec is not None:
-        options["debounce"] = [_key(fdef, "debounce", fdef.debounce.key, event),
-                               *fdef.debounce_spec]
+        period, timeout = fdef.debounce_spec
+        options["debounce"] = {"key": _key(fdef, "debounce", fdef.debounce.key, event),
+                               "period": period, "timeout": timeout}
     if fdef.singleton is not None:
-        options["singleton"] = [_key(fdef, "singleton", fdef.singleton.key, event),
-                                fdef.singleton.mode]
+        options["singleton"] = {"key": _key(fdef, "singleton", fdef.singleton.key, event),
+                                 "mode": fdef.singleton.mode}
     options.update(flow_options(fdef, event))
     return options
 
@@ -403,11 +409,13 @@ def flow_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
     starts: concurrency keys and limits, throttle, priority in seconds."""
     options: dict[str, Any] = {}
     if fdef.concurrency:
-        options["slots"] = [[_slot_key(fdef, c, event), c.limit] for c in fdef.concurrency]
+        options["slots"] = [{"key": _slot_key(fdef, c, event), "limit": c.limit}
+                            for c in fdef.concurrency]
     if fdef.throttle is not None and fdef.throttle_period is not None:
-        options["throttle"] = [_key(fdef, "throttle", fdef.throttle.key, event),
-                               fdef.throttle.limit, fdef.throttle_period.total_seconds(),
-                               fdef.throttle.burst]
+        options["throttle"] = {"key": _key(fdef, "throttle", fdef.throttle.key, event),
+                               "limit": fdef.throttle.limit,
+                               "period": fdef.throttle_period.total_seconds(),
+                               "burst": fdef.throttle.burst}
     if fdef.priority is not None:
         options["priority"] = _priority_seconds(fdef, event)
     return options

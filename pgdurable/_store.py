@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import RowFactory, namedtuple_row
 
 from ._events import Event, PreparedEvent
 from ._runs import Run
@@ -110,13 +111,19 @@ def _send_params(
 
 
 def _claimed(sent: float, rows: psycopg.Cursor[Any]) -> list[ClaimedRow]:
-    """Rows of the `claimed_run` type as the worker takes them; the
-    statement was sent at `sent` (monotonic)."""
+    """Rows of the `claimed_run` type (read by name: a namedtuple_row
+    cursor) as the worker takes them; the statement was sent at `sent`
+    (monotonic)."""
     received = time.monotonic()
     return [
-        ClaimedRow(str(r[0]), r[1], r[2], r[3], r[4], r[5], r[6],
-                   [Event(r[8], r[9], r[7], r[10]), *_events(r[11])], r[12] or {},
-                   not r[13], r[14], r[15], DbTime(r[16], sent, received))
+        ClaimedRow(
+            id=str(r.id), token=r.lease_token, function_id=r.function_id, attempt=r.attempt,
+            handler_attempts=r.handler_attempts, retries=r.retries,
+            cancel_requested=r.cancel_requested,
+            events=[Event(r.event_name, r.event_data, r.event_id, r.event_ts),
+                    *_events(r.more_events)],
+            journal=r.journal or {}, first_start=not r.resumed, due_at=r.due_at,
+            started_at=r.started_at, clock=DbTime(r.now, sent, received))
         for r in rows
     ]
 
@@ -277,8 +284,14 @@ class Store:
             text = text.replace(placeholder, value)
         return text
 
-    def _run(self, conn: psycopg.Connection[Any], name: str, params: Any = None) -> psycopg.Cursor[Any]:
-        return conn.execute(self._q[name], params, prepare=True)
+    def _run(
+        self, conn: psycopg.Connection[Any], name: str, params: Any = None,
+        rows: RowFactory[Any] | None = None,
+    ) -> psycopg.Cursor[Any]:
+        """Execute statement `name` (prepared); `rows` reads its rows by name."""
+        if rows is None:
+            return conn.execute(self._q[name], params, prepare=True)
+        return conn.cursor(row_factory=rows).execute(self._q[name], params, prepare=True)
 
     # -- migrations -------------------------------------------------------
 
@@ -391,7 +404,7 @@ class Store:
         `function_ids` that are due now to the worker, in the same transaction."""
         return _claimed(time.monotonic(), self._run(conn, "send_and_claim", (
             *_send_params(events, runs, dedupe_window),
-            worker_id, list(function_ids), limit, lease)))
+            worker_id, list(function_ids), limit, lease), rows=namedtuple_row))
 
     # -- worker -----------------------------------------------------------
 
@@ -408,7 +421,7 @@ class Store:
         limit: int, lease: timedelta,
     ) -> list[ClaimedRow]:
         return _claimed(time.monotonic(), self._run(
-            conn, "claim_runs", (worker_id, list(function_ids), limit, lease)))
+            conn, "claim_runs", (worker_id, list(function_ids), limit, lease), rows=namedtuple_row))
 
     def flush(
         self, conn: psycopg.Connection[Any], steps: Sequence[StepRecord],

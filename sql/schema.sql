@@ -350,10 +350,10 @@ CREATE OR REPLACE FUNCTION pgdurable.admit(p_run uuid, p_function text, p_option
 AS $function$
 DECLARE
     v_once text := p_options ->> 'idempotency';
-    v_solo text := p_options -> 'singleton' ->> 0;
-    v_rate text := p_options -> 'rate_limit' ->> 0;
-    v_limit int := (p_options -> 'rate_limit' ->> 1)::int;
-    v_period interval := make_interval(secs => (p_options -> 'rate_limit' ->> 2)::float8);
+    v_solo text := p_options -> 'singleton' ->> 'key';
+    v_rate text := p_options -> 'rate_limit' ->> 'key';
+    v_limit int := (p_options -> 'rate_limit' ->> 'limit')::int;
+    v_period interval := make_interval(secs => (p_options -> 'rate_limit' ->> 'period')::float8);
     v_admitted timestamptz[];
     v_now timestamptz;
     v_holder uuid;
@@ -369,7 +369,7 @@ BEGIN
         PERFORM pg_advisory_xact_lock("pgdurable".admission_lock_key('singleton', p_function, v_solo));
         SELECT s.run_id INTO v_holder FROM "pgdurable".singletons s
         WHERE s.function_id = p_function AND s.key = v_solo;
-        IF v_holder IS NOT NULL AND p_options -> 'singleton' ->> 1 = 'skip' THEN
+        IF v_holder IS NOT NULL AND p_options -> 'singleton' ->> 'mode' = 'skip' THEN
             RETURN jsonb_build_object('type', 'SingletonRunning', 'traceback', null, 'message',
                 format('run %s of this function is in progress%s', v_holder,
                        "pgdurable".for_key(v_solo)));
@@ -459,7 +459,7 @@ BEGIN
     INTO v_keys, v_used, v_reserved FROM locked;
     WITH locked AS (
         INSERT INTO "pgdurable".throttles AS t (function_id, key, tat, started_tat)
-        SELECT DISTINCT q.function_id, q.throttle ->> 0, now(), now() FROM "pgdurable".queue q
+        SELECT DISTINCT q.function_id, q.throttle ->> 'key', now(), now() FROM "pgdurable".queue q
         WHERE q.run_id = ANY(p_runs) AND q.throttle IS NOT NULL
         ORDER BY 1, 2
         ON CONFLICT (function_id, key) DO UPDATE SET tat = t.tat
@@ -492,7 +492,7 @@ BEGIN
             CONTINUE;
         END IF;
         IF r.throttle IS NOT NULL THEN
-            i := array_position(v_tkeys, r.function_id || ' ' || (r.throttle ->> 0));
+            i := array_position(v_tkeys, r.function_id || ' ' || (r.throttle ->> 'key'));
             SELECT * INTO v_turn
             FROM "pgdurable".throttle_turn(r.throttle, v_tats[i], v_started[i], v_waiting[i]);
             v_tats[i] := v_turn.tat;
@@ -526,8 +526,7 @@ BEGIN
         WHERE t.function_id = x.function_id AND t.key = x.key;
         UPDATE "pgdurable".queue q SET throttle = NULL WHERE q.run_id = ANY(v_unthrottled);
         UPDATE "pgdurable".queue q  -- marked: it has had its turn
-        SET available_at = d.at, throttle = q.throttle || CASE
-            WHEN jsonb_array_length(q.throttle) = 4 THEN '[true]'::jsonb ELSE '[]' END
+        SET available_at = d.at, throttle = q.throttle || '{"turned": true}'
         FROM unnest(v_defer, v_defer_at) AS d(run_id, at) WHERE q.run_id = d.run_id;
     END IF;
     IF cardinality(v_given_back) > 0 THEN
@@ -836,7 +835,7 @@ CREATE OR REPLACE FUNCTION pgdurable.flow_keys(p_options jsonb)
  IMMUTABLE
 AS $function$
     SELECT CASE WHEN p_options ? 'slots' THEN
-        ARRAY(SELECT s ->> 0 FROM jsonb_array_elements(p_options -> 'slots') s) END;
+        ARRAY(SELECT s ->> 'key' FROM jsonb_array_elements(p_options -> 'slots') s) END;
 $function$
 ;
 
@@ -846,7 +845,7 @@ CREATE OR REPLACE FUNCTION pgdurable.flow_limits(p_options jsonb)
  IMMUTABLE
 AS $function$
     SELECT CASE WHEN p_options ? 'slots' THEN
-        ARRAY(SELECT (s ->> 1)::int FROM jsonb_array_elements(p_options -> 'slots') s) END;
+        ARRAY(SELECT (s ->> 'limit')::int FROM jsonb_array_elements(p_options -> 'slots') s) END;
 $function$
 ;
 
@@ -1083,10 +1082,10 @@ AS $function$
     WITH listening AS (
         INSERT INTO "pgdurable".waits (run_id, step_key, event_name, match_path, match_value,
                                     condition, condition_vars, cancel, expires_at)
-        SELECT x.run_id, 'cancel_on:' || c.ord, c.spec ->> 0,
-               ARRAY(SELECT jsonb_array_elements_text(c.spec -> 1)), c.spec -> 2,
-               (c.spec ->> 3)::jsonpath, nullif(c.spec -> 4, 'null'), true,
-               (c.spec ->> 5)::timestamptz
+        SELECT x.run_id, 'cancel_on:' || c.ord, c.spec ->> 'event',
+               ARRAY(SELECT jsonb_array_elements_text(c.spec -> 'path')), c.spec -> 'value',
+               (c.spec ->> 'condition')::jsonpath, nullif(c.spec -> 'vars', 'null'), true,
+               (c.spec ->> 'expires')::timestamptz
         FROM unnest(p_runs, p_cancels) AS x(run_id, cancels),
              jsonb_array_elements(x.cancels) WITH ORDINALITY AS c(spec, ord)
         RETURNING event_name, match_path
@@ -1550,21 +1549,21 @@ BEGIN
     ), debounced AS (  -- debounce=: the latest event of a key replaces the pending one
         INSERT INTO "pgdurable".debounces AS d
             (function_id, key, event_id, retries, due_at, deadline, flow)
-        SELECT DISTINCT ON (fn, debounce ->> 0)
-               fn, debounce ->> 0, event_id, retries,
-               available_at + make_interval(secs => (debounce ->> 1)::float8),
-               coalesce(available_at + make_interval(secs => (debounce ->> 2)::float8),
+        SELECT DISTINCT ON (fn, debounce ->> 'key')
+               fn, debounce ->> 'key', event_id, retries,
+               available_at + make_interval(secs => (debounce ->> 'period')::float8),
+               coalesce(available_at + make_interval(secs => (debounce ->> 'timeout')::float8),
                         'infinity'), options
         FROM planned WHERE debounce IS NOT NULL AND verdict = '"run"'
-        ORDER BY fn, debounce ->> 0, idx DESC
+        ORDER BY fn, debounce ->> 'key', idx DESC
         ON CONFLICT (function_id, key) DO UPDATE
             SET event_id = excluded.event_id, retries = excluded.retries, flow = excluded.flow,
                 due_at = least(excluded.due_at, d.deadline)
     ), batched AS (  -- batch=: the event waits for its batch instead
         INSERT INTO "pgdurable".batch_items
             (function_id, batch_key, event_id, max_size, retries, fire_at, flow)
-        SELECT fn, batch ->> 0, event_id, (batch ->> 1)::int, retries,
-               available_at + make_interval(secs => (batch ->> 2)::float8), options
+        SELECT fn, batch ->> 'key', event_id, (batch ->> 'max_size')::int, retries,
+               available_at + make_interval(secs => (batch ->> 'timeout')::float8), options
         FROM planned WHERE batch IS NOT NULL
         ORDER BY event_id
         RETURNING function_id, batch_key
@@ -1689,10 +1688,10 @@ CREATE OR REPLACE FUNCTION pgdurable.throttle_turn(p_throttle jsonb, INOUT tat t
 AS $function$
 DECLARE
     v_step interval := make_interval(
-        secs => (p_throttle ->> 2)::float8 / (p_throttle ->> 1)::int);
-    v_burst interval := v_step * ((p_throttle ->> 3)::int - 1);
+        secs => (p_throttle ->> 'period')::float8 / (p_throttle ->> 'limit')::int);
+    v_burst interval := v_step * ((p_throttle ->> 'burst')::int - 1);
 BEGIN
-    IF jsonb_array_length(p_throttle) = 4 THEN  -- not given a turn yet
+    IF NOT p_throttle ? 'turned' THEN
         tat := greatest(tat, now());
         at := tat - v_burst;
         tat := tat + v_step;

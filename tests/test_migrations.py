@@ -7,9 +7,17 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import send_from_threads
+from conftest import send_from_threads, wait_until
 
-from pgdurable import ConfigurationError, Durable, MigrationError
+from pgdurable import (
+    Batch,
+    Concurrency,
+    ConfigurationError,
+    Debounce,
+    Durable,
+    MigrationError,
+    Throttle,
+)
 from pgdurable._store import Store, fresh_schema_ddl, functions_checksum, functions_revision, sql_dir
 
 MIGRATIONS = Store("x").migrations()
@@ -200,3 +208,35 @@ def test_sql_schema_sql_is_what_migrate_creates(dsn: str) -> None:
     diff = list(difflib.unified_diff(recorded.splitlines(), fresh.splitlines(), "sql/schema.sql",
                                      "a fresh migrate", lineterm="", n=1))
     assert not diff, "run `pgdurable schema > sql/schema.sql`:\n" + "\n".join(diff[:40])
+
+
+def test_run_options_stored_positionally_are_named_by_migration_12(
+    app: Durable, db: psycopg.Connection[Any]
+) -> None:
+    """Runs queued, debounced or batched by the previous version (options as
+    positional arrays) go on after the upgrade that names them."""
+    app.function(id="throttled", event="t", throttle=Throttle(limit=1, period="1h"))(lambda c: 1)
+    app.function(id="debounced", event="d", debounce=Debounce(period="200ms"),
+                 concurrency=Concurrency(limit=1))(lambda c: 2)
+    app.function(id="batched", event="b", batch=Batch(max_size=5, timeout="200ms"),
+                 concurrency=Concurrency(limit=1))(lambda c: 3)
+    for name in ("t", "d", "b"):
+        app.send(name, {})
+    s = app.schema
+    db.execute(f"""UPDATE {s}.queue SET throttle = jsonb_build_array(throttle -> 'key',
+                   throttle -> 'limit', throttle -> 'period', throttle -> 'burst')""")
+    for table in ("debounces", "batch_items"):
+        db.execute(f"""UPDATE {s}.{table} SET flow = flow || jsonb_build_object('slots',
+                       (SELECT jsonb_agg(jsonb_build_array(x -> 'key', x -> 'limit'))
+                        FROM jsonb_array_elements(flow -> 'slots') x))""")
+    db.execute(f"DELETE FROM {s}.schema_version WHERE version = 12")
+    assert app.migrate() == [12]
+    shapes = db.execute(f"""SELECT (SELECT jsonb_typeof(throttle) FROM {s}.queue),
+                                   (SELECT jsonb_typeof(flow -> 'slots' -> 0) FROM {s}.debounces),
+                                   (SELECT jsonb_typeof(flow -> 'slots' -> 0) FROM {s}.batch_items)
+                         """).fetchone()
+    assert shapes == ("object", "object", "object")
+    app.start(threads=2)
+    for function, output in (("throttled", 1), ("debounced", 2), ("batched", 3)):
+        [run] = wait_until(lambda f=function: app.list_runs(function=f), what=f"a run of {function}")
+        assert app.wait_for_run(run.id, 20).output == output

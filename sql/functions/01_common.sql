@@ -123,17 +123,17 @@ END
 $$;
 
 -- listen_for_cancels: the runs p_runs listen, each for the events of its
--- cancel_on listeners (p_cancels: [[event name, match path, match value,
--- condition, condition vars, expires], ...] per run).
+-- cancel_on listeners (p_cancels, per run: [{event, path, value, condition,
+-- vars, expires}, ...], as _functions._cancel_listeners writes them).
 CREATE FUNCTION {schema}.listen_for_cancels(p_runs uuid[], p_cancels jsonb[])
 RETURNS void LANGUAGE sql AS $$
     WITH listening AS (
         INSERT INTO {schema}.waits (run_id, step_key, event_name, match_path, match_value,
                                     condition, condition_vars, cancel, expires_at)
-        SELECT x.run_id, 'cancel_on:' || c.ord, c.spec ->> 0,
-               ARRAY(SELECT jsonb_array_elements_text(c.spec -> 1)), c.spec -> 2,
-               (c.spec ->> 3)::jsonpath, nullif(c.spec -> 4, 'null'), true,
-               (c.spec ->> 5)::timestamptz
+        SELECT x.run_id, 'cancel_on:' || c.ord, c.spec ->> 'event',
+               ARRAY(SELECT jsonb_array_elements_text(c.spec -> 'path')), c.spec -> 'value',
+               (c.spec ->> 'condition')::jsonpath, nullif(c.spec -> 'vars', 'null'), true,
+               (c.spec ->> 'expires')::timestamptz
         FROM unnest(p_runs, p_cancels) AS x(run_id, cancels),
              jsonb_array_elements(x.cancels) WITH ORDINALITY AS c(spec, ord)
         RETURNING event_name, match_path

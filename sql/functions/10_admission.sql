@@ -20,10 +20,10 @@ CREATE FUNCTION {schema}.admit(p_run uuid, p_function text, p_options jsonb, p_w
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_once text := p_options ->> 'idempotency';
-    v_solo text := p_options -> 'singleton' ->> 0;
-    v_rate text := p_options -> 'rate_limit' ->> 0;
-    v_limit int := (p_options -> 'rate_limit' ->> 1)::int;
-    v_period interval := make_interval(secs => (p_options -> 'rate_limit' ->> 2)::float8);
+    v_solo text := p_options -> 'singleton' ->> 'key';
+    v_rate text := p_options -> 'rate_limit' ->> 'key';
+    v_limit int := (p_options -> 'rate_limit' ->> 'limit')::int;
+    v_period interval := make_interval(secs => (p_options -> 'rate_limit' ->> 'period')::float8);
     v_admitted timestamptz[];
     v_now timestamptz;
     v_holder uuid;
@@ -39,7 +39,7 @@ BEGIN
         PERFORM pg_advisory_xact_lock({schema}.admission_lock_key('singleton', p_function, v_solo));
         SELECT s.run_id INTO v_holder FROM {schema}.singletons s
         WHERE s.function_id = p_function AND s.key = v_solo;
-        IF v_holder IS NOT NULL AND p_options -> 'singleton' ->> 1 = 'skip' THEN
+        IF v_holder IS NOT NULL AND p_options -> 'singleton' ->> 'mode' = 'skip' THEN
             RETURN jsonb_build_object('type', 'SingletonRunning', 'traceback', null, 'message',
                 format('run %s of this function is in progress%s', v_holder,
                        {schema}.for_key(v_solo)));

@@ -17,16 +17,16 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The concurrency keys and limits of a run, from its options' "slots":
--- [[key, limit], ...] (null when it has none).
+-- [{key, limit}, ...] (null when it has none).
 CREATE FUNCTION {schema}.flow_keys(p_options jsonb) RETURNS text[]
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN p_options ? 'slots' THEN
-        ARRAY(SELECT s ->> 0 FROM jsonb_array_elements(p_options -> 'slots') s) END;
+        ARRAY(SELECT s ->> 'key' FROM jsonb_array_elements(p_options -> 'slots') s) END;
 $$;
 CREATE FUNCTION {schema}.flow_limits(p_options jsonb) RETURNS int[]
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN p_options ? 'slots' THEN
-        ARRAY(SELECT (s ->> 1)::int FROM jsonb_array_elements(p_options -> 'slots') s) END;
+        ARRAY(SELECT (s ->> 'limit')::int FROM jsonb_array_elements(p_options -> 'slots') s) END;
 $$;
 
 -- hand_off: give freed slots of each key (p_counts of them) to the runs
@@ -132,8 +132,8 @@ BEGIN
 END
 $$;
 
--- throttle_turn: a run's turn under its throttle (p_throttle: [key, limit,
--- period in seconds, burst], then a mark once it has had its turn), given
+-- throttle_turn: a run's turn under its throttle (p_throttle: {key, limit,
+-- period in seconds, burst}, and `turned` once it has had its turn), given
 -- its key's clocks; returns them moved on, and when the run may start (at
 -- or before now(): now).
 --
@@ -148,10 +148,10 @@ CREATE FUNCTION {schema}.throttle_turn(
 ) LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_step interval := make_interval(
-        secs => (p_throttle ->> 2)::float8 / (p_throttle ->> 1)::int);
-    v_burst interval := v_step * ((p_throttle ->> 3)::int - 1);
+        secs => (p_throttle ->> 'period')::float8 / (p_throttle ->> 'limit')::int);
+    v_burst interval := v_step * ((p_throttle ->> 'burst')::int - 1);
 BEGIN
-    IF jsonb_array_length(p_throttle) = 4 THEN  -- not given a turn yet
+    IF NOT p_throttle ? 'turned' THEN
         tat := greatest(tat, now());
         at := tat - v_burst;
         tat := tat + v_step;
@@ -213,7 +213,7 @@ BEGIN
     INTO v_keys, v_used, v_reserved FROM locked;
     WITH locked AS (
         INSERT INTO {schema}.throttles AS t (function_id, key, tat, started_tat)
-        SELECT DISTINCT q.function_id, q.throttle ->> 0, now(), now() FROM {schema}.queue q
+        SELECT DISTINCT q.function_id, q.throttle ->> 'key', now(), now() FROM {schema}.queue q
         WHERE q.run_id = ANY(p_runs) AND q.throttle IS NOT NULL
         ORDER BY 1, 2
         ON CONFLICT (function_id, key) DO UPDATE SET tat = t.tat
@@ -246,7 +246,7 @@ BEGIN
             CONTINUE;
         END IF;
         IF r.throttle IS NOT NULL THEN
-            i := array_position(v_tkeys, r.function_id || ' ' || (r.throttle ->> 0));
+            i := array_position(v_tkeys, r.function_id || ' ' || (r.throttle ->> 'key'));
             SELECT * INTO v_turn
             FROM {schema}.throttle_turn(r.throttle, v_tats[i], v_started[i], v_waiting[i]);
             v_tats[i] := v_turn.tat;
@@ -280,8 +280,7 @@ BEGIN
         WHERE t.function_id = x.function_id AND t.key = x.key;
         UPDATE {schema}.queue q SET throttle = NULL WHERE q.run_id = ANY(v_unthrottled);
         UPDATE {schema}.queue q  -- marked: it has had its turn
-        SET available_at = d.at, throttle = q.throttle || CASE
-            WHEN jsonb_array_length(q.throttle) = 4 THEN '[true]'::jsonb ELSE '[]' END
+        SET available_at = d.at, throttle = q.throttle || '{"turned": true}'
         FROM unnest(v_defer, v_defer_at) AS d(run_id, at) WHERE q.run_id = d.run_id;
     END IF;
     IF cardinality(v_given_back) > 0 THEN
