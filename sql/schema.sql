@@ -428,6 +428,7 @@ AS $function$
 DECLARE
     r record;
     v_turn record;
+    v_slots record;
     i int;
     v_full text;
     v_keys text[];
@@ -493,8 +494,7 @@ BEGIN
         END IF;
         IF r.throttle IS NOT NULL THEN
             i := array_position(v_tkeys, r.function_id || ' ' || (r.throttle ->> 'key'));
-            SELECT * INTO v_turn
-            FROM "pgdurable".throttle_turn(r.throttle, v_tats[i], v_started[i], v_waiting[i]);
+            v_turn := "pgdurable".throttle_turn(r.throttle, v_tats[i], v_started[i], v_waiting[i]);
             v_tats[i] := v_turn.tat;
             v_started[i] := v_turn.started;
             v_waiting[i] := v_turn.waiting;
@@ -506,8 +506,9 @@ BEGIN
             v_unthrottled := v_unthrottled || r.run_id;
         END IF;
         CONTINUE WHEN r.slot_keys IS NULL OR r.holds_slots;
-        SELECT s.used, s.reserved INTO v_used, v_reserved
-        FROM "pgdurable".take_slots(r.slot_keys, r.reserved_key, v_keys, v_used, v_reserved) s;
+        v_slots := "pgdurable".take_slots(r.slot_keys, r.reserved_key, v_keys, v_used, v_reserved);
+        v_used := v_slots.used;
+        v_reserved := v_slots.reserved;
         v_took := v_took || r.run_id;
     END LOOP;
 
