@@ -58,10 +58,12 @@ def test_server() -> Iterator[tuple[str, str]]:
 
 
 def new_schema_name() -> str:
+    """A fresh schema name, for one test's app: tests never see each other's runs."""
     return f"t_{uuid.uuid4().hex[:16]}"
 
 
 def drop_schema(dsn: str, schema: str) -> None:
+    """Drop `schema` and everything in it (a test's, once it is done)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 

@@ -29,6 +29,7 @@ from pgdurable import (
     Context,
     Debounce,
     Durable,
+    NonRetriableError,
     RateLimit,
     Run,
     Singleton,
@@ -206,3 +207,20 @@ def work(app: Durable, run_id: str, seconds: float) -> None:
     with app.connection() as conn:
         conn.execute(f"UPDATE {app.schema}.spans SET ended = clock_timestamp() WHERE run_id = %s",
                      (run_id,))
+
+
+def test_an_on_failure_handler_runs_with_its_function_s_retries(app: Durable) -> None:
+    def flaky_handler(ctx: Context) -> str:
+        if ctx.attempt == 0:
+            raise RuntimeError("the first try of the handler fails")
+        return "reported"
+
+    def failing(ctx: Context) -> None:
+        raise NonRetriableError("fails for good")
+
+    app.function(id="f", event="go", retries=1, on_failure=flaky_handler)(failing)
+    app.start(threads=2)
+    app.send("go", {})
+    [handler] = wait_until(lambda: app.list_runs(function="f/on-failure"), what="the handler's run")
+    done = app.wait_for_run(handler.id, 20)
+    assert (done.status, done.output, done.attempt) == ("completed", "reported", 1)
