@@ -84,10 +84,7 @@ class Worker:
         self.function_ids = tuple(sorted(self._functions))  # what it claims, as SQL takes it
         self._rls = rls
         self._send = send
-        self._threads = settings.threads
         self._capacity = settings.threads + settings.prefetch
-        self._poll_interval = settings.poll_interval
-        self._lease = settings.lease
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._journal = Journal(self._pool, self._store, on_written=self._forget)
         # Probes of cancel requests at step boundaries: read-only batches of
@@ -99,7 +96,6 @@ class Worker:
         self._reserved = 0  # of those, threads reserved by senders not yet back (eager starts)
         self._held_lock = threading.Lock()
         self._settled = threading.Condition(self._held_lock)  # notified as reservations end
-        self._eager = settings.eager
         self._wake = threading.Event()
         # Cancels committed before this monotonic time have been heard (the
         # listener's barrier); -inf while it is not listening.
@@ -109,7 +105,6 @@ class Worker:
         self._stopping = threading.Event()
         self._draining = threading.Event()
         self._outdated = threading.Event()  # a newer pgdurable migrated: claim no more
-        self._backoff = settings.backoff
         self._scheduler = Scheduler(self._store, self._functions, settings.dedupe_window)
         self._workers: list[threading.Thread] = []
 
@@ -132,12 +127,12 @@ class Worker:
         ]
         if self._scheduler.has_timers:
             loops.append(("scheduler", self._schedule_loop))
-        loops += [(f"executor-{n}", self._execute_loop) for n in range(self._threads)]
+        loops += [(f"executor-{n}", self._execute_loop) for n in range(self._settings.threads)]
         for name, target in loops:
             thread = threading.Thread(target=target, name=f"pgdurable-{name}", daemon=True)
             thread.start()
             self._workers.append(thread)
-        log.info("worker %s started: %d threads, functions %s", self.id, self._threads,
+        log.info("worker %s started: %d threads, functions %s", self.id, self._settings.threads,
                  ", ".join(self.function_ids) or "(none)")
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -149,7 +144,7 @@ class Worker:
         with self._settled:  # nor a run a sender claimed for us
             self._settled.wait_for(lambda: self._reserved == 0,
                                    max(0.0, deadline - time.monotonic()))
-        for _ in range(self._threads):
+        for _ in range(self._settings.threads):
             self._ready.put(None)
         self._join("executor", deadline)
         self._stopping.set()
@@ -202,7 +197,7 @@ class Worker:
             claimed = execute(partial(  # committed: now they are this worker's
                 self._store.send_and_claim, events=events, runs=runs,
                 dedupe_window=self._settings.dedupe_window, worker_id=self.id,
-                function_ids=self.function_ids, limit=reserved, lease=self._lease))
+                function_ids=self.function_ids, limit=reserved, lease=self._settings.lease))
         finally:
             self.adopt(claimed, reserved)
         return True
@@ -219,9 +214,9 @@ class Worker:
         in this process is about to claim as it creates them (an eager start).
         Each reservation ends with `adopt`."""
         with self._held_lock:
-            if not self._eager or self._draining.is_set() or self._outdated.is_set():
+            if not self._settings.eager or self._draining.is_set() or self._outdated.is_set():
                 return 0
-            granted = max(0, min(wanted, self._threads - self._unfinished))
+            granted = max(0, min(wanted, self._settings.threads - self._unfinished))
             self._unfinished += granted
             self._reserved += granted
             return granted
@@ -249,10 +244,10 @@ class Worker:
             claimed_all = False
             # Claim in large batches: when half the capacity is free, or when
             # the executors are about to run dry.
-            if free > 0 and (free * 2 >= self._capacity or self._ready.qsize() < self._threads):
+            if free > 0 and (free * 2 >= self._capacity or self._ready.qsize() < self._settings.threads):
                 rows = self._with_db("claim runs", partial(
                     self._store.claim_runs, worker_id=self.id, function_ids=self.function_ids,
-                    limit=free, lease=self._lease), until=self._draining)
+                    limit=free, lease=self._settings.lease), until=self._draining)
                 self.adopt(rows or [])
                 if rows:
                     time.sleep(0)  # let an executor take the GIL and start them now
@@ -274,7 +269,7 @@ class Worker:
 
     def _wait_time(self) -> float:
         """A jittered poll, cut short when a retry this worker scheduled comes due."""
-        poll = self._poll_interval * random.uniform(0.5, 1.0)
+        poll = self._settings.poll_interval * random.uniform(0.5, 1.0)
         return max(0.0, min(poll, self._next_due - time.monotonic()))
 
     def _with_db(
@@ -362,7 +357,7 @@ class Worker:
                       "the new version", self.id, newer)
 
     def _heartbeat_loop(self) -> None:
-        interval = self._lease.total_seconds() / 3
+        interval = self._settings.lease.total_seconds() / 3
         while not self._stopping.wait(interval):
             self._check_schema()  # also heard at once by the listener, where there is one
             with self._held_lock:
@@ -370,7 +365,7 @@ class Worker:
             if not leases:
                 continue
             cancelled = self._with_db("extend leases", partial(
-                self._store.heartbeat, leases=leases, lease=self._lease))
+                self._store.heartbeat, leases=leases, lease=self._settings.lease))
             with self._held_lock:
                 for run_id in cancelled or ():
                     if (state := self._held.get(run_id)) is not None:
@@ -380,7 +375,7 @@ class Worker:
         while not self._outdated.is_set():
             next_tick = self._with_db("start scheduled runs", self._scheduler.start_due,
                                       until=self._draining)
-            wait = self._poll_interval
+            wait = self._settings.poll_interval
             if next_tick is not None:
                 wait = min(wait, max(0.005, (next_tick - datetime.now(UTC)).total_seconds()))
             if self._draining.wait(wait):
@@ -462,7 +457,7 @@ class Worker:
     def _new_state(self, claimed: ClaimedRow) -> RunState:
         return RunState(claimed, self._journal, self._prober, self,
                         max_output_bytes=self._settings.max_output_bytes,
-                        backoff=self._backoff,
+                        backoff=self._settings.backoff,
                         finish_timeout=self._functions[claimed.function_id].finish_timeout)
 
     def _execute(self, state: RunState, loop: asyncio.AbstractEventLoop) -> None:
@@ -484,7 +479,7 @@ class Worker:
         if isinstance(outcome, Park):
             self._wake.set()
             return
-        if self._ready.qsize() < self._threads:
+        if self._ready.qsize() < self._settings.threads:
             self._wake.set()  # room to claim more
         if outcome.available_at is not None:
             due = time.monotonic() + (outcome.available_at - datetime.now(UTC)).total_seconds()
@@ -536,7 +531,7 @@ class Worker:
             log.warning("run %s of %s failed: %s: %s", claimed.id, claimed.function_id,
                         type(exc).__name__, exc)
             return Finish(claimed.id, claimed.token, "failed", error_json=error_json(exc))
-        retry_at = retry_time(exc, failures, self._backoff, state.after)
+        retry_at = retry_time(exc, failures, self._settings.backoff, state.after)
         if not isinstance(exc, RetryAfterError):
             log.info("run %s: handler raised %s; retry %d at %s", claimed.id,
                      type(exc).__name__, failures, retry_at)
