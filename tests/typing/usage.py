@@ -125,6 +125,8 @@ async def async_handler(ctx: AsyncContext) -> str:
 
     assert_type(await ctx.step.parallel((one, two)), tuple[int, str])
     await ctx.step.sleep("pause", 1.5)
+    await ctx.step.sleep_until("later", datetime(2030, 1, 1, tzinfo=UTC))
+    assert_type(await ctx.step.send_event("done", [Event("a/done", {})]), list[str])
     await ctx.step.run("ocr-bad", ocr_async, 1)  # type: ignore[call-overload]
     forgot_await: Receipt = ctx.step.run("not-awaited", ocr, "u")  # type: ignore[assignment]
     del forgot_await
