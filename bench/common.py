@@ -18,7 +18,8 @@ from pgdurable import Durable, Event
 from pgdurable.testing import LOCAL_DSN, drop_schema, new_schema_name
 
 DSN = os.environ.get("PGDURABLE_BENCH_DSN", LOCAL_DSN)
-SETTINGS = ("fsync", "synchronous_commit", "shared_buffers", "max_connections", "server_version")
+SETTINGS = ("fsync", "synchronous_commit", "autovacuum", "shared_buffers", "max_connections",
+            "server_version")
 
 
 def describe() -> str:
