@@ -8,6 +8,11 @@ holds such a transaction open for --hold seconds, and reports, per window:
 runs finished per second, and the dead tuples of the hot tables.
 
     python bench/long_transaction.py [--hold 300] [--before 60] [--after 120] [--window 10]
+                                     [--vacuum-every SECONDS]
+
+With --vacuum-every, a thread VACUUMs the hot tables that often (what a
+worker could do where autovacuum is off or lags); with --hold 0, it measures
+the steady load alone.
 
 Recovery: the seconds after the transaction ends until a window's throughput
 is back to 90 % of the median before it.
@@ -37,6 +42,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10)
     parser.add_argument("--backlog", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--vacuum-every", type=float, default=0)
     args = parser.parse_args()
     with bench_app() as (app, schema):
         @app.function(id="steady", event="bench/steady")
@@ -45,14 +51,18 @@ def main() -> None:
             return ctx.step.run("b", lambda: 2)
 
         stop = threading.Event()
-        sender = threading.Thread(target=keep_busy, args=(app, schema, args.backlog, stop))
-        sender.start()
+        helpers = [threading.Thread(target=keep_busy, args=(app, schema, args.backlog, stop))]
+        if args.vacuum_every:
+            helpers.append(threading.Thread(target=vacuum, args=(schema, args.vacuum_every, stop)))
+        for helper in helpers:
+            helper.start()
         app.start(threads=args.threads, prefetch=4 * args.threads)
         try:
             report(schema, args, measure(schema, args))
         finally:
             stop.set()
-            sender.join()
+            for helper in helpers:
+                helper.join()
 
 
 def keep_busy(app: Any, schema: str, backlog: int, stop: threading.Event) -> None:
@@ -65,6 +75,13 @@ def keep_busy(app: Any, schema: str, backlog: int, stop: threading.Event) -> Non
                 app.send([Event("bench/steady", {}) for _ in range(missing)])
             else:
                 stop.wait(0.05)
+
+
+def vacuum(schema: str, every: float, stop: threading.Event) -> None:
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        while not stop.wait(every):
+            for table in ("queue", "waits"):
+                conn.execute(f"VACUUM {schema}.{table}")
 
 
 def measure(schema: str, args: argparse.Namespace) -> list[tuple[str, float, float, dict[str, int]]]:
@@ -112,6 +129,11 @@ def report(schema: str, args: argparse.Namespace,
     by_phase = {p: [rate for phase, _, rate, _ in samples if phase == p]
                 for p in ("before", "held", "after")}
     base = statistics.median(by_phase["before"])
+    if not by_phase["held"]:
+        print(f"steady load, no long transaction: {base:,.0f} runs/s (median), first "
+              f"{by_phase['before'][0]:,.0f}, last {by_phase['before'][-1]:,.0f}; vacuum every "
+              f"{args.vacuum_every or 'never'} s ({describe()})")
+        return
     held = statistics.median(by_phase["held"])
     recovered = next((f"within {(i + 1) * args.window:.0f} s" for i, rate
                       in enumerate(by_phase["after"]) if rate >= 0.9 * base),
