@@ -241,13 +241,19 @@ def functions_checksum() -> str:
     return hashlib.sha256(_function_files().encode()).hexdigest()
 
 
-def _migration_files() -> list[tuple[int, str, str]]:
+@cache
+def _migration_files() -> tuple[tuple[int, str, str], ...]:
+    """sql/migrations/: (version, name, text), in version order; read once."""
     found = []
     for path in sorted((sql_dir() / "migrations").iterdir()):
         match = _MIGRATION_FILE.match(path.name)
         if match:
             found.append((int(match[1]), match[2], path.read_text()))
-    return found
+    return tuple(found)
+
+
+def _known_versions() -> list[int]:
+    return [version for version, _, _ in _migration_files()]
 
 
 def fresh_schema_ddl(conn: psycopg.Connection[Any]) -> str:
@@ -340,7 +346,7 @@ class Store:
             raise NewerSchemaError(why)
 
     def _newer(self, conn: psycopg.Connection[Any], applied: set[int]) -> str | None:
-        known = max(m.version for m in self.migrations())
+        known = max(_known_versions())
         if applied and max(applied) > known:
             return (f"schema {self.schema!r} is at migration {max(applied)}, newer than this "
                     f"pgdurable's latest ({known}): upgrade pgdurable; it will not downgrade a schema")
@@ -373,7 +379,7 @@ class Store:
         applied = {r[0] for r in self._run(conn, "applied_versions")}
         self._refuse_newer(conn, applied)
         _, checksum = self.functions_script()
-        return (all(m.version in applied for m in self.migrations())
+        return (all(version in applied for version in _known_versions())
                 and self._functions_checksum(conn) == checksum)
 
     # -- events -----------------------------------------------------------

@@ -38,8 +38,9 @@ def newer_sql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     (sql / "functions" / "REVISION").write_text(f"revision {revision + 1}\nsha256 -\n")
 
     def reload() -> None:
-        store_module._query_texts.cache_clear()
-        store_module.functions_revision.cache_clear()
+        for cached in (store_module._query_texts, store_module.functions_revision,
+                       store_module._migration_files):
+            cached.cache_clear()
 
     monkeypatch.setattr(store_module, "sql_dir", lambda: sql)
     reload()
