@@ -15,6 +15,7 @@ from ._options import (
     Throttle,
     Timeouts,
 )
+from ._retention import Retention
 from ._rls import as_user, rls_bypass
 from ._runs import Run, RunError, RunStatus
 from ._steps import AsyncStep, Step
@@ -53,6 +54,7 @@ __all__ = [
     "PayloadTooLargeError",
     "Priority",
     "RateLimit",
+    "Retention",
     "RetryAfterError",
     "RlsContextError",
     "Run",

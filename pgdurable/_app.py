@@ -35,6 +35,7 @@ from ._functions import (
 )
 from ._options import FunctionOptions
 from ._replay import FRESH
+from ._retention import Policies, Progress, Pruner, Retention
 from ._retries import Backoff
 from ._rls import Rls, check_role
 from ._runs import Run
@@ -50,6 +51,9 @@ MiB = 1024 * 1024
 # Keyword arguments of psycopg.connect() that are not libpq parameters.
 _PSYCOPG_CONNECT_ARGS = frozenset({"autocommit", "prepare_threshold", "context", "row_factory",
                                    "cursor_factory"})
+
+
+_SWAPPED_TRIES = 5  # a send's tries while migrates swap the functions under it, back to back
 
 
 class Durable:
@@ -76,6 +80,8 @@ class Durable:
         user_setting: str = "app.user_id",
         bypass_setting: str = "app.rls_bypass",
         bypass_role: str | None = None,
+        retention: Retention | None = None,
+        prune_interval: Duration | None = "20m",
     ) -> None:
         if dsn is not None and pool is not None:
             raise ConfigurationError("give either dsn= or pool=, not both")
@@ -94,6 +100,14 @@ class Durable:
             raise ConfigurationError("retry_backoff must have 0 < base <= cap")
         self.retry_backoff = (base, cap)
         self.connect_timeout = connect_timeout
+        if retention is not None and not isinstance(retention, Retention):
+            raise ConfigurationError("retention takes Retention(completed=, failed=, ...)")
+        self.retention = retention or Retention()
+        self._retention_given = retention is not None
+        self.prune_interval = (None if prune_interval is None
+                               else parse_duration(prune_interval, what="prune_interval"))
+        if self.prune_interval is not None and self.prune_interval < timedelta(minutes=1):
+            raise ConfigurationError("prune_interval must be at least 1 minute (or None: off)")
         self.rls = Rls(self._store, user_setting=user_setting, bypass_setting=bypass_setting,
                        bypass_role=bypass_role)
         self._owns_pool = pool is None
@@ -251,14 +265,16 @@ class Durable:
                                  dedupe_window=self.dedupe_window, generated=generated))
 
     def _on_own(self, statement: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """One statement on a pooled connection (autocommit); once more if a
-        `migrate` recreated the functions under it (it wrote nothing then)."""
-        try:
-            with self._pooled() as own:
-                return statement(own)
-        except psycopg.errors.InternalError_ as exc:
-            if not is_transient(exc):
-                raise
+        """One statement on a pooled connection (autocommit); again, up to
+        _SWAPPED_TRIES times, while a `migrate` recreates the functions under
+        it (it wrote nothing then)."""
+        for _ in range(_SWAPPED_TRIES - 1):
+            try:
+                with self._pooled() as own:
+                    return statement(own)
+            except psycopg.errors.InternalError_ as exc:
+                if not is_transient(exc):
+                    raise
         with self._pooled() as own:
             return statement(own)
 
@@ -311,7 +327,8 @@ class Durable:
             threads=threads, prefetch=4 * threads if prefetch is None else prefetch,
             poll_interval=poll_interval, eager=eager, lease=self.lease,
             backoff=Backoff(*self.retry_backoff), dedupe_window=self.dedupe_window,
-            max_output_bytes=self.max_output_bytes, listen_conninfo=self.conninfo)
+            max_output_bytes=self.max_output_bytes, listen_conninfo=self.conninfo,
+            retention=self._policies(), prune_interval=self.prune_interval)
         worker = Worker(settings, self._store, self._pool, self._functions, rls=self.rls,
                         send=self._send_generated)
         with self.connection() as conn:
@@ -413,6 +430,32 @@ class Durable:
             new_id = self._store.replay_run(conn, run.id, retries, options)
         assert new_id is not None
         return new_id
+
+    def prune(
+        self, as_of: datetime | None = None, *, dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> dict[str, int]:
+        """Remove what has expired (as if at `as_of`, when given). Returns
+        what went, by kind; waits while another process prunes.
+
+        An app with functions registered or `retention=` given records its
+        retention first, as the one every pruner follows (workers do so as
+        they start); one with neither (a script, the CLI) prunes by what was
+        recorded, and removes nothing if nothing was. `dry_run` removes
+        nothing and counts the expired runs and the events that could go
+        now. `progress(kind, count so far)` follows long work."""
+        at = _aware(as_of, "as_of", datetime.now(UTC)) if as_of is not None else None
+        pruner = Pruner(self._store, self.dedupe_window)
+        with self._pooled() as conn:
+            if not dry_run and (self._functions or self._retention_given):
+                with conn.transaction():
+                    self._policies().record(self._store, conn)
+            counts = pruner.prune(conn, at, dry_run=dry_run, progress=progress, wait=True)
+        assert counts is not None
+        return counts
+
+    def _policies(self) -> Policies:
+        return Policies.of(self.retention, [(f.id, f.retention) for f in self._functions.values()])
 
     def __enter__(self) -> Durable:
         return self

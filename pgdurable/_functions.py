@@ -28,6 +28,7 @@ from ._options import (
     Throttle,
     Timeouts,
 )
+from ._retention import Retention, function_retention
 from .errors import ConfigurationError, InvalidEventError
 
 Handler = Callable[..., Any]
@@ -84,6 +85,7 @@ class FunctionDef:
     throttle: Throttle | None = None
     throttle_period: timedelta | None = None
     priority: Priority | None = None
+    retention: Retention | None = None  # over the app's
 
     @property
     def has_run_options(self) -> bool:
@@ -148,6 +150,7 @@ def define(
         throttle=throttle,
         throttle_period=throttle_period,
         priority=_priority(id, options.get("priority")),
+        retention=function_retention(id, options.get("retention")),
     )
 
 
@@ -158,6 +161,7 @@ def failure_handler(fdef: FunctionDef) -> FunctionDef | None:
     return FunctionDef(
         id=f"{fdef.id}/on-failure", handler=fdef.on_failure, events=(), retries=fdef.retries,
         is_async=inspect.iscoroutinefunction(fdef.on_failure), failure_of=fdef.id,
+        retention=fdef.retention,
     )
 
 

@@ -14,6 +14,7 @@ from ._durations import Duration
 
 if TYPE_CHECKING:
     from ._context import AsyncContext, Context
+    from ._retention import Retention
 
 Key = str | Callable[[Any], Any] | None
 
@@ -130,3 +131,4 @@ class FunctionOptions(TypedDict, total=False):
     concurrency: Concurrency | list[Concurrency] | tuple[Concurrency, ...]
     throttle: Throttle
     priority: Priority
+    retention: Retention

@@ -30,6 +30,7 @@ from .errors import ConfigurationError, NewerSchemaError
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+PARTITIONS_AHEAD = timedelta(days=1)  # history's daily partitions are made this far ahead
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -331,6 +332,7 @@ class Store:
             self._run(conn, "record_version", (migration.version, migration.name))
         conn.execute(functions.encode())
         self._run(conn, "record_functions", (checksum, functions_revision()[0]))
+        self.add_partitions(conn, PARTITIONS_AHEAD)
         self._run(conn, "notify_migrated")  # running workers check they are not outdated
         return [m.version for m in pending]
 
@@ -589,3 +591,95 @@ class Store:
     def event(self, conn: psycopg.Connection[Any], event_id: str) -> Event | None:
         row = self._run(conn, "event", (event_id,)).fetchone()
         return None if row is None else Event.from_doc(row[0])
+
+    # -- retention (sql/functions/13_retention.sql) --------------------------
+
+    def record_retention(
+        self, conn: psycopg.Connection[Any], functions: Sequence[str],
+        policies: dict[str, list[timedelta | None]],
+    ) -> None:
+        """Record retention policies: per function id ('' the app's), each
+        status's keep (and 'audit'), None for forever."""
+        self._run(conn, "record_retention", {"functions": list(functions), **policies})
+
+    def add_partitions(self, conn: psycopg.Connection[Any], ahead: timedelta) -> int:
+        return int(self._one(conn, "add_partitions", (ahead,)))
+
+    def close_partitions(self, conn: psycopg.Connection[Any], as_of: datetime) -> list[str]:
+        return list(self._one(conn, "close_partitions", (as_of,)))
+
+    def history_partitions(
+        self, conn: psycopg.Connection[Any], as_of: datetime
+    ) -> list[tuple[str, bool]]:
+        """(suffix, whether closed: its day is over) of the partitions that
+        may hold runs expired at `as_of`, oldest first, 'kept' (the default
+        one) last."""
+        return [(r[0], r[1]) for r in self._run(conn, "history_partitions", (as_of,))]
+
+    def partition_expired(
+        self, conn: psycopg.Connection[Any], suffix: str, as_of: datetime
+    ) -> tuple[int, int]:
+        """How many runs a partition holds, and how many have expired at `as_of`."""
+        row = self._run(conn, "partition_expired", (suffix, as_of)).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    def drop_partition(self, conn: psycopg.Connection[Any], suffix: str, as_of: datetime) -> int:
+        return int(self._one(conn, "drop_partition", (suffix, as_of)))
+
+    def delete_expired(
+        self, conn: psycopg.Connection[Any], suffix: str, as_of: datetime, limit: int
+    ) -> int:
+        return int(self._one(conn, "delete_expired", (suffix, as_of, limit)))
+
+    def delete_events(
+        self, conn: psycopg.Connection[Any], as_of: datetime, dedupe_window: timedelta, limit: int
+    ) -> int:
+        return int(self._one(conn, "delete_events", (as_of, dedupe_window, limit)))
+
+    def count_events(
+        self, conn: psycopg.Connection[Any], as_of: datetime, dedupe_window: timedelta
+    ) -> int:
+        return int(self._one(conn, "count_events", (as_of, dedupe_window)))
+
+    def delete_audit(self, conn: psycopg.Connection[Any], as_of: datetime, limit: int) -> int:
+        return int(self._one(conn, "delete_audit", (as_of, limit)))
+
+    def delete_bookkeeping(self, conn: psycopg.Connection[Any], as_of: datetime) -> tuple[int, int]:
+        """Expired idempotency keys and rate-limit logs at rest: how many of each went."""
+        row = self._run(conn, "delete_bookkeeping", (as_of,)).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    def log_prune(
+        self, conn: psycopg.Connection[Any], started: datetime, as_of: datetime, removed_json: str,
+        next_due: datetime | None,
+    ) -> None:
+        self._run(conn, "log_prune", (started, as_of, removed_json, next_due))
+
+    def prune_lock(self, conn: psycopg.Connection[Any], wait: bool) -> bool:
+        """Take the prune lock for the session: whether it was free, or after
+        its holder lets go (`wait`)."""
+        return bool(self._one(conn, "prune_lock", (wait,)))
+
+    def last_prune(self, conn: psycopg.Connection[Any]) -> datetime | None:
+        """When the last prune finished, or None."""
+        result: datetime | None = self._one(conn, "last_prune")
+        return result
+
+    def prune_unlock(self, conn: psycopg.Connection[Any]) -> None:
+        self._run(conn, "prune_unlock")
+
+    def lock_timeout(self, conn: psycopg.Connection[Any], timeout: str) -> None:
+        """Give up waiting for locks after `timeout`, until the transaction ends."""
+        self._run(conn, "lock_timeout", (timeout,))
+
+    def database_now(self, conn: psycopg.Connection[Any]) -> datetime:
+        result: datetime = self._one(conn, "database_now")
+        return result
+
+    def _one(self, conn: psycopg.Connection[Any], name: str, params: Any = None) -> Any:
+        """The single value that statement `name` returns."""
+        row = self._run(conn, name, params).fetchone()
+        assert row is not None
+        return row[0]

@@ -41,6 +41,7 @@ from ._events import Event, PreparedEvent
 from ._functions import FunctionDef, start_options
 from ._journal import Journal
 from ._replay import FRESH, RunState
+from ._retention import Policies, Pruner
 from ._retries import Backoff, error_json, gives_up, retry_time
 from ._rls import Rls
 from ._schedules import Scheduler
@@ -51,6 +52,8 @@ from .errors import ConfigurationError, RetryAfterError, StepError
 INVOKED_EVENT = "pgdurable/invoked"  # the event of a run started by step.invoke
 
 log = logging.getLogger("pgdurable.worker")
+
+_PARTITION_CHECK = timedelta(hours=1)  # how often, at most, a worker makes partitions ahead
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,8 @@ class WorkerSettings:
     dedupe_window: timedelta
     max_output_bytes: int
     listen_conninfo: str  # for the LISTEN connection: straight to Postgres
+    retention: Policies
+    prune_interval: timedelta | None  # None: this worker never prunes
 
 
 class Worker:
@@ -111,19 +116,21 @@ class Worker:
     # -- lifecycle --------------------------------------------------------
 
     def register(self, conn: psycopg.Connection[Any]) -> None:
-        """Record in the database what runs without a sender: the on_failure
-        handlers and cron schedules of this worker's functions."""
+        """Record in the database what runs without a sender (the on_failure
+        handlers and cron schedules of this worker's functions) and the
+        retention that pruners follow."""
         handlers = [(f.failure_of, f.id, f.retries) for f in self._functions.values()
                     if f.failure_of is not None]
         self._store.register_failure_handlers(conn, self.function_ids, handlers)
         self._scheduler.register(conn, self.function_ids)
+        self._settings.retention.record(self._store, conn)
 
     def start(self) -> None:
         self._journal.start()
         self._prober.start()
         loops: list[tuple[str, Callable[[], None]]] = [
             ("claimer", self._claim_loop), ("listener", self._listen_loop),
-            ("heartbeat", self._heartbeat_loop),
+            ("heartbeat", self._heartbeat_loop), ("pruner", self._prune_loop),
         ]
         if self._scheduler.has_timers:
             loops.append(("scheduler", self._schedule_loop))
@@ -379,6 +386,25 @@ class Worker:
             if next_tick is not None:
                 wait = min(wait, max(0.005, (next_tick - datetime.now(UTC)).total_seconds()))
             if self._draining.wait(wait):
+                return
+
+    def _prune_loop(self) -> None:
+        """Keep history's partitions made ahead and, every prune_interval,
+        prune what has expired, in whichever process gets there first."""
+        pruner = Pruner(self._store, self._settings.dedupe_window)
+        every = self._settings.prune_interval
+        while True:
+            self._with_db("make partitions", pruner.add_partitions, until=self._draining)
+            if every is not None:
+                counts = self._with_db("prune", partial(
+                    pruner.prune, as_of=None, every=every, until=self._draining),
+                    until=self._draining)
+                if counts is not None:
+                    log.log(logging.INFO if any(counts.values()) else logging.DEBUG,
+                            "pruned what expired: %s",
+                            ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+            wait = (every or _PARTITION_CHECK) / 4 * random.uniform(0.8, 1.2)
+            if self._draining.wait(min(wait.total_seconds(), _PARTITION_CHECK.total_seconds())):
                 return
 
     # -- the steps' runtime (_replay.Runtime) -------------------------------

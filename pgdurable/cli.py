@@ -1,15 +1,17 @@
-"""`pgdurable migrate`, `pgdurable roles`, `pgdurable schema` and `pgdurable worker module:app`."""
+"""`pgdurable migrate`, `roles`, `schema`, `prune` and `worker module:app`."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from types import FrameType
 
 from ._app import Durable
@@ -63,6 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     schema = commands.add_parser("schema", help="print the DDL that migrate creates (nothing is kept)")
     schema.add_argument("--dsn", help="defaults to PGDURABLE_DSN, then DATABASE_URL")
 
+    prune = commands.add_parser("prune", help="remove what has expired under the recorded retention")
+    prune.add_argument("--dsn", help="defaults to PGDURABLE_DSN, then DATABASE_URL")
+    prune.add_argument("--schema", default="pgdurable")
+    prune.add_argument("--dry-run", action="store_true", help="count, remove nothing")
+    prune.add_argument("--as-of", type=_moment, default=None,
+                       help="prune as if it were this time (ISO 8601 with a UTC offset)")
+    prune.add_argument("--json", action="store_true", help="print the counts as JSON")
+
     worker = commands.add_parser("worker", help="run a worker for an app")
     worker.add_argument("app", help="where the app is, as module.path:attribute")
     worker.add_argument("--threads", type=_count(1, 256), default=4)
@@ -86,10 +96,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             with Durable(args.dsn).connection() as conn:
                 print(fresh_schema_ddl(conn), end="")
             return 0
+        if args.command == "prune":
+            return run_prune(Durable(args.dsn, schema=args.schema), args.dry_run, args.as_of,
+                             args.json)
         return run_worker(load_app(args.app), args.threads, args.prefetch, args.shutdown_timeout)
     except DurableError as exc:
         print(f"pgdurable: {exc}", file=sys.stderr)
         return 2
+
+
+def _moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset, e.g. +00:00")
+    return moment
+
+
+def run_prune(app: Durable, dry_run: bool, as_of: datetime | None, as_json: bool) -> int:
+    """Prune (or count, dry), showing progress on stderr; print what went."""
+    def progress(kind: str, count: int) -> None:
+        print(f"\r{kind}: {count} ...", end="", file=sys.stderr, flush=True)
+
+    counts = app.prune(as_of, dry_run=dry_run, progress=None if as_json else progress)
+    if as_json:
+        print(json.dumps(counts))
+        return 0
+    print("\r", end="", file=sys.stderr)
+    verb = "would remove" if dry_run else "removed"
+    for kind, count in counts.items():
+        print(f"{verb} {count:>10} {kind.replace('_', ' ')}")
+    return 0
 
 
 def load_app(path: str) -> Durable:

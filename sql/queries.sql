@@ -210,7 +210,7 @@ SELECT;
 -- source of sql/schema.sql). Each returns (sort key, DDL text) rows.
 
 -- name: ddl_tables
-SELECT c.relname, format(E'CREATE TABLE %%I.%%I (\n%%s\n);', n.nspname, c.relname, concat_ws(E',\n',
+SELECT c.relname, format(E'CREATE TABLE %%I.%%I (\n%%s\n)%%s;', n.nspname, c.relname, concat_ws(E',\n',
     (SELECT string_agg(format('    %%I %%s%%s%%s', a.attname, format_type(a.atttypid, a.atttypmod),
                               CASE WHEN a.attnotnull THEN ' NOT NULL' END,
                               ' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid)), E',\n' ORDER BY a.attnum)
@@ -218,16 +218,18 @@ SELECT c.relname, format(E'CREATE TABLE %%I.%%I (\n%%s\n);', n.nspname, c.relnam
      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
     (SELECT string_agg(format('    CONSTRAINT %%I %%s', k.conname, pg_get_constraintdef(k.oid)),
                        E',\n' ORDER BY k.contype DESC, k.conname)
-     FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype <> 'n')))
+     FROM pg_constraint k WHERE k.conrelid = c.oid AND k.contype <> 'n')),
+    ' PARTITION BY ' || CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p')
+  AND NOT c.relispartition  -- partitions come and go with the days (13_retention.sql)
 ORDER BY c.relname;
 
 -- name: ddl_indexes
 SELECT t.relname || ' ' || i.relname, pg_get_indexdef(x.indexrelid) || ';'
 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
-WHERE n.nspname = %(schema)s
+WHERE n.nspname = %(schema)s AND NOT t.relispartition
   AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = x.indexrelid AND k.conrelid = t.oid)
 ORDER BY 1;
 
@@ -259,3 +261,69 @@ SELECT c.relname || ' ' || t.tgname, pg_get_triggerdef(t.oid, true) || ';'
 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND NOT t.tgisinternal
 ORDER BY 1;
+
+-- name: record_retention
+-- The app's policy ('') and its functions' own, as a worker or prune records them.
+INSERT INTO {schema}.retention AS r (function_id, completed, failed, cancelled, skipped, audit)
+SELECT * FROM unnest(%(functions)s::text[], %(completed)s::interval[], %(failed)s::interval[],
+                     %(cancelled)s::interval[], %(skipped)s::interval[], %(audit)s::interval[])
+ON CONFLICT (function_id) DO UPDATE
+SET completed = excluded.completed, failed = excluded.failed, cancelled = excluded.cancelled,
+    skipped = excluded.skipped, audit = excluded.audit, recorded_at = now();
+
+-- name: add_partitions
+SELECT {schema}.add_partitions(now() + %s::interval);
+
+-- name: close_partitions
+SELECT {schema}.close_partitions(%s);
+
+-- name: history_partitions
+-- The partitions of history that a prune (as of then) may find expired runs in, oldest first
+-- ('kept', the default one, last), and whether each is closed (its day over).
+SELECT suffix, closed FROM (
+    SELECT suffix, closed_rows IS NOT NULL AS closed, lower_id, false AS kept
+    FROM {schema}.history_partitions
+    WHERE lower_id IS NULL OR lower_id < {schema}.uuid_at(%s)
+    UNION ALL SELECT 'kept', false, NULL, true
+) p ORDER BY kept, lower_id NULLS FIRST;
+
+-- name: partition_expired
+SELECT total, expired FROM {schema}.partition_expired(%s, %s);
+
+-- name: drop_partition
+SELECT {schema}.drop_partition(%s, %s);
+
+-- name: delete_expired
+SELECT {schema}.delete_expired(%s, %s, %s);
+
+-- name: delete_events
+SELECT {schema}.delete_events(%s, %s, %s);
+
+-- name: count_events
+SELECT count(*) FROM {schema}.expired_events(%s, %s, NULL);
+
+-- name: delete_audit
+SELECT {schema}.delete_audit(%s, %s);
+
+-- name: delete_bookkeeping
+SELECT keys, rate_limits FROM {schema}.delete_bookkeeping(%s);
+
+-- name: log_prune
+INSERT INTO {schema}.prune_log (started_at, as_of, removed, next_due) VALUES (%s, %s, %s, %s);
+
+-- name: prune_lock
+-- One pruner at a time across all processes (a session lock, on the pruner's connection).
+SELECT CASE WHEN %s THEN pg_advisory_lock(hashtextextended('{schema}/prune', 0)) IS NOT NULL
+            ELSE pg_try_advisory_lock(hashtextextended('{schema}/prune', 0)) END;
+
+-- name: prune_unlock
+SELECT pg_advisory_unlock(hashtextextended('{schema}/prune', 0));
+
+-- name: lock_timeout
+SELECT set_config('lock_timeout', %s, true);
+
+-- name: database_now
+SELECT now();
+
+-- name: last_prune
+SELECT max(finished_at) FROM {schema}.prune_log;

@@ -43,6 +43,24 @@ CREATE TABLE pgdurable.failure_handlers (
     CONSTRAINT failure_handlers_pkey PRIMARY KEY (function_id)
 );
 
+CREATE TABLE pgdurable.history_partitions (
+    suffix text NOT NULL,
+    lower_id uuid,
+    upper_id uuid NOT NULL,
+    closed_rows bigint,
+    CONSTRAINT history_partitions_pkey PRIMARY KEY (suffix)
+);
+
+CREATE TABLE pgdurable.prune_log (
+    id bigint NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    finished_at timestamp with time zone NOT NULL DEFAULT clock_timestamp(),
+    as_of timestamp with time zone NOT NULL,
+    removed jsonb NOT NULL,
+    next_due timestamp with time zone,
+    CONSTRAINT prune_log_pkey PRIMARY KEY (id)
+);
+
 CREATE TABLE pgdurable.queue (
     run_id uuid NOT NULL,
     function_id text NOT NULL,
@@ -73,6 +91,7 @@ CREATE TABLE pgdurable.rate_limits (
     function_id text NOT NULL,
     key text NOT NULL,
     admitted timestamp with time zone[] NOT NULL DEFAULT '{}'::timestamp with time zone[],
+    period interval,
     CONSTRAINT rate_limits_pkey PRIMARY KEY (function_id, key)
 );
 
@@ -87,6 +106,17 @@ CREATE TABLE pgdurable.results (
     finished_at timestamp with time zone NOT NULL DEFAULT now(),
     CONSTRAINT results_pkey PRIMARY KEY (run_id),
     CONSTRAINT results_status_check CHECK ((status = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text, 'skipped'::text])))
+) PARTITION BY RANGE (run_id);
+
+CREATE TABLE pgdurable.retention (
+    function_id text NOT NULL,
+    completed interval,
+    failed interval,
+    cancelled interval,
+    skipped interval,
+    audit interval,
+    recorded_at timestamp with time zone NOT NULL DEFAULT now(),
+    CONSTRAINT retention_pkey PRIMARY KEY (function_id)
 );
 
 CREATE TABLE pgdurable.rls_audit_log (
@@ -124,7 +154,7 @@ CREATE TABLE pgdurable.runs (
     parent_run_id uuid,
     created_at timestamp with time zone NOT NULL DEFAULT now(),
     CONSTRAINT runs_pkey PRIMARY KEY (id)
-);
+) PARTITION BY RANGE (id);
 
 CREATE TABLE pgdurable.schedules (
     function_id text NOT NULL,
@@ -174,7 +204,7 @@ CREATE TABLE pgdurable.steps (
     event_id text,
     CONSTRAINT steps_pkey PRIMARY KEY (run_id, step_key),
     CONSTRAINT steps_status_check CHECK ((status = ANY (ARRAY['completed'::text, 'failed'::text, 'retrying'::text, 'sleeping'::text, 'waiting'::text])))
-);
+) PARTITION BY RANGE (run_id);
 
 CREATE TABLE pgdurable.throttles (
     function_id text NOT NULL,
@@ -211,17 +241,23 @@ CREATE INDEX debounces_due ON pgdurable.debounces USING btree (due_at);
 
 CREATE INDEX events_name_received ON pgdurable.events USING btree (name, received_at DESC);
 
+CREATE INDEX events_received ON pgdurable.events USING btree (received_at);
+
 CREATE INDEX queue_available ON pgdurable.queue USING btree (available_at) WHERE (blocked_key IS NULL);
 
 CREATE INDEX queue_blocked ON pgdurable.queue USING btree (blocked_key, available_at) WHERE (blocked_key IS NOT NULL);
 
+CREATE INDEX results_finished ON ONLY pgdurable.results USING btree (finished_at);
+
+CREATE INDEX rls_audit_log_at ON pgdurable.rls_audit_log USING btree (at);
+
 CREATE INDEX rls_audit_log_run ON pgdurable.rls_audit_log USING btree (run_id) WHERE (run_id IS NOT NULL);
 
-CREATE INDEX runs_first_event ON pgdurable.runs USING btree ((event_ids[1]));
+CREATE INDEX runs_first_event ON ONLY pgdurable.runs USING btree ((event_ids[1]));
 
-CREATE INDEX runs_function_created ON pgdurable.runs USING btree (function_id, created_at DESC);
+CREATE INDEX runs_function_created ON ONLY pgdurable.runs USING btree (function_id, created_at DESC);
 
-CREATE INDEX runs_many_events ON pgdurable.runs USING gin (event_ids) WHERE (cardinality(event_ids) > 1);
+CREATE INDEX runs_many_events ON ONLY pgdurable.runs USING gin (event_ids) WHERE (cardinality(event_ids) > 1);
 
 CREATE INDEX singletons_run ON pgdurable.singletons USING btree (run_id);
 
@@ -281,6 +317,50 @@ CREATE VIEW pgdurable.recent_failures AS
   WHERE res.status = 'failed'::text
   ORDER BY res.finished_at DESC;
 
+CREATE VIEW pgdurable.retention_status AS
+ WITH sizes AS (
+         SELECT t.name,
+            sum(c.reltuples)::bigint AS estimated_rows,
+            sum(pg_total_relation_size(c.oid::regclass))::bigint AS bytes
+           FROM unnest(ARRAY['events'::text, 'runs'::text, 'results'::text, 'steps'::text, 'rls_audit_log'::text, 'run_keys'::text, 'rate_limits'::text]) t(name)
+             JOIN pg_class c ON c.oid = to_regclass('"pgdurable".'::text || t.name)::oid OR (c.oid IN ( SELECT pg_inherits.inhrelid
+                   FROM pg_inherits
+                  WHERE pg_inherits.inhparent = to_regclass('"pgdurable".'::text || t.name)::oid))
+          WHERE c.relkind <> 'p'::"char"
+          GROUP BY t.name
+        ), last_prune AS (
+         SELECT prune_log.finished_at,
+            prune_log.next_due
+           FROM pgdurable.prune_log
+          ORDER BY prune_log.id DESC
+         LIMIT 1
+        )
+ SELECT s.name AS table_name,
+    GREATEST(s.estimated_rows, 0::bigint) AS estimated_rows,
+    s.bytes,
+        CASE s.name
+            WHEN 'events'::text THEN ( SELECT min(events.received_at) AS min
+               FROM pgdurable.events)
+            WHEN 'runs'::text THEN ( SELECT pgdurable.uuid_time(runs.id) AS uuid_time
+               FROM pgdurable.runs
+              ORDER BY runs.id
+             LIMIT 1)
+            WHEN 'results'::text THEN ( SELECT min(results.finished_at) AS min
+               FROM pgdurable.results)
+            WHEN 'steps'::text THEN ( SELECT pgdurable.uuid_time(steps.run_id) AS uuid_time
+               FROM pgdurable.steps
+              ORDER BY steps.run_id
+             LIMIT 1)
+            WHEN 'rls_audit_log'::text THEN ( SELECT min(rls_audit_log.at) AS min
+               FROM pgdurable.rls_audit_log)
+            ELSE NULL::timestamp with time zone
+        END AS oldest,
+    ( SELECT last_prune.finished_at
+           FROM last_prune) AS last_pruned_at,
+    ( SELECT last_prune.next_due
+           FROM last_prune) AS next_prune_due
+   FROM sizes s;
+
 CREATE VIEW pgdurable.rls_audit AS
  SELECT rls_audit_log.at,
     rls_audit_log.kind,
@@ -335,6 +415,49 @@ CREATE VIEW pgdurable.unmatched_events AS
 
 -- functions
 
+CREATE OR REPLACE FUNCTION pgdurable.add_partitions(p_until timestamp with time zone)
+ RETURNS integer
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_lower uuid;
+    v_upper uuid;
+    v_day date;
+    v_suffix text;
+    v_table text;
+    v_key text;
+    v_added int := 0;
+BEGIN
+    LOOP
+        SELECT coalesce(
+                   (SELECT upper_id FROM "pgdurable".history_partitions ORDER BY upper_id DESC LIMIT 1),
+                   "pgdurable".uuid_at(date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'))
+        INTO v_lower;
+        v_day := ("pgdurable".uuid_time(v_lower) AT TIME ZONE 'UTC')::date;
+        EXIT WHEN v_day > (p_until AT TIME ZONE 'UTC')::date;
+        v_upper := "pgdurable".uuid_at((v_day + 1)::timestamp AT TIME ZONE 'UTC');
+        v_suffix := 'd' || to_char(v_day, 'YYYYMMDD');
+        FOREACH v_table IN ARRAY ARRAY['runs', 'results', 'steps'] LOOP
+            v_key := CASE v_table WHEN 'runs' THEN 'id' ELSE 'run_id' END;
+            EXECUTE format('CREATE TABLE "pgdurable".%I (LIKE "pgdurable".%I INCLUDING DEFAULTS '
+                           'INCLUDING CONSTRAINTS)', v_table || '_' || v_suffix, v_table);
+            EXECUTE format('WITH moved AS (DELETE FROM "pgdurable".%I WHERE %I >= $1 AND %I < $2 '
+                           'RETURNING *) INSERT INTO "pgdurable".%I SELECT * FROM moved',
+                           v_table || '_kept', v_key, v_key, v_table || '_' || v_suffix)
+            USING v_lower, v_upper;
+            EXECUTE format('ALTER TABLE "pgdurable".%I ATTACH PARTITION "pgdurable".%I '
+                           'FOR VALUES FROM (%L) TO (%L)',
+                           v_table, v_table || '_' || v_suffix, v_lower, v_upper);
+        END LOOP;
+        INSERT INTO "pgdurable".history_partitions (suffix, lower_id, upper_id)
+        VALUES (v_suffix, v_lower, v_upper);
+        v_added := v_added + 1;
+    END LOOP;
+    RETURN v_added;
+END
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.admission_lock_key(p_option text, p_function text, p_key text)
  RETURNS bigint
  LANGUAGE sql
@@ -380,10 +503,12 @@ BEGIN
         -- in the period before now, so no window of `period` ever holds
         -- more than `limit` admissions. Times are read once the key's row
         -- is locked, not at the start of the sender's transaction.
-        INSERT INTO "pgdurable".rate_limits (function_id, key)
-        VALUES (p_function, v_rate) ON CONFLICT DO NOTHING;
-        SELECT r.admitted INTO v_admitted FROM "pgdurable".rate_limits r
-        WHERE r.function_id = p_function AND r.key = v_rate FOR UPDATE;
+        -- An upsert, which locks the key's row even if prune has just
+        -- deleted it (delete_bookkeeping: a log at rest goes).
+        INSERT INTO "pgdurable".rate_limits AS r (function_id, key, period)
+        VALUES (p_function, v_rate, v_period)
+        ON CONFLICT (function_id, key) DO UPDATE SET period = excluded.period
+        RETURNING r.admitted INTO v_admitted;
         v_now := clock_timestamp();
         v_admitted := ARRAY(SELECT a FROM unnest(v_admitted) AS a WHERE a > v_now - v_period
                             ORDER BY a);
@@ -710,6 +835,35 @@ END
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgdurable.close_partitions(p_as_of timestamp with time zone)
+ RETURNS text[]
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_closed text[] := '{}';
+    v_part record;
+    v_rows bigint;
+BEGIN
+    FOR v_part IN
+        SELECT suffix FROM "pgdurable".history_partitions
+        WHERE closed_rows IS NULL AND "pgdurable".uuid_time(upper_id) <= p_as_of
+          AND (lower_id IS NULL OR "pgdurable".uuid_time(lower_id) <= now())
+        ORDER BY upper_id
+    LOOP
+        EXECUTE format('SELECT count(*) FROM "pgdurable".%I', 'runs_' || v_part.suffix) INTO v_rows;
+        UPDATE "pgdurable".history_partitions SET closed_rows = v_rows WHERE suffix = v_part.suffix;
+        EXECUTE format('ANALYZE "pgdurable".%I, "pgdurable".%I, "pgdurable".%I', 'runs_' || v_part.suffix,
+                       'results_' || v_part.suffix, 'steps_' || v_part.suffix);
+        v_closed := v_closed || v_part.suffix;
+    END LOOP;
+    IF cardinality(v_closed) > 0 THEN
+        ANALYZE "pgdurable".runs, "pgdurable".results, "pgdurable".steps;
+    END IF;
+    RETURN v_closed;
+END
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.create_roles(p_sender text DEFAULT 'pgdurable_sender'::text, p_worker text DEFAULT 'pgdurable_worker'::text)
  RETURNS void
  LANGUAGE plpgsql
@@ -725,6 +879,71 @@ BEGIN
     INSERT INTO "pgdurable".role_grants VALUES (p_sender, 'sender'), (p_worker, 'worker')
     ON CONFLICT (role_name) DO UPDATE SET kind = excluded.kind;
     PERFORM "pgdurable".apply_grants();
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.delete_audit(p_as_of timestamp with time zone, p_limit integer)
+ RETURNS bigint
+ LANGUAGE sql
+AS $function$
+    WITH gone AS (
+        DELETE FROM "pgdurable".rls_audit_log a
+        WHERE a.id IN (SELECT a.id FROM "pgdurable".rls_audit_log a
+                       WHERE a.at <= p_as_of - (SELECT audit FROM "pgdurable".retention
+                                                WHERE function_id = '')
+                       ORDER BY a.at LIMIT p_limit)
+        RETURNING 1
+    )
+    SELECT count(*) FROM gone;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.delete_bookkeeping(p_as_of timestamp with time zone, OUT keys bigint, OUT rate_limits bigint)
+ RETURNS record
+ LANGUAGE sql
+AS $function$
+    WITH k AS (
+        DELETE FROM "pgdurable".run_keys WHERE expires_at <= p_as_of RETURNING 1
+    ), r AS (
+        DELETE FROM "pgdurable".rate_limits
+        WHERE coalesce(admitted[cardinality(admitted)] + period <= p_as_of,
+                       cardinality(admitted) = 0)  -- no period yet (older rows): kept
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM k), (SELECT count(*) FROM r);
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.delete_events(p_as_of timestamp with time zone, p_dedupe interval, p_limit integer)
+ RETURNS bigint
+ LANGUAGE sql
+AS $function$
+    WITH gone AS (
+        DELETE FROM "pgdurable".events e
+        WHERE e.id IN (SELECT id FROM "pgdurable".expired_events(p_as_of, p_dedupe, p_limit))
+        RETURNING 1
+    )
+    SELECT count(*) FROM gone;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.delete_expired(p_suffix text, p_as_of timestamp with time zone, p_limit integer)
+ RETURNS bigint
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_runs uuid[];
+BEGIN
+    EXECUTE 'SELECT array_agg(run_id) FROM (' || "pgdurable".expired_query(p_suffix)
+            || ' LIMIT $2) e' INTO v_runs USING p_as_of, p_limit;
+    IF v_runs IS NULL THEN
+        RETURN 0;
+    END IF;
+    EXECUTE format('DELETE FROM "pgdurable".%I WHERE run_id = ANY($1)', 'steps_' || p_suffix) USING v_runs;
+    EXECUTE format('DELETE FROM "pgdurable".%I WHERE run_id = ANY($1)', 'results_' || p_suffix) USING v_runs;
+    EXECUTE format('DELETE FROM "pgdurable".%I WHERE id = ANY($1)', 'runs_' || p_suffix) USING v_runs;
+    RETURN cardinality(v_runs);
 END
 $function$
 ;
@@ -800,6 +1019,42 @@ END
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgdurable.drop_partition(p_suffix text, p_as_of timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_keep uuid[];
+    v_total bigint;
+    v_table text;
+    v_key text;
+BEGIN
+    EXECUTE format('LOCK TABLE "pgdurable".%I, "pgdurable".%I, "pgdurable".%I IN SHARE MODE',
+                   'runs_' || p_suffix, 'results_' || p_suffix, 'steps_' || p_suffix);
+    EXECUTE format('SELECT count(*), array_agg(r.id) FILTER (WHERE e.run_id IS NULL) '
+                   'FROM "pgdurable".%I r LEFT JOIN (%s) e ON e.run_id = r.id',
+                   'runs_' || p_suffix, "pgdurable".expired_query(p_suffix))
+    INTO v_total, v_keep USING p_as_of;
+    FOREACH v_table IN ARRAY ARRAY['runs', 'results', 'steps'] LOOP
+        EXECUTE format('ALTER TABLE "pgdurable".%I DETACH PARTITION "pgdurable".%I',
+                       v_table, v_table || '_' || p_suffix);
+    END LOOP;
+    IF v_keep IS NOT NULL THEN
+        FOREACH v_table IN ARRAY ARRAY['runs', 'results', 'steps'] LOOP
+            v_key := CASE v_table WHEN 'runs' THEN 'id' ELSE 'run_id' END;
+            EXECUTE format('INSERT INTO "pgdurable".%I SELECT * FROM "pgdurable".%I WHERE %I = ANY($1)',
+                           v_table || '_kept', v_table || '_' || p_suffix, v_key)
+            USING v_keep;
+        END LOOP;
+    END IF;
+    EXECUTE format('DROP TABLE "pgdurable".%I, "pgdurable".%I, "pgdurable".%I', 'runs_' || p_suffix,
+                   'results_' || p_suffix, 'steps_' || p_suffix);
+    DELETE FROM "pgdurable".history_partitions WHERE suffix = p_suffix;
+    RETURN v_total - coalesce(cardinality(v_keep), 0);
+END
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.event_doc(e pgdurable.events)
  RETURNS jsonb
  LANGUAGE sql
@@ -815,6 +1070,49 @@ CREATE OR REPLACE FUNCTION pgdurable.event_lock_key(p_name text)
  IMMUTABLE
 AS $function$
     SELECT hashtextextended('"pgdurable"/' || p_name, 0);
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.expired_events(p_as_of timestamp with time zone, p_dedupe interval, p_limit integer)
+ RETURNS TABLE(id text)
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT e.id FROM "pgdurable".events e
+    WHERE e.received_at <= p_as_of - p_dedupe
+      AND e.received_at < (SELECT "pgdurable".uuid_time(lower_id) FROM "pgdurable".history_partitions
+                           ORDER BY lower_id NULLS FIRST LIMIT 1)
+      AND NOT EXISTS (SELECT FROM "pgdurable".runs r WHERE r.event_ids[1] = e.id)
+      AND NOT EXISTS (SELECT FROM "pgdurable".runs r
+                      WHERE cardinality(r.event_ids) > 1 AND r.event_ids @> ARRAY[e.id])
+      AND NOT EXISTS (SELECT FROM "pgdurable".batch_items b WHERE b.event_id = e.id)
+      AND NOT EXISTS (SELECT FROM "pgdurable".debounces d WHERE d.event_id = e.id)
+    ORDER BY e.received_at
+    LIMIT p_limit;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.expired_query(p_suffix text)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    SELECT format($q$
+        WITH policy AS MATERIALIZED (
+            SELECT p.function_id, k.status, k.keep
+            FROM "pgdurable".retention p,
+                 LATERAL (VALUES ('completed', p.completed), ('failed', p.failed),
+                                 ('cancelled', p.cancelled), ('skipped', p.skipped)) AS k(status, keep)
+        )
+        SELECT x.run_id
+        FROM "pgdurable".%I x
+        JOIN "pgdurable".%I r ON r.id = x.run_id
+        LEFT JOIN policy own ON own.function_id = r.function_id AND own.status = x.status
+        LEFT JOIN policy app ON app.function_id = '' AND app.status = x.status
+        WHERE x.finished_at <= $1 - (SELECT min(keep) FROM policy)
+          AND x.finished_at <= $1 - CASE WHEN own.function_id IS NULL THEN app.keep
+                                         ELSE own.keep END
+    $q$, 'results_' || p_suffix, 'runs_' || p_suffix);
 $function$
 ;
 
@@ -1106,6 +1404,19 @@ AS $function$
     WHERE q.available_at > now() AND q.available_at < 'infinity' AND q.blocked_key IS NULL
       AND q.status <> 'running' AND q.function_id = ANY(p_functions)
     ORDER BY q.available_at LIMIT 1;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.partition_expired(p_suffix text, p_as_of timestamp with time zone, OUT total bigint, OUT expired bigint)
+ RETURNS record
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+BEGIN
+    EXECUTE format('SELECT count(*) FROM "pgdurable".%I', 'runs_' || p_suffix) INTO total;
+    EXECUTE 'SELECT count(*) FROM (' || "pgdurable".expired_query(p_suffix) || ') e'
+    INTO expired USING p_as_of;
+END
 $function$
 ;
 
@@ -1709,6 +2020,25 @@ BEGIN
         END IF;
     END IF;
 END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.uuid_at(p_at timestamp with time zone)
+ RETURNS uuid
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    SELECT (lpad(to_hex((extract(epoch FROM p_at) * 1000)::bigint), 12, '0')
+            || repeat('0', 20))::uuid;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.uuid_time(p_id uuid)
+ RETURNS timestamp with time zone
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    SELECT to_timestamp(('x' || left(replace(p_id::text, '-', ''), 12))::bit(48)::bigint / 1000.0);
 $function$
 ;
 

@@ -50,10 +50,12 @@ BEGIN
         -- in the period before now, so no window of `period` ever holds
         -- more than `limit` admissions. Times are read once the key's row
         -- is locked, not at the start of the sender's transaction.
-        INSERT INTO {schema}.rate_limits (function_id, key)
-        VALUES (p_function, v_rate) ON CONFLICT DO NOTHING;
-        SELECT r.admitted INTO v_admitted FROM {schema}.rate_limits r
-        WHERE r.function_id = p_function AND r.key = v_rate FOR UPDATE;
+        -- An upsert, which locks the key's row even if prune has just
+        -- deleted it (delete_bookkeeping: a log at rest goes).
+        INSERT INTO {schema}.rate_limits AS r (function_id, key, period)
+        VALUES (p_function, v_rate, v_period)
+        ON CONFLICT (function_id, key) DO UPDATE SET period = excluded.period
+        RETURNING r.admitted INTO v_admitted;
         v_now := clock_timestamp();
         v_admitted := ARRAY(SELECT a FROM unnest(v_admitted) AS a WHERE a > v_now - v_period
                             ORDER BY a);

@@ -17,6 +17,7 @@ from pgdurable import (
     FunctionOptions,
     Priority,
     RateLimit,
+    Retention,
     Singleton,
     Throttle,
     Timeouts,
@@ -34,11 +35,13 @@ def test_the_typed_options_are_the_options_the_runtime_knows() -> None:
     every = {"cron": "* * * * *", "timezone": "UTC", "catch_up": "none",
              "cancel_on": [Cancel("x")], "timeouts": Timeouts(start="1m"),
              "on_failure": lambda ctx: None, "concurrency": Concurrency(1), "throttle": Throttle(1, "1s"),
-             "priority": Priority(run="data.p"), "debounce": Debounce("1s")}
+             "priority": Priority(run="data.p"), "debounce": Debounce("1s"),
+             "retention": Retention(completed="1d")}
     assert set(FunctionOptions.__optional_keys__) == set(every) | {
         "batch", "idempotency", "rate_limit", "singleton"}
     fdef = define(lambda ctx: None, id="f", event=None, retries=0, options=every)
     assert fdef.schedule is not None and fdef.debounce is not None and fdef.concurrency
+    assert fdef.retention == Retention(completed="1d")
 
 
 @pytest.mark.parametrize(("options", "message"), [
