@@ -1,0 +1,141 @@
+"""History and pruning (issue 15, s4): W1 beside 10 million finished runs, and
+W1 while they are pruned.
+
+    python bench/prune.py [--history 10000000] [--runs 20000] [--rounds 3]
+                          [--threads 8] [--prefetch 1000]
+
+1. W1 (one-step runs drained by one worker) on an empty schema and on one
+   holding --history finished runs (events, runs, results, one journal
+   entry each, finished 30 days ago: as an upgraded install holds them, in
+   the partition of everything before the upgrade), alternately, --rounds
+   times: the medians side by side.
+2. Then a prune of that history (default retention: all of it has
+   expired) in one thread while W1 drains go on: the prune's wall time and
+   counts, and W1 while it runs against W1 just before, on the same schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from common import DSN, bench_app, describe, send_in_batches, wait_for
+
+from pgdurable import Context, Durable
+
+HISTORY = [
+    "INSERT INTO {s}.events (id, name, data, ts, received_at) SELECT 'old-' || g, 'old', "
+    "jsonb_build_object('i', g), now() - interval '31 days', now() - interval '31 days' "
+    "FROM generate_series(%(lo)s, %(hi)s) g",
+    "INSERT INTO {s}.runs (id, function_id, event_ids, created_at) SELECT {old}, 'one-step', "
+    "ARRAY['old-' || g], now() - interval '31 days' FROM generate_series(%(lo)s, %(hi)s) g",
+    "INSERT INTO {s}.results (run_id, status, output, attempt, started_at, finished_at) SELECT "
+    "{old}, 'completed', to_jsonb(g), 0, now() - interval '30 days', now() - interval '30 days' "
+    "FROM generate_series(%(lo)s, %(hi)s) g",
+    "INSERT INTO {s}.steps (run_id, step_key, position, status, output, started_at, finished_at) "
+    "SELECT {old}, 'work', 1, 'completed', to_jsonb(g), now() - interval '30 days', "
+    "now() - interval '30 days' FROM generate_series(%(lo)s, %(hi)s) g",
+]
+OLD_RUN_ID = "('01000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid"  # dated 2005
+CHUNK = 1_000_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--history", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--prefetch", type=int, default=1000)
+    args = parser.parse_args()
+    print(describe(), flush=True)
+    with w1_app() as (empty, empty_schema), w1_app() as (loaded, loaded_schema):
+        started = time.perf_counter()
+        load_history(loaded_schema, args.history)
+        print(f"loaded {args.history:,} finished runs in {time.perf_counter() - started:.0f} s; "
+              f"history is {relation_bytes(loaded_schema) / 2**30:.2f} GiB", flush=True)
+        rates: dict[str, list[float]] = {"empty": [], "loaded": []}
+        for _ in range(args.rounds):
+            for name, (app, schema) in (("empty", (empty, empty_schema)),
+                                        ("loaded", (loaded, loaded_schema))):
+                rates[name].append(drain(app, schema, args))
+                print(f"  W1 {name}: {rates[name][-1]:,.0f} runs/s", flush=True)
+        empty_w1, loaded_w1 = (statistics.median(rates[k]) for k in ("empty", "loaded"))
+        print(f"W1 with {args.history:,} finished runs: {loaded_w1:,.0f} runs/s, "
+              f"{loaded_w1 / empty_w1:.0%} of W1 on empty tables ({empty_w1:,.0f} runs/s); "
+              f"medians of {args.rounds}", flush=True)
+        prune_under_load(loaded, loaded_schema, args)
+
+
+@contextmanager
+def w1_app() -> Iterator[tuple[Durable, str]]:
+    with bench_app(pool_size=4) as (app, schema):
+        @app.function(id="one-step", event="bench/w1")
+        def one_step(ctx: Context) -> int:
+            return int(ctx.step.run("work", lambda: ctx.event.data["i"] + 1))
+
+        yield app, schema
+
+
+def load_history(schema: str, count: int) -> None:
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        for statement in HISTORY:
+            for lo in range(1, count + 1, CHUNK):
+                conn.execute(statement.format(s=schema, old=OLD_RUN_ID).encode(),
+                             {"lo": lo, "hi": min(lo + CHUNK - 1, count)})
+        conn.execute(f"VACUUM ANALYZE {schema}.events, {schema}.runs, {schema}.results, "
+                     f"{schema}.steps".encode())
+        conn.execute("CHECKPOINT")  # measure the drains, not the flush of the load
+
+
+def relation_bytes(schema: str) -> int:
+    with psycopg.connect(DSN) as conn:
+        row = conn.execute(f"SELECT sum(bytes) FROM {schema}.retention_status").fetchone()
+    return int(row[0]) if row and row[0] else 0
+
+
+def drain(app: Durable, schema: str, args: argparse.Namespace) -> float:
+    """Queue --runs runs, start the worker, and return runs/s until the queue is empty."""
+    send_in_batches(app, "bench/w1", ({"i": i} for i in range(args.runs)))
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        def done() -> bool:
+            row = conn.execute(f"SELECT NOT EXISTS (SELECT FROM {schema}.queue)").fetchone()
+            return bool(row and row[0])
+
+        app.start(threads=args.threads, prefetch=args.prefetch)
+        try:
+            return args.runs / wait_for(done, timeout=600, interval=0.05)
+        finally:
+            app.stop()
+
+
+def prune_under_load(app: Durable, schema: str, args: argparse.Namespace) -> None:
+    before = [drain(app, schema, args) for _ in range(args.rounds)]
+    outcome: dict[str, object] = {}
+
+    def prune() -> None:
+        started = time.perf_counter()
+        outcome["counts"] = app.prune()
+        outcome["seconds"] = time.perf_counter() - started
+
+    pruner = threading.Thread(target=prune)
+    pruner.start()
+    during = []
+    while pruner.is_alive():
+        during.append(drain(app, schema, args))
+    pruner.join()
+    print(f"prune of {args.history:,} expired runs: {outcome['seconds']:.1f} s, removed "
+          f"{outcome['counts']}; history now {relation_bytes(schema) / 2**30:.2f} GiB", flush=True)
+    if during:
+        print(f"W1 while pruning: {statistics.median(during):,.0f} runs/s (median of "
+              f"{len(during)} drains), {statistics.median(during) / statistics.median(before):.0%} "
+              f"of W1 just before ({statistics.median(before):,.0f} runs/s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
