@@ -6,9 +6,9 @@ W1 while they are pruned.
 
 1. W1 (one-step runs drained by one worker) on an empty schema and on one
    holding --history finished runs (events, runs, results, one journal
-   entry each, finished 30 days ago: as an upgraded install holds them, in
-   the partition of everything before the upgrade), alternately, --rounds
-   times: the medians side by side.
+   entry each, made over 10 days that ended 10 days ago, in the daily
+   partitions of those days), alternately, --rounds times: the medians
+   side by side.
 2. Then a prune of that history (default retention: all of it has
    expired) in one thread while W1 drains go on: the prune's wall time and
    counts, and W1 while it runs against W1 just before, on the same schema.
@@ -28,20 +28,35 @@ from common import DSN, bench_app, describe, send_in_batches, wait_for
 
 from pgdurable import Context, Durable
 
+# History as a busy app leaves it: --history finished runs created over 10
+# days, ending 10 days ago (so that all have expired under the default
+# retention), each with its event, result and one journal entry, in the
+# daily partitions of those days.
+MOMENT = "(%(start)s::timestamptz + g * interval '10 days' / %(n)s)"
+RUN_ID = ("(left({s}.uuid_at(" + MOMENT + ")::text, 24) || lpad(to_hex(g), 12, '0'))::uuid")
 HISTORY = [
-    "INSERT INTO {s}.events (id, name, data, ts, received_at) SELECT 'old-' || g, 'old', "
-    "jsonb_build_object('i', g), now() - interval '31 days', now() - interval '31 days' "
-    "FROM generate_series(%(lo)s, %(hi)s) g",
-    "INSERT INTO {s}.runs (id, function_id, event_ids, created_at) SELECT {old}, 'one-step', "
-    "ARRAY['old-' || g], now() - interval '31 days' FROM generate_series(%(lo)s, %(hi)s) g",
+    "INSERT INTO {s}.events (id, name, data, ts, received_at) SELECT 'old-' || g, 'bench/w1', "
+    "jsonb_build_object('i', g), " + MOMENT + ", " + MOMENT +
+    " FROM generate_series(%(lo)s::bigint, %(hi)s) g",
+    "INSERT INTO {s}.runs (id, function_id, event_ids, created_at) SELECT " + RUN_ID +
+    ", 'one-step', ARRAY['old-' || g], " + MOMENT + " FROM generate_series(%(lo)s::bigint, %(hi)s) g",
     "INSERT INTO {s}.results (run_id, status, output, attempt, started_at, finished_at) SELECT "
-    "{old}, 'completed', to_jsonb(g), 0, now() - interval '30 days', now() - interval '30 days' "
-    "FROM generate_series(%(lo)s, %(hi)s) g",
+    + RUN_ID + ", 'completed', to_jsonb(g), 0, " + MOMENT + ", " + MOMENT +
+    " + interval '1 second' FROM generate_series(%(lo)s::bigint, %(hi)s) g",
     "INSERT INTO {s}.steps (run_id, step_key, position, status, output, started_at, finished_at) "
-    "SELECT {old}, 'work', 1, 'completed', to_jsonb(g), now() - interval '30 days', "
-    "now() - interval '30 days' FROM generate_series(%(lo)s, %(hi)s) g",
+    "SELECT " + RUN_ID + ", 'work', 1, 'completed', to_jsonb(g), " + MOMENT + ", " + MOMENT +
+    " FROM generate_series(%(lo)s::bigint, %(hi)s) g",
 ]
-OLD_RUN_ID = "('01000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid"  # dated 2005
+# The days of history get their partitions as a worker up all along would
+# have made them: from a first partition ending 21 days ago (its tables are
+# never made; its row only tells add_partitions where to start).
+PAST_PARTITIONS = [
+    "SELECT {s}.drop_partition(suffix, now()) FROM {s}.history_partitions",
+    "INSERT INTO {s}.history_partitions (suffix, upper_id) VALUES "
+    "('start', {s}.uuid_at(date_trunc('day', now() - interval '21 days')))",
+    "SELECT {s}.add_partitions(now() + interval '1 day')",
+    "DELETE FROM {s}.history_partitions WHERE suffix = 'start'",
+]
 CHUNK = 1_000_000
 
 
@@ -84,10 +99,14 @@ def w1_app() -> Iterator[tuple[Durable, str]]:
 
 def load_history(schema: str, count: int) -> None:
     with psycopg.connect(DSN, autocommit=True) as conn:
+        for statement in PAST_PARTITIONS:
+            conn.execute(statement.format(s=schema).encode())
+        start = conn.execute("SELECT now() - interval '20 days'").fetchone()[0]  # type: ignore[index]
         for statement in HISTORY:
             for lo in range(1, count + 1, CHUNK):
-                conn.execute(statement.format(s=schema, old=OLD_RUN_ID).encode(),
-                             {"lo": lo, "hi": min(lo + CHUNK - 1, count)})
+                conn.execute(statement.format(s=schema).encode(),
+                             {"lo": lo, "hi": min(lo + CHUNK - 1, count), "n": count,
+                              "start": start})
         conn.execute(f"VACUUM ANALYZE {schema}.events, {schema}.runs, {schema}.results, "
                      f"{schema}.steps".encode())
         conn.execute("CHECKPOINT")  # measure the drains, not the flush of the load

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import random
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
@@ -32,7 +33,8 @@ DEFAULTS: dict[str, timedelta | None] = {
 
 DROP_SHARE = 0.9  # a closed partition goes whole once this share of its runs has expired
 BATCH = 5_000  # rows per DELETE: short transactions that never hold workers up for long
-LOCK_TIMEOUT = "200ms"  # what a detach waits for its locks before trying again later
+LOCK_TIMEOUT = "200ms"  # what a detach waits for its locks before trying again
+LOCK_TRIES = 10  # times a prune tries a detach or attach, before leaving it to the next prune
 
 
 class _Inherit(enum.Enum):
@@ -158,19 +160,21 @@ class Pruner:
                 break
             total, expired = self._store.partition_expired(conn, suffix, at)
             if closed and expired >= DROP_SHARE * total:
+                # Never DELETEs instead: a partition whose locks stay busy waits for the next round.
                 dropped = self._locked(conn, partial(self._store.drop_partition, conn, suffix, at))
-                if dropped is not None:
-                    counts["runs"] += dropped
-                    counts["partitions_dropped"] += 1
-                    progress("runs", counts["runs"])
-                    continue
-            counts["runs"] += self._batches(
-                partial(self._store.delete_expired, conn, suffix, at, BATCH), "runs", progress,
-                counts["runs"]) if expired else 0
+                counts["runs"] += dropped or 0
+                counts["partitions_dropped"] += dropped is not None
+                progress("runs", counts["runs"])
+                continue
+            if expired:
+                counts["runs"] += self._batches(
+                    partial(self._store.delete_expired, conn, suffix, at, limit=BATCH),
+                    "runs", progress, counts["runs"])
         counts["events"] = self._batches(
-            lambda: self._store.delete_events(conn, at, self._dedupe_window, BATCH), "events", progress)
+            lambda after: self._store.delete_events(conn, at, self._dedupe_window, after, BATCH),
+            "events", progress)
         counts["audit"] = self._batches(
-            lambda: self._store.delete_audit(conn, at, BATCH), "audit", progress)
+            lambda _: _more(self._store.delete_audit(conn, at, BATCH)), "audit", progress)
         counts["idempotency_keys"], counts["rate_limits"] = self._store.delete_bookkeeping(conn, at)
         return counts
 
@@ -181,29 +185,43 @@ class Pruner:
         return {"runs": runs, "events": self._store.count_events(conn, at, self._dedupe_window)}
 
     def _batches(
-        self, delete: Callable[[], int], what: str, progress: Progress, before: int = 0
+        self, delete: Callable[[Any], tuple[int, Any]], what: str, progress: Progress,
+        before: int = 0,
     ) -> int:
-        """Call `delete` (a batch of at most BATCH) until a batch is short;
-        how many it removed in all. Progress counts from `before`."""
-        total = 0
-        while not self._until.is_set() and (removed := delete()) > 0:
+        """Call `delete(where the last batch ended)` (None first), a batch at
+        a time, until it answers that there is no more; how many it removed
+        in all. Progress counts from `before`."""
+        total, cursor = 0, None
+        while not self._until.is_set():
+            removed, cursor = delete(cursor)
             total += removed
             progress(what, before + total)
-            if removed < BATCH:
+            if cursor is None:
                 break
         return total
 
     def _locked(self, conn: psycopg.Connection[Any], step: Callable[[], int]) -> int | None:
         """`step` in a transaction that gives up waiting for locks after
-        LOCK_TIMEOUT (None then): a detach or attach queued behind a long
+        LOCK_TIMEOUT, tried LOCK_TRIES times a second or so apart; None if
+        it never got them. A detach or attach queued behind a long
         transaction would otherwise hold every worker up behind it."""
-        try:
-            with conn.transaction():
-                self._store.lock_timeout(conn, LOCK_TIMEOUT)
-                return step()
-        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
-            log.info("prune put off a step to its next round: %s", exc)
-            return None
+        for attempt in range(LOCK_TRIES):
+            try:
+                with conn.transaction():
+                    self._store.lock_timeout(conn, LOCK_TIMEOUT)
+                    return step()
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+                if attempt == LOCK_TRIES - 1:
+                    log.info("prune put off a step to its next round: %s", exc)
+                elif self._until.wait(random.uniform(0.5, 1.5)):
+                    break
+        return None
+
+
+def _more(removed: int) -> tuple[int, bool | None]:
+    """A batch's count, and a cursor that says whether to go on: a full batch
+    (of a DELETE that takes the first rows each time) may have left more."""
+    return removed, True if removed == BATCH else None
 
 
 def _quiet(what: str, count: int) -> None:

@@ -628,14 +628,28 @@ class Store:
         return int(self._one(conn, "drop_partition", (suffix, as_of)))
 
     def delete_expired(
-        self, conn: psycopg.Connection[Any], suffix: str, as_of: datetime, limit: int
-    ) -> int:
-        return int(self._one(conn, "delete_expired", (suffix, as_of, limit)))
+        self, conn: psycopg.Connection[Any], suffix: str, as_of: datetime, after: str | None,
+        *, limit: int,
+    ) -> tuple[int, str | None]:
+        """Of the next `limit` runs of a partition after run id `after`, delete
+        those expired at `as_of`: how many, and the last id looked at (None
+        once past the last)."""
+        row = self._run(conn, "delete_expired", (suffix, as_of, after, limit)).fetchone()
+        assert row is not None
+        return int(row[0]), None if row[1] is None else str(row[1])
 
     def delete_events(
-        self, conn: psycopg.Connection[Any], as_of: datetime, dedupe_window: timedelta, limit: int
-    ) -> int:
-        return int(self._one(conn, "delete_events", (as_of, dedupe_window, limit)))
+        self, conn: psycopg.Connection[Any], as_of: datetime, dedupe_window: timedelta,
+        after: tuple[datetime, str] | None, limit: int,
+    ) -> tuple[int, tuple[datetime, str] | None]:
+        """Of the next `limit` events received before the cutoff, after
+        (received_at, id) `after`, delete those no run needs: how many, and
+        the last looked at (None once past the last)."""
+        at, event_id = after or (None, None)
+        row = self._run(conn, "delete_events",
+                        (as_of, dedupe_window, at, event_id, limit)).fetchone()
+        assert row is not None
+        return int(row[0]), None if row[1] is None else (row[1], row[2])
 
     def count_events(
         self, conn: psycopg.Connection[Any], as_of: datetime, dedupe_window: timedelta

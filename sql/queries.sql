@@ -294,13 +294,13 @@ SELECT total, expired FROM {schema}.partition_expired(%s, %s);
 SELECT {schema}.drop_partition(%s, %s);
 
 -- name: delete_expired
-SELECT {schema}.delete_expired(%s, %s, %s);
+SELECT deleted, last_id FROM {schema}.delete_expired(%s, %s, %s, %s);
 
 -- name: delete_events
-SELECT {schema}.delete_events(%s, %s, %s);
+SELECT deleted, last_at, last_id FROM {schema}.delete_events(%s, %s, %s, %s, %s);
 
 -- name: count_events
-SELECT count(*) FROM {schema}.expired_events(%s, %s, NULL);
+SELECT {schema}.count_events(%s, %s);
 
 -- name: delete_audit
 SELECT {schema}.delete_audit(%s, %s);

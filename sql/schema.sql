@@ -27,6 +27,12 @@ CREATE TABLE pgdurable.debounces (
     CONSTRAINT debounces_pkey PRIMARY KEY (function_id, key)
 );
 
+CREATE TABLE pgdurable.event_refs (
+    event_id text NOT NULL,
+    run_id uuid NOT NULL,
+    CONSTRAINT event_refs_pkey PRIMARY KEY (event_id, run_id)
+);
+
 CREATE TABLE pgdurable.events (
     id text NOT NULL,
     name text NOT NULL,
@@ -239,6 +245,8 @@ CREATE INDEX batch_items_fire_at ON pgdurable.batch_items USING btree (fire_at);
 
 CREATE INDEX debounces_due ON pgdurable.debounces USING btree (due_at);
 
+CREATE INDEX event_refs_run ON pgdurable.event_refs USING btree (run_id);
+
 CREATE INDEX events_name_received ON pgdurable.events USING btree (name, received_at DESC);
 
 CREATE INDEX events_received ON pgdurable.events USING btree (received_at);
@@ -418,6 +426,8 @@ CREATE VIEW pgdurable.unmatched_events AS
 CREATE OR REPLACE FUNCTION pgdurable.add_partitions(p_until timestamp with time zone)
  RETURNS integer
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 DECLARE
     v_lower uuid;
@@ -838,6 +848,8 @@ $function$
 CREATE OR REPLACE FUNCTION pgdurable.close_partitions(p_as_of timestamp with time zone)
  RETURNS text[]
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 DECLARE
     v_closed text[] := '{}';
@@ -860,6 +872,21 @@ BEGIN
         ANALYZE "pgdurable".runs, "pgdurable".results, "pgdurable".steps;
     END IF;
     RETURN v_closed;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.count_events(p_as_of timestamp with time zone, p_dedupe interval)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+DECLARE
+    v_count bigint;
+BEGIN
+    EXECUTE 'SELECT count(*) FROM (' || "pgdurable".expired_events_query() || ') e'
+    INTO v_count USING "pgdurable".event_cutoff(p_as_of, p_dedupe);
+    RETURN v_count;
 END
 $function$
 ;
@@ -915,35 +942,53 @@ AS $function$
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.delete_events(p_as_of timestamp with time zone, p_dedupe interval, p_limit integer)
- RETURNS bigint
- LANGUAGE sql
+CREATE OR REPLACE FUNCTION pgdurable.delete_events(p_as_of timestamp with time zone, p_dedupe interval, p_after_at timestamp with time zone, p_after_id text, p_limit integer, OUT deleted bigint, OUT last_at timestamp with time zone, OUT last_id text)
+ RETURNS record
+ LANGUAGE plpgsql
 AS $function$
-    WITH gone AS (
-        DELETE FROM "pgdurable".events e
-        WHERE e.id IN (SELECT id FROM "pgdurable".expired_events(p_as_of, p_dedupe, p_limit))
-        RETURNING 1
-    )
-    SELECT count(*) FROM gone;
+BEGIN
+    EXECUTE 'WITH batch AS MATERIALIZED ('
+            '    SELECT * FROM "pgdurable".events e'
+            '    WHERE e.received_at < $1 AND (e.received_at, e.id) > ($2, $3)'
+            '    ORDER BY e.received_at, e.id LIMIT $4'
+            '), gone AS ('
+            '    DELETE FROM "pgdurable".events e WHERE e.id IN ('
+            || "pgdurable".expired_events_query('batch') || ') RETURNING 1'
+            '), last AS (SELECT received_at, id FROM batch ORDER BY received_at DESC, id DESC LIMIT 1)'
+            ' SELECT (SELECT count(*) FROM gone), (SELECT received_at FROM last), (SELECT id FROM last)'
+    INTO deleted, last_at, last_id
+    USING "pgdurable".event_cutoff(p_as_of, p_dedupe), coalesce(p_after_at, '-infinity'),
+          coalesce(p_after_id, ''), p_limit;
+END
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.delete_expired(p_suffix text, p_as_of timestamp with time zone, p_limit integer)
- RETURNS bigint
+CREATE OR REPLACE FUNCTION pgdurable.delete_expired(p_suffix text, p_as_of timestamp with time zone, p_after uuid, p_limit integer, OUT deleted bigint, OUT last_id uuid)
+ RETURNS record
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 DECLARE
     v_runs uuid[];
 BEGIN
-    EXECUTE 'SELECT array_agg(run_id) FROM (' || "pgdurable".expired_query(p_suffix)
-            || ' LIMIT $2) e' INTO v_runs USING p_as_of, p_limit;
-    IF v_runs IS NULL THEN
-        RETURN 0;
+    EXECUTE format('WITH batch AS MATERIALIZED (SELECT * FROM "pgdurable".%I WHERE run_id > $2 '
+                   'ORDER BY run_id LIMIT $3) '
+                   'SELECT (SELECT run_id FROM batch ORDER BY run_id DESC LIMIT 1), '
+                   '       (SELECT array_agg(run_id) FROM (%s) e)',
+                   'results_' || p_suffix, "pgdurable".expired_query(p_suffix, 'batch'))
+    INTO last_id, v_runs
+    USING p_as_of, coalesce(p_after, '00000000-0000-0000-0000-000000000000'), p_limit;
+    deleted := coalesce(cardinality(v_runs), 0);
+    IF deleted > 0 THEN
+        EXECUTE format('DELETE FROM "pgdurable".%I WHERE run_id = ANY($1)', 'steps_' || p_suffix)
+        USING v_runs;
+        EXECUTE format('DELETE FROM "pgdurable".%I WHERE run_id = ANY($1)', 'results_' || p_suffix)
+        USING v_runs;
+        EXECUTE format('DELETE FROM "pgdurable".%I WHERE id = ANY($1)', 'runs_' || p_suffix)
+        USING v_runs;
+        DELETE FROM "pgdurable".event_refs WHERE run_id = ANY(v_runs);
     END IF;
-    EXECUTE format('DELETE FROM "pgdurable".%I WHERE run_id = ANY($1)', 'steps_' || p_suffix) USING v_runs;
-    EXECUTE format('DELETE FROM "pgdurable".%I WHERE run_id = ANY($1)', 'results_' || p_suffix) USING v_runs;
-    EXECUTE format('DELETE FROM "pgdurable".%I WHERE id = ANY($1)', 'runs_' || p_suffix) USING v_runs;
-    RETURN cardinality(v_runs);
 END
 $function$
 ;
@@ -1022,6 +1067,8 @@ $function$
 CREATE OR REPLACE FUNCTION pgdurable.drop_partition(p_suffix text, p_as_of timestamp with time zone)
  RETURNS bigint
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 DECLARE
     v_keep uuid[];
@@ -1035,6 +1082,7 @@ BEGIN
                    'FROM "pgdurable".%I r LEFT JOIN (%s) e ON e.run_id = r.id',
                    'runs_' || p_suffix, "pgdurable".expired_query(p_suffix))
     INTO v_total, v_keep USING p_as_of;
+    LOCK TABLE "pgdurable".runs, "pgdurable".results, "pgdurable".steps IN ACCESS EXCLUSIVE MODE;
     FOREACH v_table IN ARRAY ARRAY['runs', 'results', 'steps'] LOOP
         EXECUTE format('ALTER TABLE "pgdurable".%I DETACH PARTITION "pgdurable".%I',
                        v_table, v_table || '_' || p_suffix);
@@ -1049,9 +1097,24 @@ BEGIN
     END IF;
     EXECUTE format('DROP TABLE "pgdurable".%I, "pgdurable".%I, "pgdurable".%I', 'runs_' || p_suffix,
                    'results_' || p_suffix, 'steps_' || p_suffix);
+    DELETE FROM "pgdurable".event_refs x
+    USING "pgdurable".history_partitions p
+    WHERE p.suffix = p_suffix AND x.run_id < p.upper_id
+      AND (p.lower_id IS NULL OR x.run_id >= p.lower_id) AND x.run_id <> ALL(coalesce(v_keep, '{}'));
     DELETE FROM "pgdurable".history_partitions WHERE suffix = p_suffix;
     RETURN v_total - coalesce(cardinality(v_keep), 0);
 END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.event_cutoff(p_as_of timestamp with time zone, p_dedupe interval)
+ RETURNS timestamp with time zone
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT least(p_as_of - p_dedupe,
+                 (SELECT "pgdurable".uuid_time(lower_id) - interval '1 hour'
+                  FROM "pgdurable".history_partitions ORDER BY lower_id NULLS FIRST LIMIT 1));
 $function$
 ;
 
@@ -1073,26 +1136,25 @@ AS $function$
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.expired_events(p_as_of timestamp with time zone, p_dedupe interval, p_limit integer)
- RETURNS TABLE(id text)
+CREATE OR REPLACE FUNCTION pgdurable.expired_events_query(p_events text DEFAULT NULL::text)
+ RETURNS text
  LANGUAGE sql
- STABLE
+ IMMUTABLE
 AS $function$
-    SELECT e.id FROM "pgdurable".events e
-    WHERE e.received_at <= p_as_of - p_dedupe
-      AND e.received_at < (SELECT "pgdurable".uuid_time(lower_id) FROM "pgdurable".history_partitions
-                           ORDER BY lower_id NULLS FIRST LIMIT 1)
-      AND NOT EXISTS (SELECT FROM "pgdurable".runs r WHERE r.event_ids[1] = e.id)
-      AND NOT EXISTS (SELECT FROM "pgdurable".runs r
-                      WHERE cardinality(r.event_ids) > 1 AND r.event_ids @> ARRAY[e.id])
-      AND NOT EXISTS (SELECT FROM "pgdurable".batch_items b WHERE b.event_id = e.id)
-      AND NOT EXISTS (SELECT FROM "pgdurable".debounces d WHERE d.event_id = e.id)
-    ORDER BY e.received_at
-    LIMIT p_limit;
+    SELECT format($q$
+        SELECT e.id FROM %s e
+        WHERE e.received_at < $1
+          AND NOT EXISTS (SELECT FROM "pgdurable".runs_kept r WHERE r.event_ids[1] = e.id)
+          AND NOT EXISTS (SELECT FROM "pgdurable".runs_kept r
+                          WHERE cardinality(r.event_ids) > 1 AND r.event_ids @> ARRAY[e.id])
+          AND NOT EXISTS (SELECT FROM "pgdurable".event_refs x WHERE x.event_id = e.id)
+          AND NOT EXISTS (SELECT FROM "pgdurable".batch_items b WHERE b.event_id = e.id)
+          AND NOT EXISTS (SELECT FROM "pgdurable".debounces d WHERE d.event_id = e.id)
+    $q$, coalesce(p_events, '"pgdurable".events'));
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.expired_query(p_suffix text)
+CREATE OR REPLACE FUNCTION pgdurable.expired_query(p_suffix text, p_results text DEFAULT NULL::text)
  RETURNS text
  LANGUAGE sql
  IMMUTABLE
@@ -1105,14 +1167,15 @@ AS $function$
                                  ('cancelled', p.cancelled), ('skipped', p.skipped)) AS k(status, keep)
         )
         SELECT x.run_id
-        FROM "pgdurable".%I x
+        FROM %s x
         JOIN "pgdurable".%I r ON r.id = x.run_id
         LEFT JOIN policy own ON own.function_id = r.function_id AND own.status = x.status
         LEFT JOIN policy app ON app.function_id = '' AND app.status = x.status
         WHERE x.finished_at <= $1 - (SELECT min(keep) FROM policy)
           AND x.finished_at <= $1 - CASE WHEN own.function_id IS NULL THEN app.keep
                                          ELSE own.keep END
-    $q$, 'results_' || p_suffix, 'runs_' || p_suffix);
+    $q$, coalesce(p_results, '"pgdurable".' || quote_ident('results_' || p_suffix)),
+         'runs_' || p_suffix);
 $function$
 ;
 
@@ -1410,7 +1473,8 @@ $function$
 CREATE OR REPLACE FUNCTION pgdurable.partition_expired(p_suffix text, p_as_of timestamp with time zone, OUT total bigint, OUT expired bigint)
  RETURNS record
  LANGUAGE plpgsql
- STABLE
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 BEGIN
     EXECUTE format('SELECT count(*) FROM "pgdurable".%I', 'runs_' || p_suffix) INTO total;
@@ -1798,6 +1862,8 @@ BEGIN
     END IF;
     INSERT INTO "pgdurable".runs (id, function_id, event_ids, parent_run_id)
     VALUES (v_run, p_function, p_events, p_parent);
+    INSERT INTO "pgdurable".event_refs (event_id, run_id)  -- see expired_events
+    SELECT DISTINCT e, v_run FROM unnest(p_events) AS e;
     IF v_verdict <> '"run"' THEN  -- rate limited, or a singleton in progress
         INSERT INTO "pgdurable".results (run_id, status, error, attempt)
         VALUES (v_run, 'skipped', v_verdict, 0);

@@ -350,7 +350,7 @@ def test_cli_prune_follows_the_recorded_retention(
 
 
 UNDO_13 = """
-DROP TABLE {s}.retention, {s}.history_partitions, {s}.prune_log CASCADE;
+DROP TABLE {s}.retention, {s}.history_partitions, {s}.prune_log, {s}.event_refs CASCADE;
 DROP INDEX {s}.events_received, {s}.rls_audit_log_at;
 ALTER TABLE {s}.rate_limits DROP COLUMN period;
 DELETE FROM {s}.schema_version WHERE version = 13;
@@ -436,3 +436,24 @@ def test_upgrading_keeps_every_run_and_unfinished_ones_finish(
     assert executed == ["one"]  # step one came from the journal
     assert app.wait_for_run(sleeping, 20).output == "slept"
     assert app.wait_for_run(waiting, 20).output == {"x": 1}
+
+
+def test_an_old_event_stays_while_a_later_run_refers_to_it(
+    make_app: Any, db: psycopg.Connection[Any]
+) -> None:
+    """A run started one by one (a replay, a batch) may refer to an event
+    sent days before it: the event stays as long as that run does."""
+    app = make_app(retention=Retention(completed=0), dedupe_window="1h")
+    app.migrate()
+    s = app.schema
+    app.function(id="f", event="e")(lambda ctx: ctx.event.data)
+    db.execute(f"""INSERT INTO {s}.events (id, name, data, ts, received_at)
+                   VALUES ('old', 'e', '{{"n": 1}}', now() - interval '10 days',
+                           now() - interval '10 days')""")
+    [run_id] = db.execute(f"SELECT {s}.start_run('f', ARRAY['old'], 0)").fetchone()  # type: ignore[misc]
+    assert app.prune()["events"] == 0 and event_stored(db, s, "old")
+    app.start(threads=1)
+    assert app.wait_for_run(str(run_id), 20).output == {"n": 1}
+    removed = app.prune(as_of=datetime.now().astimezone() + timedelta(seconds=5))
+    assert (removed["runs"], removed["events"]) == (1, 1)
+    assert not event_stored(db, s, "old")

@@ -24,6 +24,7 @@ from pgdurable import (
     ConfigurationError,
     Context,
     Durable,
+    Retention,
     RlsContextError,
 )
 from pgdurable.cli import main
@@ -367,3 +368,20 @@ def test_the_audit_names_the_step_each_context_was_opened_in(
                     ("jobs:right", "right", "branches"),
                     ("jobs:async-up", "up", "async-branches"),
                     ("jobs:async-down", "down", "async-branches")}
+
+
+def test_a_worker_of_the_least_privilege_role_prunes(
+    as_login: Callable[..., Durable], db: psycopg.Connection[Any]
+) -> None:
+    """Partitions are made and dropped by their owner's functions: the worker
+    role, which owns nothing, prunes all the same."""
+    jobs = as_login("pgdurable_test_jobs", retention=Retention(completed=0))
+    jobs.function(id="quick", event="quick")(lambda ctx: "done")
+    jobs.start(threads=1)
+    [event_id] = jobs.send("quick", {})
+    [run] = wait_until(lambda: jobs.runs_for_event(event_id))
+    finished = jobs.wait_for_run(run.id, 20).finished_at
+    assert finished is not None
+    removed = jobs.prune(as_of=finished + timedelta(days=2))
+    assert removed["runs"] == 1 and removed["partitions_dropped"] >= 1
+    assert jobs.get_run(run.id) is None

@@ -105,6 +105,8 @@ BEGIN
     END IF;
     INSERT INTO {schema}.runs (id, function_id, event_ids, parent_run_id)
     VALUES (v_run, p_function, p_events, p_parent);
+    INSERT INTO {schema}.event_refs (event_id, run_id)  -- see expired_events
+    SELECT DISTINCT e, v_run FROM unnest(p_events) AS e;
     IF v_verdict <> '"run"' THEN  -- rate limited, or a singleton in progress
         INSERT INTO {schema}.results (run_id, status, error, attempt)
         VALUES (v_run, 'skipped', v_verdict, 0);

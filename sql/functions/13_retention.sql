@@ -108,8 +108,9 @@ $$;
 -- whose retention has passed at $1: finished, and finished at least their
 -- function's retention of their status ago (the app's where the function
 -- has no policy of its own; never where it is null, or no policy is
--- recorded at all).
-CREATE FUNCTION {schema}.expired_query(p_suffix text) RETURNS text
+-- recorded at all). Its results rows are read from p_results if given (a
+-- CTE of some of them), else from the whole partition.
+CREATE FUNCTION {schema}.expired_query(p_suffix text, p_results text DEFAULT NULL) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT format($q$
         WITH policy AS MATERIALIZED (
@@ -119,14 +120,15 @@ LANGUAGE sql IMMUTABLE AS $$
                                  ('cancelled', p.cancelled), ('skipped', p.skipped)) AS k(status, keep)
         )
         SELECT x.run_id
-        FROM {schema}.%I x
+        FROM %s x
         JOIN {schema}.%I r ON r.id = x.run_id
         LEFT JOIN policy own ON own.function_id = r.function_id AND own.status = x.status
         LEFT JOIN policy app ON app.function_id = '' AND app.status = x.status
         WHERE x.finished_at <= $1 - (SELECT min(keep) FROM policy)
           AND x.finished_at <= $1 - CASE WHEN own.function_id IS NULL THEN app.keep
                                          ELSE own.keep END
-    $q$, 'results_' || p_suffix, 'runs_' || p_suffix);
+    $q$, coalesce(p_results, '{schema}.' || quote_ident('results_' || p_suffix)),
+         'runs_' || p_suffix);
 $$;
 
 -- partition_expired: how many runs partition p_suffix holds, and how many
@@ -162,6 +164,7 @@ BEGIN
                    'FROM {schema}.%I r LEFT JOIN (%s) e ON e.run_id = r.id',
                    'runs_' || p_suffix, {schema}.expired_query(p_suffix))
     INTO v_total, v_keep USING p_as_of;
+    LOCK TABLE {schema}.runs, {schema}.results, {schema}.steps IN ACCESS EXCLUSIVE MODE;
     FOREACH v_table IN ARRAY ARRAY['runs', 'results', 'steps'] LOOP
         EXECUTE format('ALTER TABLE {schema}.%I DETACH PARTITION {schema}.%I',
                        v_table, v_table || '_' || p_suffix);
@@ -176,58 +179,111 @@ BEGIN
     END IF;
     EXECUTE format('DROP TABLE {schema}.%I, {schema}.%I, {schema}.%I', 'runs_' || p_suffix,
                    'results_' || p_suffix, 'steps_' || p_suffix);
+    DELETE FROM {schema}.event_refs x
+    USING {schema}.history_partitions p
+    WHERE p.suffix = p_suffix AND x.run_id < p.upper_id
+      AND (p.lower_id IS NULL OR x.run_id >= p.lower_id) AND x.run_id <> ALL(coalesce(v_keep, '{}'));
     DELETE FROM {schema}.history_partitions WHERE suffix = p_suffix;
     RETURN v_total - coalesce(cardinality(v_keep), 0);
 END
 $$;
 
--- delete_expired: delete up to p_limit runs of partition p_suffix expired
--- at p_as_of, with their results and journals. Returns how many.
-CREATE FUNCTION {schema}.delete_expired(p_suffix text, p_as_of timestamptz, p_limit int)
-RETURNS bigint LANGUAGE plpgsql AS $$
+-- delete_expired: of the next p_limit results of partition p_suffix after
+-- run id p_after (null: from the first), delete the runs expired at
+-- p_as_of, with their results and journals. Returns how many, and the
+-- last run id looked at (null once the partition has been gone through):
+-- where the next batch starts, so that no batch reads what one before read.
+CREATE FUNCTION {schema}.delete_expired(
+    p_suffix text, p_as_of timestamptz, p_after uuid, p_limit int,
+    OUT deleted bigint, OUT last_id uuid
+) LANGUAGE plpgsql AS $$
 DECLARE
     v_runs uuid[];
 BEGIN
-    EXECUTE 'SELECT array_agg(run_id) FROM (' || {schema}.expired_query(p_suffix)
-            || ' LIMIT $2) e' INTO v_runs USING p_as_of, p_limit;
-    IF v_runs IS NULL THEN
-        RETURN 0;
+    EXECUTE format('WITH batch AS MATERIALIZED (SELECT * FROM {schema}.%I WHERE run_id > $2 '
+                   'ORDER BY run_id LIMIT $3) '
+                   'SELECT (SELECT run_id FROM batch ORDER BY run_id DESC LIMIT 1), '
+                   '       (SELECT array_agg(run_id) FROM (%s) e)',
+                   'results_' || p_suffix, {schema}.expired_query(p_suffix, 'batch'))
+    INTO last_id, v_runs
+    USING p_as_of, coalesce(p_after, '00000000-0000-0000-0000-000000000000'), p_limit;
+    deleted := coalesce(cardinality(v_runs), 0);
+    IF deleted > 0 THEN
+        EXECUTE format('DELETE FROM {schema}.%I WHERE run_id = ANY($1)', 'steps_' || p_suffix)
+        USING v_runs;
+        EXECUTE format('DELETE FROM {schema}.%I WHERE run_id = ANY($1)', 'results_' || p_suffix)
+        USING v_runs;
+        EXECUTE format('DELETE FROM {schema}.%I WHERE id = ANY($1)', 'runs_' || p_suffix)
+        USING v_runs;
+        DELETE FROM {schema}.event_refs WHERE run_id = ANY(v_runs);
     END IF;
-    EXECUTE format('DELETE FROM {schema}.%I WHERE run_id = ANY($1)', 'steps_' || p_suffix) USING v_runs;
-    EXECUTE format('DELETE FROM {schema}.%I WHERE run_id = ANY($1)', 'results_' || p_suffix) USING v_runs;
-    EXECUTE format('DELETE FROM {schema}.%I WHERE id = ANY($1)', 'runs_' || p_suffix) USING v_runs;
-    RETURN cardinality(v_runs);
 END
 $$;
 
--- The events prune may delete: past the dedupe window, sent before the
--- oldest partition of history still there (so that only runs kept beyond
--- their partition, or made later from old events, such as replays, can
--- still refer to them), and referred to by no run, waiting step, pending
--- batch or debounce.
-CREATE FUNCTION {schema}.expired_events(p_as_of timestamptz, p_dedupe interval, p_limit int)
-RETURNS TABLE (id text) LANGUAGE sql STABLE AS $$
-    SELECT e.id FROM {schema}.events e
-    WHERE e.received_at <= p_as_of - p_dedupe
-      AND e.received_at < (SELECT {schema}.uuid_time(lower_id) FROM {schema}.history_partitions
-                           ORDER BY lower_id NULLS FIRST LIMIT 1)
-      AND NOT EXISTS (SELECT FROM {schema}.runs r WHERE r.event_ids[1] = e.id)
-      AND NOT EXISTS (SELECT FROM {schema}.runs r
-                      WHERE cardinality(r.event_ids) > 1 AND r.event_ids @> ARRAY[e.id])
-      AND NOT EXISTS (SELECT FROM {schema}.batch_items b WHERE b.event_id = e.id)
-      AND NOT EXISTS (SELECT FROM {schema}.debounces d WHERE d.event_id = e.id)
-    ORDER BY e.received_at
-    LIMIT p_limit;
+-- The events prune may delete are those received before event_cutoff:
+-- past the dedupe window, and an hour or more before the oldest partition
+-- of history still there. Runs sent with an event are in the partition of
+-- its day (or, sent at midnight, of the next): those of such events are
+-- gone, but for the runs kept beyond their partition (in `_kept`) and the
+-- runs started one by one later (replays, batches: event_refs). Nor may a
+-- pending batch or debounce refer to it.
+CREATE FUNCTION {schema}.event_cutoff(p_as_of timestamptz, p_dedupe interval)
+RETURNS timestamptz LANGUAGE sql STABLE AS $$
+    SELECT least(p_as_of - p_dedupe,
+                 (SELECT {schema}.uuid_time(lower_id) - interval '1 hour'
+                  FROM {schema}.history_partitions ORDER BY lower_id NULLS FIRST LIMIT 1));
 $$;
 
-CREATE FUNCTION {schema}.delete_events(p_as_of timestamptz, p_dedupe interval, p_limit int)
-RETURNS bigint LANGUAGE sql AS $$
-    WITH gone AS (
-        DELETE FROM {schema}.events e
-        WHERE e.id IN (SELECT id FROM {schema}.expired_events(p_as_of, p_dedupe, p_limit))
-        RETURNING 1
-    )
-    SELECT count(*) FROM gone;
+-- The events of p_events (a CTE of some of them; else all) received before
+-- $1 that no run, batch or debounce refers to.
+CREATE FUNCTION {schema}.expired_events_query(p_events text DEFAULT NULL) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT format($q$
+        SELECT e.id FROM %s e
+        WHERE e.received_at < $1
+          AND NOT EXISTS (SELECT FROM {schema}.runs_kept r WHERE r.event_ids[1] = e.id)
+          AND NOT EXISTS (SELECT FROM {schema}.runs_kept r
+                          WHERE cardinality(r.event_ids) > 1 AND r.event_ids @> ARRAY[e.id])
+          AND NOT EXISTS (SELECT FROM {schema}.event_refs x WHERE x.event_id = e.id)
+          AND NOT EXISTS (SELECT FROM {schema}.batch_items b WHERE b.event_id = e.id)
+          AND NOT EXISTS (SELECT FROM {schema}.debounces d WHERE d.event_id = e.id)
+    $q$, coalesce(p_events, '{schema}.events'));
+$$;
+
+-- delete_events: of the next p_limit events received before the cutoff,
+-- in the order they were received, after (p_after_at, p_after_id) (null:
+-- from the first), delete those that may go. Returns how many, and the
+-- last one looked at (null once all were looked at).
+CREATE FUNCTION {schema}.delete_events(
+    p_as_of timestamptz, p_dedupe interval, p_after_at timestamptz, p_after_id text, p_limit int,
+    OUT deleted bigint, OUT last_at timestamptz, OUT last_id text
+) LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE 'WITH batch AS MATERIALIZED ('
+            '    SELECT * FROM {schema}.events e'
+            '    WHERE e.received_at < $1 AND (e.received_at, e.id) > ($2, $3)'
+            '    ORDER BY e.received_at, e.id LIMIT $4'
+            '), gone AS ('
+            '    DELETE FROM {schema}.events e WHERE e.id IN ('
+            || {schema}.expired_events_query('batch') || ') RETURNING 1'
+            '), last AS (SELECT received_at, id FROM batch ORDER BY received_at DESC, id DESC LIMIT 1)'
+            ' SELECT (SELECT count(*) FROM gone), (SELECT received_at FROM last), (SELECT id FROM last)'
+    INTO deleted, last_at, last_id
+    USING {schema}.event_cutoff(p_as_of, p_dedupe), coalesce(p_after_at, '-infinity'),
+          coalesce(p_after_id, ''), p_limit;
+END
+$$;
+
+-- count_events: how many events may go now (a dry run).
+CREATE FUNCTION {schema}.count_events(p_as_of timestamptz, p_dedupe interval) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_count bigint;
+BEGIN
+    EXECUTE 'SELECT count(*) FROM (' || {schema}.expired_events_query() || ') e'
+    INTO v_count USING {schema}.event_cutoff(p_as_of, p_dedupe);
+    RETURN v_count;
+END
 $$;
 
 -- The audit log's entries older than the app's audit retention.
@@ -286,3 +342,18 @@ SELECT s.name AS table_name, greatest(s.estimated_rows, 0) AS estimated_rows, s.
        (SELECT finished_at FROM last_prune) AS last_pruned_at,
        (SELECT next_due FROM last_prune) AS next_prune_due
 FROM sizes s;
+
+-- Making, dropping and analyzing partitions needs the tables' owner, and
+-- partitions made after the roles were granted carry no grants: a worker
+-- that connects as the least-privilege worker role prunes through these,
+-- which run as the owner (the role that migrated).
+ALTER FUNCTION {schema}.add_partitions(timestamptz)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION {schema}.close_partitions(timestamptz)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION {schema}.partition_expired(text, timestamptz)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION {schema}.drop_partition(text, timestamptz)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION {schema}.delete_expired(text, timestamptz, uuid, int)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

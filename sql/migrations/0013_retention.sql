@@ -41,6 +41,17 @@ CREATE TABLE {schema}.prune_log (
     next_due timestamptz
 );
 
+-- The events of runs started one by one (start_run: replays, batches,
+-- debounces, children, failure handlers), which may be older than the run:
+-- prune keeps them while the run is there (a run sent with its event is in
+-- the partition of the event's day, or the next).
+CREATE TABLE {schema}.event_refs (
+    event_id text NOT NULL,
+    run_id uuid NOT NULL,
+    CONSTRAINT event_refs_pkey PRIMARY KEY (event_id, run_id)
+);
+CREATE INDEX event_refs_run ON {schema}.event_refs (run_id);
+
 -- What prune reads by time: events past their dedupe window, the audit log
 -- past its retention, results past theirs.
 CREATE INDEX events_received ON {schema}.events (received_at);
