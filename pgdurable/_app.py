@@ -39,7 +39,7 @@ from ._retention import Policies, Progress, Pruner, Retention
 from ._retries import Backoff
 from ._rls import Rls, check_role
 from ._runs import Run
-from ._store import Store, is_transient
+from ._store import PARTITIONS_AHEAD, Store, is_transient
 from ._worker import Worker, WorkerSettings
 from .errors import ConfigurationError, DurableError, InvalidEventError, MigrationError
 
@@ -82,6 +82,7 @@ class Durable:
         bypass_role: str | None = None,
         retention: Retention | None = None,
         prune_interval: Duration | None = "20m",
+        partition_interval: Duration = "1d",
     ) -> None:
         if dsn is not None and pool is not None:
             raise ConfigurationError("give either dsn= or pool=, not both")
@@ -103,11 +104,15 @@ class Durable:
         if retention is not None and not isinstance(retention, Retention):
             raise ConfigurationError("retention takes Retention(completed=, failed=, ...)")
         self.retention = retention or Retention()
-        self._retention_given = retention is not None
         self.prune_interval = (None if prune_interval is None
                                else parse_duration(prune_interval, what="prune_interval"))
         if self.prune_interval is not None and self.prune_interval < timedelta(minutes=1):
             raise ConfigurationError("prune_interval must be at least 1 minute (or None: off)")
+        self.partition_interval = parse_duration(partition_interval, what="partition_interval")
+        if not timedelta(minutes=1) <= self.partition_interval <= timedelta(days=7):
+            raise ConfigurationError("partition_interval must be from 1 minute to 7 days")
+        self._settings_given = (retention is not None
+                                or self.partition_interval != timedelta(days=1))
         self.rls = Rls(self._store, user_setting=user_setting, bypass_setting=bypass_setting,
                        bypass_role=bypass_role)
         self._owns_pool = pool is None
@@ -170,7 +175,10 @@ class Durable:
         """Create or upgrade the schema; idempotent and safe to run concurrently.
         Returns the migration versions applied by this call."""
         with self.connection() as conn:
-            return self._store.migrate(conn)
+            applied = self._store.migrate(conn)
+            self._record_policies(conn)
+            self._store.add_partitions(conn, PARTITIONS_AHEAD)
+        return applied
 
     def create_roles(self, sender: str = "pgdurable_sender",
                      worker: str = "pgdurable_worker") -> None:
@@ -438,24 +446,33 @@ class Durable:
         """Remove what has expired (as if at `as_of`, when given). Returns
         what went, by kind; waits while another process prunes.
 
-        An app with functions registered or `retention=` given records its
-        retention first, as the one every pruner follows (workers do so as
-        they start); one with neither (a script, the CLI) prunes by what was
-        recorded, and removes nothing if nothing was. `dry_run` removes
+        An app with functions registered or `retention=` (or
+        `partition_interval=`) given records them first, as the ones every
+        process follows (workers do so as they start, and `migrate`); one
+        with neither (a script, the CLI) prunes by what was recorded, and
+        removes nothing if nothing was. `dry_run` removes
         nothing and counts the expired runs and the events that could go
         now. `progress(kind, count so far)` follows long work."""
         at = _aware(as_of, "as_of", datetime.now(UTC)) if as_of is not None else None
         pruner = Pruner(self._store, self.dedupe_window)
         with self._pooled() as conn:
-            if not dry_run and (self._functions or self._retention_given):
+            if not dry_run:
                 with conn.transaction():
-                    self._policies().record(self._store, conn)
+                    self._record_policies(conn)
             counts = pruner.prune(conn, at, dry_run=dry_run, progress=progress, wait=True)
         assert counts is not None
         return counts
 
+    def _record_policies(self, conn: psycopg.Connection[Any]) -> None:
+        """Record this app's retention and partition_interval as the ones every
+        process follows, if it has functions or was given them (not a bare
+        app such as the CLI's, which follows what was recorded)."""
+        if self._functions or self._settings_given:
+            self._policies().record(self._store, conn)
+
     def _policies(self) -> Policies:
-        return Policies.of(self.retention, [(f.id, f.retention) for f in self._functions.values()])
+        return Policies.of(self.retention, [(f.id, f.retention) for f in self._functions.values()],
+                           self.partition_interval)
 
     def __enter__(self) -> Durable:
         return self

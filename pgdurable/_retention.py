@@ -90,20 +90,27 @@ def function_retention(function_id: str, value: object) -> Retention | None:
 
 @dataclass(frozen=True, slots=True)
 class Policies:
-    """The app's policy and its functions' own, resolved."""
+    """The app's policy and its functions' own, resolved, and how much
+    history a partition holds."""
 
     app: dict[str, timedelta | None]
     functions: dict[str, dict[str, timedelta | None]]
+    partition_interval: timedelta
 
     @classmethod
-    def of(cls, app: Retention, functions: Iterable[tuple[str, Retention | None]]) -> Policies:
+    def of(
+        cls, app: Retention, functions: Iterable[tuple[str, Retention | None]],
+        partition_interval: timedelta,
+    ) -> Policies:
         base = app.resolve(DEFAULTS)
-        return cls(base, {fid: own.resolve(base) for fid, own in functions if own is not None})
+        return cls(base, {fid: own.resolve(base) for fid, own in functions if own is not None},
+                   partition_interval)
 
     def record(self, store: Store, conn: psycopg.Connection[Any]) -> None:
         rows = [("", self.app), *self.functions.items()]
-        store.record_retention(conn, [fid for fid, _ in rows],
-                               {name: [p[name] for _, p in rows] for name in DEFAULTS})
+        columns = {name: [p[name] for _, p in rows] for name in DEFAULTS}
+        columns["partition_interval"] = [self.partition_interval, *[None] * len(self.functions)]
+        store.record_retention(conn, [fid for fid, _ in rows], columns)
 
 
 Progress = Callable[[str, int], None]  # (what, how many so far)
@@ -148,7 +155,7 @@ class Pruner:
             self._store.prune_unlock(conn)
 
     def add_partitions(self, conn: psycopg.Connection[Any]) -> int:
-        """Make the days of history ahead; 0 if their locks were not free now."""
+        """Make the partitions of history ahead; 0 if their locks were not free now."""
         return self._locked(conn, partial(self._store.add_partitions, conn, PARTITIONS_AHEAD)) or 0
 
     def _remove(self, conn: psycopg.Connection[Any], at: datetime, progress: Progress) -> dict[str, int]:
@@ -176,6 +183,8 @@ class Pruner:
         counts["audit"] = self._batches(
             lambda _: _more(self._store.delete_audit(conn, at, BATCH)), "audit", progress)
         counts["idempotency_keys"], counts["rate_limits"] = self._store.delete_bookkeeping(conn, at)
+        if any(n for kind, n in counts.items() if kind != "partitions_dropped"):
+            self._store.vacuum_history(conn)
         return counts
 
     def _count(self, conn: psycopg.Connection[Any], at: datetime, progress: Progress) -> dict[str, int]:

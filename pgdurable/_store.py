@@ -30,7 +30,7 @@ from .errors import ConfigurationError, NewerSchemaError
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
-PARTITIONS_AHEAD = timedelta(days=1)  # history's daily partitions are made this far ahead
+PARTITIONS_AHEAD = 1  # partitions of history made beyond the one that holds now
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -332,7 +332,6 @@ class Store:
             self._run(conn, "record_version", (migration.version, migration.name))
         conn.execute(functions.encode())
         self._run(conn, "record_functions", (checksum, functions_revision()[0]))
-        self.add_partitions(conn, PARTITIONS_AHEAD)
         self._run(conn, "notify_migrated")  # running workers check they are not outdated
         return [m.version for m in pending]
 
@@ -602,7 +601,7 @@ class Store:
         status's keep (and 'audit'), None for forever."""
         self._run(conn, "record_retention", {"functions": list(functions), **policies})
 
-    def add_partitions(self, conn: psycopg.Connection[Any], ahead: timedelta) -> int:
+    def add_partitions(self, conn: psycopg.Connection[Any], ahead: int) -> int:
         return int(self._one(conn, "add_partitions", (ahead,)))
 
     def close_partitions(self, conn: psycopg.Connection[Any], as_of: datetime) -> list[str]:
@@ -683,6 +682,11 @@ class Store:
 
     def prune_unlock(self, conn: psycopg.Connection[Any]) -> None:
         self._run(conn, "prune_unlock")
+
+    def vacuum_history(self, conn: psycopg.Connection[Any]) -> None:
+        """VACUUM the tables prune deletes from (outside any transaction). A
+        role that does not own them gets a warning from Postgres, no error."""
+        conn.execute(self._q["vacuum_history"].encode())
 
     def lock_timeout(self, conn: psycopg.Connection[Any], timeout: str) -> None:
         """Give up waiting for locks after `timeout`, until the transaction ends."""

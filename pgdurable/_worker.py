@@ -403,8 +403,9 @@ class Worker:
                     log.log(logging.INFO if any(counts.values()) else logging.DEBUG,
                             "pruned what expired: %s",
                             ", ".join(f"{n} {kind}" for kind, n in counts.items()))
-            wait = (every or _PARTITION_CHECK) / 4 * random.uniform(0.8, 1.2)
-            if self._draining.wait(min(wait.total_seconds(), _PARTITION_CHECK.total_seconds())):
+            wait = min(every / 4 if every else _PARTITION_CHECK, _PARTITION_CHECK,
+                       self._settings.retention.partition_interval / 2)
+            if self._draining.wait(wait.total_seconds() * random.uniform(0.8, 1.2)):
                 return
 
     # -- the steps' runtime (_replay.Runtime) -------------------------------

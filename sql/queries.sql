@@ -264,15 +264,18 @@ ORDER BY 1;
 
 -- name: record_retention
 -- The app's policy ('') and its functions' own, as a worker or prune records them.
-INSERT INTO {schema}.retention AS r (function_id, completed, failed, cancelled, skipped, audit)
+INSERT INTO {schema}.retention AS r
+    (function_id, completed, failed, cancelled, skipped, audit, partition_interval)
 SELECT * FROM unnest(%(functions)s::text[], %(completed)s::interval[], %(failed)s::interval[],
-                     %(cancelled)s::interval[], %(skipped)s::interval[], %(audit)s::interval[])
+                     %(cancelled)s::interval[], %(skipped)s::interval[], %(audit)s::interval[],
+                     %(partition_interval)s::interval[])
 ON CONFLICT (function_id) DO UPDATE
 SET completed = excluded.completed, failed = excluded.failed, cancelled = excluded.cancelled,
-    skipped = excluded.skipped, audit = excluded.audit, recorded_at = now();
+    skipped = excluded.skipped, audit = excluded.audit,
+    partition_interval = excluded.partition_interval, recorded_at = now();
 
 -- name: add_partitions
-SELECT {schema}.add_partitions(now() + %s::interval);
+SELECT {schema}.add_partitions(%s);
 
 -- name: close_partitions
 SELECT {schema}.close_partitions(%s);
@@ -327,3 +330,9 @@ SELECT now();
 
 -- name: last_prune
 SELECT max(finished_at) FROM {schema}.prune_log;
+
+-- name: vacuum_history
+-- After a prune that deleted rows: their space is free for new rows again
+-- (where autovacuum is off, or slow to come). Not prepared: a utility statement.
+VACUUM {schema}.events, {schema}.event_refs, {schema}.rls_audit_log, {schema}.run_keys,
+       {schema}.rate_limits, {schema}.runs_kept, {schema}.results_kept, {schema}.steps_kept;

@@ -121,6 +121,7 @@ CREATE TABLE pgdurable.retention (
     cancelled interval,
     skipped interval,
     audit interval,
+    partition_interval interval,
     recorded_at timestamp with time zone NOT NULL DEFAULT now(),
     CONSTRAINT retention_pkey PRIMARY KEY (function_id)
 );
@@ -423,16 +424,18 @@ CREATE VIEW pgdurable.unmatched_events AS
 
 -- functions
 
-CREATE OR REPLACE FUNCTION pgdurable.add_partitions(p_until timestamp with time zone)
+CREATE OR REPLACE FUNCTION pgdurable.add_partitions(p_ahead integer)
  RETURNS integer
  LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 DECLARE
+    v_width interval := coalesce((SELECT partition_interval FROM "pgdurable".retention
+                                  WHERE function_id = ''), interval '1 day');
     v_lower uuid;
     v_upper uuid;
-    v_day date;
+    v_start timestamptz;
     v_suffix text;
     v_table text;
     v_key text;
@@ -441,12 +444,14 @@ BEGIN
     LOOP
         SELECT coalesce(
                    (SELECT upper_id FROM "pgdurable".history_partitions ORDER BY upper_id DESC LIMIT 1),
-                   "pgdurable".uuid_at(date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'))
+                   "pgdurable".uuid_at(date_bin(v_width, now(), timestamptz 'epoch')))
         INTO v_lower;
-        v_day := ("pgdurable".uuid_time(v_lower) AT TIME ZONE 'UTC')::date;
-        EXIT WHEN v_day > (p_until AT TIME ZONE 'UTC')::date;
-        v_upper := "pgdurable".uuid_at((v_day + 1)::timestamp AT TIME ZONE 'UTC');
-        v_suffix := 'd' || to_char(v_day, 'YYYYMMDD');
+        v_start := "pgdurable".uuid_time(v_lower);
+        EXIT WHEN v_start > now() + p_ahead * v_width;
+        v_upper := "pgdurable".uuid_at(date_bin(v_width, v_start, timestamptz 'epoch') + v_width);
+        v_suffix := CASE WHEN v_width = interval '1 day'
+                         THEN 'd' || to_char(v_start AT TIME ZONE 'UTC', 'YYYYMMDD')
+                         ELSE 'p' || to_char(v_start AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS') END;
         FOREACH v_table IN ARRAY ARRAY['runs', 'results', 'steps'] LOOP
             v_key := CASE v_table WHEN 'runs' THEN 'id' ELSE 'run_id' END;
             EXECUTE format('CREATE TABLE "pgdurable".%I (LIKE "pgdurable".%I INCLUDING DEFAULTS '

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 from datetime import datetime, timedelta
 from typing import Any
@@ -457,3 +459,40 @@ def test_an_old_event_stays_while_a_later_run_refers_to_it(
     removed = app.prune(as_of=datetime.now().astimezone() + timedelta(seconds=5))
     assert (removed["runs"], removed["events"]) == (1, 1)
     assert not event_stored(db, s, "old")
+
+
+def test_three_processes_prune_at_once(app: Durable, dsn: str, db: psycopg.Connection[Any]) -> None:
+    """Three `pgdurable prune` processes started together: one removes what
+    expired, the others wait for it and find nothing left; none fails."""
+    app.function(id="f", event="e", retention=Retention(completed="1h"))(lambda ctx: 1)
+    app.start(threads=4)  # records the policy
+    app.send([Event("e", {"n": n}) for n in range(100)])
+    done = f"SELECT count(*), max(finished_at) FROM {app.schema}.results"
+    wait_until(lambda: db.execute(done).fetchone()[0] == 100, what="100 runs")  # type: ignore[index]
+    at = (db.execute(done).fetchone()[1] + timedelta(hours=2)).isoformat()  # type: ignore[index]
+    command = [sys.executable, "-m", "pgdurable", "prune", "--dsn", dsn, "--schema", app.schema,
+               "--as-of", at, "--json"]
+    pruners = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(3)]
+    outcomes = [p.communicate(timeout=60) for p in pruners]
+    assert [p.returncode for p in pruners] == [0, 0, 0], [err for _, err in outcomes]
+    assert sorted(json.loads(out)["runs"] for out, _ in outcomes) == [0, 0, 100]
+    assert db.execute(f"SELECT count(*) FROM {app.schema}.runs").fetchone() == (0,)
+
+
+def test_partitions_hold_the_app_s_partition_interval(
+    make_app: Any, db: psycopg.Connection[Any]
+) -> None:
+    with pytest.raises(ConfigurationError, match="partition_interval"):
+        make_app(partition_interval="30s")
+    app = make_app(partition_interval="1h", retention=Retention(completed=0))
+    app.migrate()  # records the interval, then makes the partitions: this hour's and the next
+    s = app.schema
+    bounds = db.execute(f"""SELECT {s}.uuid_time(upper_id) - {s}.uuid_time(lower_id)
+                            FROM {s}.history_partitions ORDER BY lower_id""").fetchall()
+    assert bounds == [(timedelta(hours=1),)] * 2
+    app.function(id="f", event="e")(lambda ctx: 1)
+    app.start(threads=1)
+    done = finished(app, run_of(app, "e"))
+    removed = app.prune(as_of=done.finished_at + timedelta(hours=1))  # type: ignore[operator]
+    assert removed["runs"] == 1 and removed["partitions_dropped"] == 1

@@ -2,7 +2,7 @@
 --
 -- History (runs, results, steps) is range-partitioned by run id, one UTC
 -- day of creation per partition (`<table>_d<YYYYMMDD>`, three tables per
--- suffix). Once (nearly) every run of a closed partition has expired, the
+-- suffix; `_p<YYYYMMDD_HHMISS>` for another partition_interval). Once (nearly) every run of a closed partition has expired, the
 -- partition is detached and dropped whole, the runs it still keeps (not
 -- finished, or kept longer) moved first into the default partition
 -- `<table>_kept`: no DELETE of a day of rows, no bloat. Expired runs of
@@ -28,17 +28,21 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT to_timestamp(('x' || left(replace(p_id::text, '-', ''), 12))::bit(48)::bigint / 1000.0);
 $$;
 
--- add_partitions: the daily partitions of history up to p_until's day,
--- each made as a plain table and then attached (which takes no lock that
--- stops writers of the partitioned table), with any rows of its range that
--- went to `_kept` meanwhile (no partition was there yet) moved into it.
--- Returns how many days it added.
-CREATE FUNCTION {schema}.add_partitions(p_until timestamptz) RETURNS int
+-- add_partitions: the partitions of history from the last one there up to
+-- the one holding now() and p_ahead more, each of the app's
+-- partition_interval (a day unless set), aligned on multiples of it since
+-- the epoch (days start at midnight UTC). Each is made as a plain table and
+-- then attached, which takes no lock that stops writers of the partitioned
+-- table, with any rows of its range that went to `_kept` meanwhile (no
+-- partition was there yet) moved into it. Returns how many it added.
+CREATE FUNCTION {schema}.add_partitions(p_ahead int) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_width interval := coalesce((SELECT partition_interval FROM {schema}.retention
+                                  WHERE function_id = ''), interval '1 day');
     v_lower uuid;
     v_upper uuid;
-    v_day date;
+    v_start timestamptz;
     v_suffix text;
     v_table text;
     v_key text;
@@ -47,12 +51,14 @@ BEGIN
     LOOP
         SELECT coalesce(
                    (SELECT upper_id FROM {schema}.history_partitions ORDER BY upper_id DESC LIMIT 1),
-                   {schema}.uuid_at(date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'))
+                   {schema}.uuid_at(date_bin(v_width, now(), timestamptz 'epoch')))
         INTO v_lower;
-        v_day := ({schema}.uuid_time(v_lower) AT TIME ZONE 'UTC')::date;
-        EXIT WHEN v_day > (p_until AT TIME ZONE 'UTC')::date;
-        v_upper := {schema}.uuid_at((v_day + 1)::timestamp AT TIME ZONE 'UTC');
-        v_suffix := 'd' || to_char(v_day, 'YYYYMMDD');
+        v_start := {schema}.uuid_time(v_lower);
+        EXIT WHEN v_start > now() + p_ahead * v_width;
+        v_upper := {schema}.uuid_at(date_bin(v_width, v_start, timestamptz 'epoch') + v_width);
+        v_suffix := CASE WHEN v_width = interval '1 day'
+                         THEN 'd' || to_char(v_start AT TIME ZONE 'UTC', 'YYYYMMDD')
+                         ELSE 'p' || to_char(v_start AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS') END;
         FOREACH v_table IN ARRAY ARRAY['runs', 'results', 'steps'] LOOP
             v_key := CASE v_table WHEN 'runs' THEN 'id' ELSE 'run_id' END;
             EXECUTE format('CREATE TABLE {schema}.%I (LIKE {schema}.%I INCLUDING DEFAULTS '
@@ -347,7 +353,7 @@ FROM sizes s;
 -- partitions made after the roles were granted carry no grants: a worker
 -- that connects as the least-privilege worker role prunes through these,
 -- which run as the owner (the role that migrated).
-ALTER FUNCTION {schema}.add_partitions(timestamptz)
+ALTER FUNCTION {schema}.add_partitions(int)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION {schema}.close_partitions(timestamptz)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

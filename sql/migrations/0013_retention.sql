@@ -19,6 +19,7 @@ CREATE TABLE {schema}.retention (
     cancelled interval,
     skipped interval,
     audit interval,  -- the app's row only
+    partition_interval interval,  -- the app's row only: how much history a partition holds
     recorded_at timestamptz NOT NULL DEFAULT now()
 );
 
