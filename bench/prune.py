@@ -9,16 +9,16 @@ W1 while they are pruned.
    entry each, made over 10 days that ended 10 days ago, in the daily
    partitions of those days), alternately, --rounds times: the medians
    side by side.
-2. Then a prune of that history (default retention: all of it has
-   expired) in one thread while W1 drains go on: the prune's wall time and
-   counts, and W1 while it runs against W1 just before, on the same schema.
+2. Then a worker of another app on the schema prunes that history in the
+   background (default retention: all of it has expired) while W1 drains
+   go on: the prune's wall time and counts, and W1 while it runs against
+   W1 just before, on the same schema.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,7 +54,7 @@ PAST_PARTITIONS = [
     "SELECT {s}.drop_partition(suffix, now()) FROM {s}.history_partitions",
     "INSERT INTO {s}.history_partitions (suffix, upper_id) VALUES "
     "('start', {s}.uuid_at(date_trunc('day', now() - interval '21 days')))",
-    "SELECT {s}.add_partitions(now() + interval '1 day')",
+    "SELECT {s}.add_partitions(1)",
     "DELETE FROM {s}.history_partitions WHERE suffix = 'start'",
 ]
 CHUNK = 1_000_000
@@ -89,7 +89,7 @@ def main() -> None:
 
 @contextmanager
 def w1_app() -> Iterator[tuple[Durable, str]]:
-    with bench_app(pool_size=4) as (app, schema):
+    with bench_app(pool_size=4, prune_interval=None) as (app, schema):  # the pruner is apart
         @app.function(id="one-step", event="bench/w1")
         def one_step(ctx: Context) -> int:
             return int(ctx.step.run("work", lambda: ctx.event.data["i"] + 1))
@@ -134,26 +134,32 @@ def drain(app: Durable, schema: str, args: argparse.Namespace) -> float:
 
 
 def prune_under_load(app: Durable, schema: str, args: argparse.Namespace) -> None:
+    """W1 drains before, and while a worker of another app on the schema
+    prunes in the background (as workers do, every prune_interval)."""
     before = [drain(app, schema, args) for _ in range(args.rounds)]
-    outcome: dict[str, object] = {}
-
-    def prune() -> None:
-        started = time.perf_counter()
-        outcome["counts"] = app.prune()
-        outcome["seconds"] = time.perf_counter() - started
-
-    pruner = threading.Thread(target=prune)
-    pruner.start()
+    pruner = Durable(DSN, schema=schema, prune_interval="1h")  # prunes at once, then hourly
+    pruner.start(threads=1)
     during = []
-    while pruner.is_alive():
-        during.append(drain(app, schema, args))
-    pruner.join()
-    print(f"prune of {args.history:,} expired runs: {outcome['seconds']:.1f} s, removed "
-          f"{outcome['counts']}; history now {relation_bytes(schema) / 2**30:.2f} GiB", flush=True)
+    try:
+        while (pruned := last_prune(schema)) is None:
+            during.append(drain(app, schema, args))
+    finally:
+        pruner.stop()
+    seconds, removed = pruned
+    print(f"background prune of {args.history:,} expired runs: {seconds:.1f} s, removed "
+          f"{removed}; history now {relation_bytes(schema) / 2**30:.2f} GiB", flush=True)
     if during:
         print(f"W1 while pruning: {statistics.median(during):,.0f} runs/s (median of "
               f"{len(during)} drains), {statistics.median(during) / statistics.median(before):.0%} "
               f"of W1 just before ({statistics.median(before):,.0f} runs/s)", flush=True)
+
+
+def last_prune(schema: str) -> tuple[float, dict[str, int]] | None:
+    """The seconds the last prune took, and what it removed; None before the first."""
+    with psycopg.connect(DSN) as conn:
+        row = conn.execute(f"SELECT extract(epoch FROM finished_at - started_at), removed "
+                           f"FROM {schema}.prune_log ORDER BY id DESC LIMIT 1").fetchone()
+    return None if row is None else (float(row[0]), row[1])
 
 
 if __name__ == "__main__":

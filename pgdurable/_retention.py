@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -33,6 +34,7 @@ DEFAULTS: dict[str, timedelta | None] = {
 
 DROP_SHARE = 0.9  # a closed partition goes whole once this share of its runs has expired
 BATCH = 5_000  # rows per DELETE: short transactions that never hold workers up for long
+BACKGROUND_DUTY = 0.5  # a worker's prune works half the time, and rests the other half
 LOCK_TIMEOUT = "200ms"  # what a detach waits for its locks before trying again
 LOCK_TRIES = 10  # times a prune tries a detach or attach, before leaving it to the next prune
 
@@ -120,9 +122,13 @@ class Pruner:
     """Removes what has expired, in short transactions on one connection
     that holds the prune lock (one pruner at a time across all processes)."""
 
-    def __init__(self, store: Store, dedupe_window: timedelta) -> None:
+    def __init__(self, store: Store, dedupe_window: timedelta, *, duty: float = 1.0) -> None:
+        """`duty`: the share of its time a prune spends on batches, resting
+        the rest between them (a worker's prune leaves the CPU and the disk
+        to the runs)."""
         self._store = store
         self._dedupe_window = dedupe_window
+        self._rest = 1 / duty - 1  # seconds of rest per second of work
         self._until = threading.Event()  # set: stop between batches (the worker is stopping)
 
     def prune(
@@ -202,10 +208,11 @@ class Pruner:
         in all. Progress counts from `before`."""
         total, cursor = 0, None
         while not self._until.is_set():
+            started = time.monotonic()
             removed, cursor = delete(cursor)
             total += removed
             progress(what, before + total)
-            if cursor is None:
+            if cursor is None or self._until.wait((time.monotonic() - started) * self._rest):
                 break
         return total
 

@@ -41,7 +41,7 @@ from ._events import Event, PreparedEvent
 from ._functions import FunctionDef, start_options
 from ._journal import Journal
 from ._replay import FRESH, RunState
-from ._retention import Policies, Pruner
+from ._retention import BACKGROUND_DUTY, Policies, Pruner
 from ._retries import Backoff, error_json, gives_up, retry_time
 from ._rls import Rls
 from ._schedules import Scheduler
@@ -391,7 +391,7 @@ class Worker:
     def _prune_loop(self) -> None:
         """Keep history's partitions made ahead and, every prune_interval,
         prune what has expired, in whichever process gets there first."""
-        pruner = Pruner(self._store, self._settings.dedupe_window)
+        pruner = Pruner(self._store, self._settings.dedupe_window, duty=BACKGROUND_DUTY)
         every = self._settings.prune_interval
         while True:
             self._with_db("make partitions", pruner.add_partitions, until=self._draining)
