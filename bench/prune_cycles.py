@@ -1,12 +1,13 @@
 """History that stays small (issue 15, s4): cycles of (drain N runs, prune).
 
     python bench/prune_cycles.py [--cycles 20] [--runs 1000000] [--partition-interval 1m]
-                                 [--keep 2m] [--threads 8] [--prefetch 1000]
+                                 [--keep 30s] [--dedupe 30s] [--threads 8] [--prefetch 1000]
 
 Days are too long for a benchmark, so history is partitioned by the minute
-(`partition_interval`) and completed runs are kept `--keep`: each prune
-drops the partitions of the minutes whose runs have all expired, and
-deletes the expired events. Per cycle: W1 (runs/s of the drain), the
+(`partition_interval`), completed runs are kept `--keep` and event ids
+deduplicated `--dedupe`: each prune drops the partitions of the minutes
+whose runs have (90 %) expired, deletes the other expired runs and the
+events, and VACUUMs what it deleted from. Per cycle: W1 (runs/s of the drain), the
 prune's seconds and counts, and the total size of the tables of history
 (retention_status: all partitions, indexes and TOAST). Flat means: from
 cycle 3 on, within 10% of their median.
@@ -29,14 +30,16 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--partition-interval", default="1m")
-    parser.add_argument("--keep", default="2m")
+    parser.add_argument("--keep", default="30s")
+    parser.add_argument("--dedupe", default="30s", help="the app's dedupe_window")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--prefetch", type=int, default=1000)
     args = parser.parse_args()
     print(describe(), flush=True)
     rates, sizes = [], []
     with bench_app(pool_size=4, retention=Retention(completed=args.keep),
-                   partition_interval=args.partition_interval, prune_interval=None) as (app, s):
+                   dedupe_window=args.dedupe, partition_interval=args.partition_interval,
+                   prune_interval=None) as (app, s):
         @app.function(id="one-step", event="bench/w1")
         def one_step(ctx: Context) -> int:
             return int(ctx.step.run("work", lambda: ctx.event.data["i"] + 1))

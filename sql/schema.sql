@@ -1118,7 +1118,7 @@ CREATE OR REPLACE FUNCTION pgdurable.event_cutoff(p_as_of timestamp with time zo
  STABLE
 AS $function$
     SELECT least(p_as_of - p_dedupe,
-                 (SELECT "pgdurable".uuid_time(lower_id) - interval '1 hour'
+                 (SELECT "pgdurable".uuid_time(lower_id) - interval '1 minute'
                   FROM "pgdurable".history_partitions ORDER BY lower_id NULLS FIRST LIMIT 1));
 $function$
 ;

@@ -227,16 +227,17 @@ END
 $$;
 
 -- The events prune may delete are those received before event_cutoff:
--- past the dedupe window, and an hour or more before the oldest partition
+-- past the dedupe window, and a minute or more before the oldest partition
 -- of history still there. Runs sent with an event are in the partition of
--- its day (or, sent at midnight, of the next): those of such events are
+-- its time (the run's id is made in the statement that stores the event,
+-- a moment later; at a boundary, in the next partition): those of such events are
 -- gone, but for the runs kept beyond their partition (in `_kept`) and the
 -- runs started one by one later (replays, batches: event_refs). Nor may a
 -- pending batch or debounce refer to it.
 CREATE FUNCTION {schema}.event_cutoff(p_as_of timestamptz, p_dedupe interval)
 RETURNS timestamptz LANGUAGE sql STABLE AS $$
     SELECT least(p_as_of - p_dedupe,
-                 (SELECT {schema}.uuid_time(lower_id) - interval '1 hour'
+                 (SELECT {schema}.uuid_time(lower_id) - interval '1 minute'
                   FROM {schema}.history_partitions ORDER BY lower_id NULLS FIRST LIMIT 1));
 $$;
 
