@@ -183,7 +183,8 @@ def test_unfinished_runs_are_never_pruned_and_finish_after_their_partition_went(
 
 
 def test_the_dedupe_window_holds_after_a_prune(make_app: Any, db: psycopg.Connection[Any]) -> None:
-    app = make_app(retention=Retention(completed=0), dedupe_window="1h")
+    app = make_app(retention=Retention(completed=0), dedupe_window="1h",
+                   prune_interval=None)  # only the prunes of the test
     app.migrate()
     app.function(id="f", event="e")(lambda ctx: 1)
     app.start(threads=1)
@@ -445,7 +446,8 @@ def test_an_old_event_stays_while_a_later_run_refers_to_it(
 ) -> None:
     """A run started one by one (a replay, a batch) may refer to an event
     sent days before it: the event stays as long as that run does."""
-    app = make_app(retention=Retention(completed=0), dedupe_window="1h")
+    app = make_app(retention=Retention(completed=0), dedupe_window="1h",
+                   prune_interval=None)  # only the prunes of the test
     app.migrate()
     s = app.schema
     app.function(id="f", event="e")(lambda ctx: ctx.event.data)
@@ -485,7 +487,8 @@ def test_partitions_hold_the_app_s_partition_interval(
 ) -> None:
     with pytest.raises(ConfigurationError, match="partition_interval"):
         make_app(partition_interval="30s")
-    app = make_app(partition_interval="1h", retention=Retention(completed=0))
+    app = make_app(partition_interval="1h", retention=Retention(completed=0),
+                   prune_interval=None)  # only the prunes of the test
     app.migrate()  # records the interval, then makes the partitions: this hour's and the next
     s = app.schema
     bounds = db.execute(f"""SELECT {s}.uuid_time(upper_id) - {s}.uuid_time(lower_id)

@@ -375,7 +375,8 @@ def test_a_worker_of_the_least_privilege_role_prunes(
 ) -> None:
     """Partitions are made and dropped by their owner's functions: the worker
     role, which owns nothing, prunes all the same."""
-    jobs = as_login("pgdurable_test_jobs", retention=Retention(completed=0))
+    jobs = as_login("pgdurable_test_jobs", retention=Retention(completed=0),
+                    prune_interval=None)  # only the prune of the test
     jobs.function(id="quick", event="quick")(lambda ctx: "done")
     jobs.start(threads=1)
     [event_id] = jobs.send("quick", {})
