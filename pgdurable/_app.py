@@ -336,7 +336,7 @@ class Durable:
             poll_interval=poll_interval, eager=eager, lease=self.lease,
             backoff=Backoff(*self.retry_backoff), dedupe_window=self.dedupe_window,
             max_output_bytes=self.max_output_bytes, listen_conninfo=self.conninfo,
-            retention=self._policies(), prune_interval=self.prune_interval)
+            policies=self._policies(), prune_interval=self.prune_interval)
         worker = Worker(settings, self._store, self._pool, self._functions, rls=self.rls,
                         send=self._send_generated)
         with self.connection() as conn:

@@ -1,8 +1,8 @@
 """Retention: how long finished runs are kept, and pruning what has expired.
 
-The policies are recorded in the database (by workers as they start, and by
-`app.prune`), so that any process, the CLI's included, prunes by the same
-rules. What a prune does, step by step, is in sql/functions/13_retention.sql.
+The policies are recorded in the database (by workers as they start, by
+`migrate` and by `app.prune`), so that any process, the CLI's included,
+prunes by the same rules. What a prune does, step by step, is in sql/functions/13_retention.sql.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from .errors import ConfigurationError
 
 log = logging.getLogger("pgdurable.prune")
 
-STATUSES = ("completed", "failed", "cancelled", "skipped")
 DEFAULTS: dict[str, timedelta | None] = {
     "completed": timedelta(days=7), "failed": timedelta(days=30),
     "cancelled": timedelta(days=7), "skipped": timedelta(days=7), "audit": timedelta(days=400)}

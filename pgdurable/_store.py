@@ -619,9 +619,8 @@ class Store:
         self, conn: psycopg.Connection[Any], suffix: str, as_of: datetime
     ) -> tuple[int, int]:
         """How many runs a partition holds, and how many have expired at `as_of`."""
-        row = self._run(conn, "partition_expired", (suffix, as_of)).fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1])
+        total, expired = self._row(conn, "partition_expired", (suffix, as_of))
+        return int(total), int(expired)
 
     def drop_partition(self, conn: psycopg.Connection[Any], suffix: str, as_of: datetime) -> int:
         return int(self._one(conn, "drop_partition", (suffix, as_of)))
@@ -633,9 +632,8 @@ class Store:
         """Of the next `limit` runs of a partition after run id `after`, delete
         those expired at `as_of`: how many, and the last id looked at (None
         once past the last)."""
-        row = self._run(conn, "delete_expired", (suffix, as_of, after, limit)).fetchone()
-        assert row is not None
-        return int(row[0]), None if row[1] is None else str(row[1])
+        deleted, last = self._row(conn, "delete_expired", (suffix, as_of, after, limit))
+        return int(deleted), None if last is None else str(last)
 
     def delete_events(
         self, conn: psycopg.Connection[Any], as_of: datetime, dedupe_window: timedelta,
@@ -645,10 +643,9 @@ class Store:
         (received_at, id) `after`, delete those no run needs: how many, and
         the last looked at (None once past the last)."""
         at, event_id = after or (None, None)
-        row = self._run(conn, "delete_events",
-                        (as_of, dedupe_window, at, event_id, limit)).fetchone()
-        assert row is not None
-        return int(row[0]), None if row[1] is None else (row[1], row[2])
+        deleted, last_at, last_id = self._row(conn, "delete_events",
+                                              (as_of, dedupe_window, at, event_id, limit))
+        return int(deleted), None if last_at is None else (last_at, last_id)
 
     def count_events(
         self, conn: psycopg.Connection[Any], as_of: datetime, dedupe_window: timedelta
@@ -660,9 +657,8 @@ class Store:
 
     def delete_bookkeeping(self, conn: psycopg.Connection[Any], as_of: datetime) -> tuple[int, int]:
         """Expired idempotency keys and rate-limit logs at rest: how many of each went."""
-        row = self._run(conn, "delete_bookkeeping", (as_of,)).fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1])
+        keys, rate_limits = self._row(conn, "delete_bookkeeping", (as_of,))
+        return int(keys), int(rate_limits)
 
     def log_prune(
         self, conn: psycopg.Connection[Any], started: datetime, as_of: datetime, removed_json: str,
@@ -696,8 +692,12 @@ class Store:
         result: datetime = self._one(conn, "database_now")
         return result
 
-    def _one(self, conn: psycopg.Connection[Any], name: str, params: Any = None) -> Any:
-        """The single value that statement `name` returns."""
+    def _row(self, conn: psycopg.Connection[Any], name: str, params: Any = None) -> Any:
+        """The one row that statement `name` returns."""
         row = self._run(conn, name, params).fetchone()
         assert row is not None
-        return row[0]
+        return row
+
+    def _one(self, conn: psycopg.Connection[Any], name: str, params: Any = None) -> Any:
+        """The single value that statement `name` returns."""
+        return self._row(conn, name, params)[0]

@@ -69,7 +69,7 @@ class WorkerSettings:
     dedupe_window: timedelta
     max_output_bytes: int
     listen_conninfo: str  # for the LISTEN connection: straight to Postgres
-    retention: Policies
+    policies: Policies  # retention, and how much history a partition holds
     prune_interval: timedelta | None  # None: this worker never prunes
 
 
@@ -123,7 +123,7 @@ class Worker:
                     if f.failure_of is not None]
         self._store.register_failure_handlers(conn, self.function_ids, handlers)
         self._scheduler.register(conn, self.function_ids)
-        self._settings.retention.record(self._store, conn)
+        self._settings.policies.record(self._store, conn)
 
     def start(self) -> None:
         self._journal.start()
@@ -404,7 +404,7 @@ class Worker:
                             "pruned what expired: %s",
                             ", ".join(f"{n} {kind}" for kind, n in counts.items()))
             wait = min(every / 4 if every else _PARTITION_CHECK, _PARTITION_CHECK,
-                       self._settings.retention.partition_interval / 2)
+                       self._settings.policies.partition_interval / 2)
             if self._draining.wait(wait.total_seconds() * random.uniform(0.8, 1.2)):
                 return
 
