@@ -425,10 +425,13 @@ class Store:
 
     def claim_runs(
         self, conn: psycopg.Connection[Any], worker_id: str, function_ids: Sequence[str],
-        limit: int, lease: timedelta,
+        limit: int, lease: timedelta, due_from: datetime | None = None,
     ) -> list[ClaimedRow]:
+        """Lease up to `limit` due runs, the oldest first; only those due
+        at or after `due_from` when given."""
         return _claimed(time.monotonic(), self._run(
-            conn, "claim_runs", (worker_id, list(function_ids), limit, lease), rows=namedtuple_row))
+            conn, "claim_runs", (worker_id, list(function_ids), limit, lease, due_from),
+            rows=namedtuple_row))
 
     def flush(
         self, conn: psycopg.Connection[Any], steps: Sequence[StepRecord],

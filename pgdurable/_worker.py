@@ -38,6 +38,7 @@ from . import _serde as serde
 from ._context import CURRENT_RUN, AsyncContext, BaseContext, Context
 from ._control import Cancelled, Park, Suspend
 from ._events import Event, PreparedEvent
+from ._floor import DueFloor
 from ._functions import FunctionDef, start_options
 from ._journal import Journal
 from ._replay import FRESH, RunState
@@ -107,6 +108,7 @@ class Worker:
         self.cancel_barrier = float("-inf")
         self._heard_cancels: dict[str, None] = {}  # of runs not held (yet), oldest first
         self._next_due = float("inf")  # monotonic time of the earliest retry this worker scheduled
+        self._floor = DueFloor()
         self._stopping = threading.Event()
         self._draining = threading.Event()
         self._outdated = threading.Event()  # a newer pgdurable migrated: claim no more
@@ -252,9 +254,7 @@ class Worker:
             # Claim in large batches: when half the capacity is free, or when
             # the executors are about to run dry.
             if free > 0 and (free * 2 >= self._capacity or self._ready.qsize() < self._settings.threads):
-                rows = self._with_db("claim runs", partial(
-                    self._store.claim_runs, worker_id=self.id, function_ids=self.function_ids,
-                    limit=free, lease=self._settings.lease), until=self._draining)
+                rows = self._with_db("claim runs", self._claim(free), until=self._draining)
                 self.adopt(rows or [])
                 if rows:
                     time.sleep(0)  # let an executor take the GIL and start them now
@@ -264,6 +264,15 @@ class Worker:
             if not claimed_all:
                 self._wake.wait(self._wait_time())
             self._wake.clear()
+
+    def _claim(self, limit: int) -> Callable[[psycopg.Connection[Any]], list[ClaimedRow]]:
+        def claim(conn: psycopg.Connection[Any]) -> list[ClaimedRow]:
+            due_from, began = self._floor.next(), time.monotonic()
+            rows = self._store.claim_runs(conn, self.id, self.function_ids, limit,
+                                          self._settings.lease, due_from)
+            self._floor.claimed(due_from, rows, began)
+            return rows
+        return claim
 
     def _learn_next_due(self) -> None:
         """Idle: ask when the next sleeping, waiting or scheduled run comes due,

@@ -76,7 +76,7 @@ SELECT * FROM {schema}.send_and_claim(%s::jsonb, %s::jsonb, %s::interval, %s, %s
                                       %s::interval);
 
 -- name: claim_runs
-SELECT * FROM {schema}.claim_runs(%s, %s::text[], %s, %s::interval);
+SELECT * FROM {schema}.claim_runs(%s, %s::text[], %s, %s::interval, %s::timestamptz);
 
 -- name: flush
 SELECT * FROM {schema}.flush(%s::jsonb, %s::jsonb, %s::uuid[]);

@@ -767,7 +767,7 @@ END
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.claim_runs(p_worker text, p_functions text[], p_limit integer, p_lease interval)
+CREATE OR REPLACE FUNCTION pgdurable.claim_runs(p_worker text, p_functions text[], p_limit integer, p_lease interval, p_from timestamp with time zone DEFAULT NULL::timestamp with time zone)
  RETURNS SETOF pgdurable.claimed_run
  LANGUAGE plpgsql
  SET enable_bitmapscan TO 'off'
@@ -798,7 +798,8 @@ BEGIN
                  q.status = 'running' AND (q.handler_attempts >= q.retries OR q.cancel_requested)
                      AS exhausted
           FROM "pgdurable".queue q
-          WHERE q.available_at <= now() AND q.function_id = ANY(p_functions)
+          WHERE q.available_at <= now() AND q.available_at >= coalesce(p_from, '-infinity')
+            AND q.function_id = ANY(p_functions)
             AND q.blocked_key IS NULL
             -- a live worker whose lease lapsed still holds the run in memory
             AND (q.worker_id IS NULL OR q.worker_id <> p_worker)

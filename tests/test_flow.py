@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import send_from_threads, wait_until
+from conftest import send_from_threads, status_of, wait_until
 
 from pgdurable import (
     Concurrency,
@@ -205,6 +205,33 @@ def test_a_cancelled_run_passes_on_the_slot_handed_to_it(
     with app.connection() as conn:
         assert [r.id for r in internals(app).store.claim_runs(conn, "w", ["single"], 10, lease)] == [runs[2]]
     assert db.execute(f"SELECT used, reserved FROM {app.schema}.slots").fetchall() == [(1, 0)]
+
+
+def test_a_run_handed_a_slot_after_the_claim_floor_passed_it_still_starts(
+    app: Durable, db: psycopg.Connection[Any]
+) -> None:
+    """A run handed a concurrency slot keeps the due time it was sent with,
+    which a worker's claims may have left behind long ago (DueFloor): a
+    claim from the start, which the worker still makes, finds it."""
+    release = threading.Event()
+
+    @app.function(id="single", event="go", concurrency=Concurrency(limit=1))
+    def single(ctx: Context) -> None:
+        if ctx.event.data["n"] == 0:
+            release.wait(30)
+
+    app.function(id="other", event="other")(lambda ctx: None)
+    first, second = (app.runs_for_event(app.send("go", {"n": n})[0])[0].id for n in range(2))
+    app.start(threads=2)
+    wait_until(lambda: status_of(app, first) == "running", what="the first run to hold the slot")
+    wait_until(lambda: db.execute(  # the floor's margin behind the second run's due time
+        f"SELECT now() > available_at + interval '1.5 s' FROM {app.schema}.queue WHERE run_id = %s",
+        (second,)).fetchone() == (True,), what="time to pass")
+    later = app.send([Event("other", {}) for _ in range(20)])
+    for event_id in later:  # claimed from a floor past the second run's due time
+        assert app.wait_for_run(app.runs_for_event(event_id)[0].id, 20).status == "completed"
+    release.set()
+    assert app.wait_for_run(second, 20).status == "completed"
 
 
 def test_send_time_limits_hold_with_three_processes_and_three_senders(

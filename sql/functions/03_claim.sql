@@ -12,8 +12,16 @@
 -- A parked run (sleeping, or waiting past its timeout) is claimed like any
 -- due run; recover_claimed completes its open step first. Plain queued runs,
 -- the usual case, take one UPDATE.
+--
+-- p_from: read only the runs due from then on (null: all). A snapshot held
+-- open elsewhere (a long transaction) keeps every claimed and finished
+-- run's dead index entries at the head of the due index; a claim from the
+-- start walks them all, one heap visit each, so its cost grows with the
+-- hold. The worker passes where its last claim left off, and reads from the
+-- start now and then (see DueFloor).
 CREATE FUNCTION {schema}.claim_runs(
-    p_worker text, p_functions text[], p_limit int, p_lease interval
+    p_worker text, p_functions text[], p_limit int, p_lease interval,
+    p_from timestamptz DEFAULT NULL
 ) RETURNS SETOF {schema}.claimed_run LANGUAGE plpgsql
 -- The oldest due rows must come from walking the index in order and
 -- stopping at p_limit. With the stale statistics of a churning queue the
@@ -44,7 +52,8 @@ BEGIN
                  q.status = 'running' AND (q.handler_attempts >= q.retries OR q.cancel_requested)
                      AS exhausted
           FROM {schema}.queue q
-          WHERE q.available_at <= now() AND q.function_id = ANY(p_functions)
+          WHERE q.available_at <= now() AND q.available_at >= coalesce(p_from, '-infinity')
+            AND q.function_id = ANY(p_functions)
             AND q.blocked_key IS NULL
             -- a live worker whose lease lapsed still holds the run in memory
             AND (q.worker_id IS NULL OR q.worker_id <> p_worker)
