@@ -683,9 +683,28 @@ class Store:
         self._run(conn, "prune_unlock")
 
     def vacuum_history(self, conn: psycopg.Connection[Any]) -> None:
-        """VACUUM the tables prune deletes from (outside any transaction). A
-        role that does not own them gets a warning from Postgres, no error."""
-        conn.execute(self._q["vacuum_history"].encode())
+        """VACUUM the tables prune deletes from. A role that does not own
+        them gets a warning from Postgres, no error."""
+        self._outside_transactions(conn, "vacuum_history")
+
+    def hot_dead_tuples(self, conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int]]:
+        """Dead and live row versions of the hot tables (queue, waits) that
+        this role may VACUUM."""
+        return {name: (dead, live) for name, dead, live in self._run(conn, "hot_dead_tuples")}
+
+    def vacuum_queue(self, conn: psycopg.Connection[Any]) -> None:
+        """VACUUM the hot tables."""
+        self._outside_transactions(conn, "vacuum_queue")
+
+    def _outside_transactions(self, conn: psycopg.Connection[Any], name: str) -> None:
+        """Statement `name` (not prepared: VACUUM), which no transaction may
+        hold: in autocommit, whatever the connection (the app's pool's, maybe) is set to."""
+        autocommit = conn.autocommit
+        conn.autocommit = True
+        try:
+            conn.execute(self._q[name].encode())
+        finally:
+            conn.autocommit = autocommit
 
     def lock_timeout(self, conn: psycopg.Connection[Any], timeout: str) -> None:
         """Give up waiting for locks after `timeout`, until the transaction ends."""

@@ -48,6 +48,8 @@ from ._rls import Rls
 from ._schedules import Scheduler
 from ._steps import AsyncStep, Step
 from ._store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec, is_transient
+from ._vacuum import CHECK_EVERY as VACUUM_CHECK
+from ._vacuum import HotVacuum
 from .errors import ConfigurationError, RetryAfterError, StepError
 
 INVOKED_EVENT = "pgdurable/invoked"  # the event of a run started by step.invoke
@@ -398,11 +400,14 @@ class Worker:
                 return
 
     def _prune_loop(self) -> None:
-        """Keep history's partitions made ahead and, every prune_interval,
-        prune what has expired, in whichever process gets there first."""
+        """Housekeeping: keep history's partitions made ahead and, every
+        prune_interval, prune what has expired, in whichever process gets
+        there first; VACUUM the hot tables where autovacuum lags."""
         pruner = Pruner(self._store, self._settings.dedupe_window, duty=BACKGROUND_DUTY)
+        vacuum = HotVacuum(self._store)
         every = self._settings.prune_interval
         while True:
+            self._with_db("vacuum the queue", vacuum, until=self._draining)
             self._with_db("make partitions", pruner.add_partitions, until=self._draining)
             if every is not None:
                 counts = self._with_db("prune", partial(
@@ -413,7 +418,7 @@ class Worker:
                             "pruned what expired: %s",
                             ", ".join(f"{n} {kind}" for kind, n in counts.items()))
             wait = min(every / 4 if every else _PARTITION_CHECK, _PARTITION_CHECK,
-                       self._settings.policies.partition_interval / 2)
+                       self._settings.policies.partition_interval / 2, VACUUM_CHECK)
             if self._draining.wait(wait.total_seconds() * random.uniform(0.8, 1.2)):
                 return
 

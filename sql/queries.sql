@@ -336,3 +336,15 @@ SELECT max(finished_at) FROM {schema}.prune_log;
 -- (where autovacuum is off, or slow to come). Not prepared: a utility statement.
 VACUUM {schema}.events, {schema}.event_refs, {schema}.rls_audit_log, {schema}.run_keys,
        {schema}.rate_limits, {schema}.runs_kept, {schema}.results_kept, {schema}.steps_kept;
+
+-- name: hot_dead_tuples
+-- The hot tables this role may VACUUM (it owns them): dead and live row versions.
+SELECT s.relname, s.n_dead_tup, s.n_live_tup FROM pg_stat_user_tables s
+JOIN pg_class c ON c.oid = s.relid
+WHERE s.relid IN (to_regclass('{schema}.queue'), to_regclass('{schema}.waits'))
+  AND pg_has_role(c.relowner, 'USAGE');
+
+-- name: vacuum_queue
+-- Not prepared: a utility statement. SKIP_LOCKED: another VACUUM (a
+-- worker's, autovacuum) at it already.
+VACUUM (SKIP_LOCKED) {schema}.queue, {schema}.waits;
