@@ -12,7 +12,8 @@ W1 while they are pruned.
 2. Then a worker of another app on the schema prunes that history in the
    background (default retention: all of it has expired) while W1 drains
    go on: the prune's wall time and counts, and W1 while it runs against
-   W1 just before, on the same schema.
+   W1 just before and just after (--rounds drains each), on the same
+   schema: the machine's speed drifts, so both sides are counted.
 """
 
 from __future__ import annotations
@@ -148,10 +149,13 @@ def prune_under_load(app: Durable, schema: str, args: argparse.Namespace) -> Non
     seconds, removed = pruned
     print(f"background prune of {args.history:,} expired runs: {seconds:.1f} s, removed "
           f"{removed}; history now {relation_bytes(schema) / 2**30:.2f} GiB", flush=True)
+    after = [drain(app, schema, args) for _ in range(args.rounds)]
     if during:
+        around = statistics.median(before + after)
         print(f"W1 while pruning: {statistics.median(during):,.0f} runs/s (median of "
-              f"{len(during)} drains), {statistics.median(during) / statistics.median(before):.0%} "
-              f"of W1 just before ({statistics.median(before):,.0f} runs/s)", flush=True)
+              f"{len(during)} drains), {statistics.median(during) / around:.0%} of W1 just "
+              f"before and after ({around:,.0f} runs/s: before {statistics.median(before):,.0f}, "
+              f"after {statistics.median(after):,.0f})", flush=True)
 
 
 def last_prune(schema: str) -> tuple[float, dict[str, int]] | None:

@@ -33,7 +33,10 @@ DEFAULTS: dict[str, timedelta | None] = {
 
 DROP_SHARE = 0.9  # a closed partition goes whole once this share of its runs has expired
 BATCH = 5_000  # rows per DELETE: short transactions that never hold workers up for long
-BACKGROUND_DUTY = 0.5  # a worker's prune works half the time, and rests the other half
+# A worker's prune works a quarter of the time and rests the rest, and
+# its VACUUM sleeps as autovacuum's does: the CPU and the disk are the runs'.
+BACKGROUND_DUTY = 0.25
+BACKGROUND_VACUUM_DELAY = "2ms"
 LOCK_TIMEOUT = "200ms"  # what a detach waits for its locks before trying again
 LOCK_TRIES = 10  # times a prune tries a detach or attach, before leaving it to the next prune
 
@@ -189,7 +192,7 @@ class Pruner:
             lambda _: _more(self._store.delete_audit(conn, at, BATCH)), "audit", progress)
         counts["idempotency_keys"], counts["rate_limits"] = self._store.delete_bookkeeping(conn, at)
         if any(n for kind, n in counts.items() if kind != "partitions_dropped"):
-            self._store.vacuum_history(conn)
+            self._store.vacuum_history(conn, BACKGROUND_VACUUM_DELAY if self._rest else "0")
         return counts
 
     def _count(self, conn: psycopg.Connection[Any], at: datetime, progress: Progress) -> dict[str, int]:

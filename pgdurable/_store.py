@@ -13,7 +13,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -109,6 +110,18 @@ def _send_params(
     events: Sequence[PreparedEvent], runs: Sequence[Sequence[Any]], dedupe_window: timedelta
 ) -> tuple[str, str, timedelta]:
     return "[" + ",".join(map(_event_json, events)) + "]", json.dumps(runs), dedupe_window
+
+
+@contextmanager
+def _autocommit(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """For statements that no transaction may hold (VACUUM), whatever the
+    connection (the app's pool's, maybe) is set to."""
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        yield
+    finally:
+        conn.autocommit = autocommit
 
 
 def _claimed(sent: float, rows: psycopg.Cursor[Any]) -> list[ClaimedRow]:
@@ -682,10 +695,17 @@ class Store:
     def prune_unlock(self, conn: psycopg.Connection[Any]) -> None:
         self._run(conn, "prune_unlock")
 
-    def vacuum_history(self, conn: psycopg.Connection[Any]) -> None:
-        """VACUUM the tables prune deletes from. A role that does not own
-        them gets a warning from Postgres, no error."""
-        self._outside_transactions(conn, "vacuum_history")
+    def vacuum_history(self, conn: psycopg.Connection[Any], cost_delay: str = "0") -> None:
+        """VACUUM the tables prune deletes from, sleeping `cost_delay` at
+        each cost limit's worth of work as autovacuum does (2ms), or never
+        ("0", VACUUM's own default). A role that does not own them gets a
+        warning from Postgres, no error."""
+        with _autocommit(conn):
+            self._run(conn, "vacuum_cost_delay", (cost_delay,))
+            try:
+                conn.execute(self._q["vacuum_history"].encode())
+            finally:
+                conn.execute(self._q["reset_vacuum_cost_delay"].encode())
 
     def hot_dead_tuples(self, conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int]]:
         """Dead and live row versions of the hot tables (queue, waits) that
@@ -694,17 +714,8 @@ class Store:
 
     def vacuum_queue(self, conn: psycopg.Connection[Any]) -> None:
         """VACUUM the hot tables."""
-        self._outside_transactions(conn, "vacuum_queue")
-
-    def _outside_transactions(self, conn: psycopg.Connection[Any], name: str) -> None:
-        """Statement `name` (not prepared: VACUUM), which no transaction may
-        hold: in autocommit, whatever the connection (the app's pool's, maybe) is set to."""
-        autocommit = conn.autocommit
-        conn.autocommit = True
-        try:
-            conn.execute(self._q[name].encode())
-        finally:
-            conn.autocommit = autocommit
+        with _autocommit(conn):
+            conn.execute(self._q["vacuum_queue"].encode())
 
     def lock_timeout(self, conn: psycopg.Connection[Any], timeout: str) -> None:
         """Give up waiting for locks after `timeout`, until the transaction ends."""

@@ -331,6 +331,12 @@ SELECT now();
 -- name: last_prune
 SELECT max(finished_at) FROM {schema}.prune_log;
 
+-- name: vacuum_cost_delay
+SELECT set_config('vacuum_cost_delay', %s, false);
+
+-- name: reset_vacuum_cost_delay
+RESET vacuum_cost_delay;
+
 -- name: vacuum_history
 -- After a prune that deleted rows: their space is free for new rows again
 -- (where autovacuum is off, or slow to come). Not prepared: a utility statement.
