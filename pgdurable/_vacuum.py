@@ -18,7 +18,7 @@ import psycopg
 
 from ._store import Store
 
-log = logging.getLogger("pgdurable")
+log = logging.getLogger("pgdurable.worker")
 
 # Dead row versions a hot table may gather (and at least as many as it has
 # live ones) before a worker VACUUMs it.
@@ -60,7 +60,8 @@ class HotVacuum:
             self._pause = CHECK_EVERY
             return
         self._pause = min(self._pause * 2, LONGEST_PAUSE)
-        log.warning(
-            "VACUUM of the queue removed %d of %d dead row versions: a transaction, prepared "
-            "transaction or replication slot holds back vacuum (see backend_xmin in "
-            "pg_stat_activity); next try in %s", removed, dead, self._pause)
+        # Once may be a query of a few seconds (a prune's counts); twice in a row is not.
+        log.log(logging.WARNING if self._pause > 2 * CHECK_EVERY else logging.INFO,
+                "VACUUM of the queue removed %d of %d dead row versions: a transaction, "
+                "prepared transaction or replication slot holds back vacuum (see backend_xmin "
+                "in pg_stat_activity); next try in %s", removed, dead, self._pause)

@@ -6,6 +6,7 @@ does), so that only pgdurable removes its dead row versions.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -72,11 +73,18 @@ def test_a_few_dead_row_versions_are_left_to_autovacuum(
 def test_a_snapshot_held_elsewhere_is_named_and_vacuum_backs_off(
     app: Durable, db: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="pgdurable.worker")
     vacuum = HotVacuum(internals(app).store)
     with churned(app, db, DEAD_ENOUGH + 1000), internals(app).pool.connection() as conn:
         assert vacuum(conn)["queue"] < DEAD_ENOUGH  # it could remove next to nothing
-    assert "holds back vacuum" in caplog.text
-    assert vacuum._pause == 2 * CHECK_EVERY
+        [first] = [r for r in caplog.records if "holds back vacuum" in r.message]
+        assert first.levelno == logging.INFO  # once may be a passing query
+        assert vacuum._pause == 2 * CHECK_EVERY
+        vacuum._next = float("-inf")  # as if the pause were over
+        vacuum(conn)
+        [_, second] = [r for r in caplog.records if "holds back vacuum" in r.message]
+        assert second.levelno == logging.WARNING
+        assert vacuum._pause == 4 * CHECK_EVERY
 
 
 def test_a_worker_vacuums_the_queue_by_itself(
