@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from conftest import run_of, wait_until
 
-from pgdurable import ConfigurationError, Context, Durable, DurableError
+from pgdurable import ConfigurationError, Context, Durable, DurableError, Event
 from pgdurable.testing import internals
 
 
@@ -266,3 +266,25 @@ def test_a_callers_pool_is_used_and_never_closed(dsn: str, schema: str) -> None:
         assert not pool.closed
         with pool.connection() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_run_sent_in_a_transaction_committed_long_after_it_began_starts(
+    app: Durable, db: psycopg.Connection[Any], dsn: str
+) -> None:
+    """Its run is due when the transaction began, and visible to claims only
+    at its commit, which the floor of the worker's claims (DueFloor) has
+    passed by then: a claim from the start still finds it."""
+    app.function(id="late", event="late")(lambda ctx: None)
+    app.function(id="other", event="other")(lambda ctx: None)
+    app.start(threads=2)
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT now()").fetchone()  # the transaction begins
+        assert row is not None
+        [event_id] = app.send("late", {}, conn=conn)
+        wait_until(lambda: db.execute("SELECT now() > %s + interval '1.5 s'", (row[0],))
+                   .fetchone() == (True,), what="the transaction to grow old")
+        for other in app.send([Event("other", {}) for _ in range(20)]):  # claims move the floor on
+            assert app.wait_for_run(app.runs_for_event(other)[0].id, 20).status == "completed"
+    [run] = app.runs_for_event(event_id)  # committed as the block ended
+    assert app.wait_for_run(run.id, 20).status == "completed"
+
