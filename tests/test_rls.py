@@ -337,6 +337,23 @@ def test_the_roles_command_grants_and_public_cannot_send(
     assert can == (True, False)  # granted to the sender; not to PUBLIC
 
 
+def test_no_function_that_runs_as_the_owner_is_open_to_the_sender_role_or_public(
+    roles: Durable, db: psycopg.Connection[Any]
+) -> None:
+    """Functions that run with their owner's rights (SECURITY DEFINER) can
+    do what the owner can: drop a partition of history, for one. Only the
+    worker role may call them, and the sender role send_events alone."""
+    rows = db.execute(
+        "SELECT p.oid::regprocedure::text, has_function_privilege(%s, p.oid, 'EXECUTE'), "
+        "has_function_privilege(%s, p.oid, 'EXECUTE'), has_function_privilege(%s, p.oid, 'EXECUTE') "
+        "FROM pg_proc p WHERE p.pronamespace = %s::regnamespace AND p.prosecdef",
+        ("pgdurable_test_sender", "pgdurable_test_worker", BYPASS_ROLE, roles.schema)).fetchall()
+    assert len(rows) >= 6  # send_events and the five of pruning
+    for name, sender, worker, other in rows:
+        assert (sender, worker, other) == (name.startswith(f"{roles.schema}.send_events("), True,
+                                           False), name
+
+
 def test_the_audit_names_the_step_each_context_was_opened_in(
     app: Durable, db: psycopg.Connection[Any]
 ) -> None:

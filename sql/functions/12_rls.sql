@@ -75,5 +75,3 @@ $$;
 ALTER FUNCTION {schema}.send_events(jsonb, jsonb, interval)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE EXECUTE ON FUNCTION {schema}.send_events(jsonb, jsonb, interval) FROM PUBLIC;
-
-SELECT {schema}.apply_grants();

@@ -364,3 +364,8 @@ ALTER FUNCTION {schema}.drop_partition(text, timestamptz)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION {schema}.delete_expired(text, timestamptz, uuid, int)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- Running as the owner, they can drop any history: the worker role alone
+-- may call them (apply_grants), not PUBLIC.
+REVOKE EXECUTE ON FUNCTION {schema}.add_partitions(int), {schema}.close_partitions(timestamptz),
+    {schema}.partition_expired(text, timestamptz), {schema}.drop_partition(text, timestamptz),
+    {schema}.delete_expired(text, timestamptz, uuid, int) FROM PUBLIC;
