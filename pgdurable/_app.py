@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack, get_args
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -38,7 +38,7 @@ from ._replay import FRESH
 from ._retention import Policies, Progress, Pruner, Retention
 from ._retries import Backoff
 from ._rls import Rls, check_role
-from ._runs import Run
+from ._runs import Run, RunStatus
 from ._store import PARTITIONS_AHEAD, Store, is_transient
 from ._worker import Worker, WorkerSettings
 from .errors import ConfigurationError, DurableError, InvalidEventError, MigrationError
@@ -387,16 +387,47 @@ class Durable:
         with self._pooled() as conn:
             return self._store.event(conn, event_id)
 
+    def list_events(
+        self, *, name: str | None = None, since: datetime | None = None,
+        until: datetime | None = None, limit: int = 100, after: str | None = None,
+    ) -> list[Event]:
+        """Stored events, newest first, `limit` at a time: for the next page,
+        pass the id of the last event of this one as `after`. Filters: `name`,
+        and `since`/`until` (received in [since, until)). Needs a role that
+        may read the events (not the sender role)."""
+        query = {
+            "name": name, "since": _maybe_aware(since, "since"),
+            "until": _maybe_aware(until, "until"), "limit": _positive(limit, "limit"),
+            "after": after,
+        }
+        with self._pooled() as conn:
+            return self._store.list_events(conn, query)
+
     def runs_for_event(self, event_id: str) -> list[Run]:
         """The runs an event triggered, oldest first."""
         with self._pooled() as conn:
             return self._store.runs_for_event(conn, event_id)
 
-    def list_runs(self, *, function: str | None = None, status: str | None = None,
-                  limit: int = 100) -> list[Run]:
-        """Runs, newest first, optionally of one function and/or status."""
+    def list_runs(
+        self, *, function: str | None = None, status: str | None = None,
+        event: str | None = None, since: datetime | None = None, until: datetime | None = None,
+        limit: int = 100, after: str | None = None,
+    ) -> list[Run]:
+        """Runs, newest first, `limit` at a time: for the next page, pass the
+        id of the last run of this one as `after`. Filters: `function`,
+        `status`, `event` (an event's id or name: the runs it triggered), and
+        `since`/`until` (created in [since, until), by the time in the run's
+        id, to the millisecond)."""
+        if status is not None and status not in get_args(RunStatus):
+            raise ConfigurationError(
+                f"list_runs: status {status!r} is not one of {', '.join(get_args(RunStatus))}")
+        query = {
+            "function": function, "status": status, "event": event,
+            "since": _maybe_aware(since, "since"), "until": _maybe_aware(until, "until"),
+            "limit": _positive(limit, "limit"), "after": None if after is None else _run_id(after),
+        }
         with self._pooled() as conn:
-            return self._store.list_runs(conn, function, status, _positive(limit, "limit"))
+            return self._store.list_runs(conn, query)
 
     def cancel(self, run_id: str) -> bool:
         """Cancel a run: at once if it is not running, else at its next step
@@ -496,6 +527,10 @@ def _aware(value: datetime | None, what: str, default: datetime) -> datetime:
     if value is None:
         return default.replace(tzinfo=UTC)
     return require_aware(value, what=what)
+
+
+def _maybe_aware(value: datetime | None, what: str) -> datetime | None:
+    return None if value is None else require_aware(value, what=what)
 
 
 def _run_id(run_id: str) -> str:

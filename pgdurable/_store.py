@@ -590,11 +590,9 @@ class Store:
     def runs_for_event(self, conn: psycopg.Connection[Any], event_id: str) -> list[Run]:
         return [Run.from_row(r) for r in self._run(conn, "runs_for_event", {"event": event_id})]
 
-    def list_runs(
-        self, conn: psycopg.Connection[Any], function: str | None, status: str | None, limit: int
-    ) -> list[Run]:
-        params = {"function": function, "status": status, "limit": limit}
-        return [Run.from_row(r) for r in self._run(conn, "list_runs", params)]
+    def list_runs(self, conn: psycopg.Connection[Any], query: dict[str, Any]) -> list[Run]:
+        """Runs as `query` (the parameters of list_runs, by name) selects them."""
+        return [Run.from_row(r) for r in self._run(conn, "list_runs", query)]
 
     def replay_run(
         self, conn: psycopg.Connection[Any], run_id: str, retries: int, options: dict[str, Any]
@@ -606,6 +604,10 @@ class Store:
     def event(self, conn: psycopg.Connection[Any], event_id: str) -> Event | None:
         row = self._run(conn, "event", (event_id,)).fetchone()
         return None if row is None else Event.from_doc(row[0])
+
+    def list_events(self, conn: psycopg.Connection[Any], query: dict[str, Any]) -> list[Event]:
+        """Events as `query` (the parameters of list_events, by name) selects them."""
+        return [Event.from_doc(doc) for doc, in self._run(conn, "list_events", query)]
 
     # -- retention (sql/functions/13_retention.sql) --------------------------
 

@@ -180,12 +180,19 @@ WHERE event_ids[1] = %(event)s OR (cardinality(event_ids) > 1 AND event_ids @> A
 ORDER BY created_at, id;
 
 -- name: list_runs
+-- Newest first by id (UUIDv7: time-ordered), a page at a time: `after` is
+-- the last id of the page before. since/until bound the ids, which are the
+-- partitions' key, so only the partitions of that time are read.
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
        created_at, started_at, finished_at
 FROM {schema}.run_state
 WHERE (%(function)s::text IS NULL OR function_id = %(function)s)
   AND (%(status)s::text IS NULL OR status = %(status)s)
-ORDER BY created_at DESC, id DESC
+  AND (%(event)s::text IS NULL OR event_name = %(event)s OR %(event)s = ANY(event_ids))
+  AND id < coalesce(least(%(after)s::uuid, {schema}.uuid_at(%(until)s::timestamptz)),
+                    'ffffffff-ffff-ffff-ffff-ffffffffffff')
+  AND id >= coalesce({schema}.uuid_at(%(since)s::timestamptz), '00000000-0000-0000-0000-000000000000')
+ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: replay_run
@@ -196,6 +203,19 @@ FROM {schema}.runs WHERE id = %(run)s::uuid;
 
 -- name: event
 SELECT {schema}.event_doc(e) FROM {schema}.events e WHERE e.id = %s;
+
+-- name: list_events
+-- Newest first by arrival, a page at a time: `after` is the last id of the
+-- page before (an unknown one ends the list).
+SELECT {schema}.event_doc(e) FROM {schema}.events e
+WHERE (%(name)s::text IS NULL OR e.name = %(name)s)
+  AND e.received_at >= coalesce(%(since)s::timestamptz, '-infinity')
+  AND e.received_at < coalesce(%(until)s::timestamptz, 'infinity')
+  AND (%(after)s::text IS NULL
+       OR (e.received_at, e.id) < (SELECT a.received_at, a.id FROM {schema}.events a
+                                   WHERE a.id = %(after)s))
+ORDER BY e.received_at DESC, e.id DESC
+LIMIT %(limit)s;
 
 -- name: notify_migrated
 SELECT pg_notify('{channel}', 'migrated');

@@ -393,10 +393,12 @@ CREATE VIEW pgdurable.run_state AS
     r.created_at,
     COALESCE(res.started_at, q.started_at) AS started_at,
     res.finished_at,
-    res.worker_id
+    res.worker_id,
+    e.name AS event_name
    FROM pgdurable.runs r
      LEFT JOIN pgdurable.queue q ON q.run_id = r.id
-     LEFT JOIN pgdurable.results res ON res.run_id = r.id;
+     LEFT JOIN pgdurable.results res ON res.run_id = r.id
+     LEFT JOIN pgdurable.events e ON e.id = r.event_ids[1];
 
 CREATE VIEW pgdurable.step_timeline AS
  SELECT s.run_id,

@@ -298,6 +298,7 @@ def test_the_sender_role_sends_and_reads_run_state_only(
     [event_id] = web.send("noop", {"n": 1})
     [run] = web.runs_for_event(event_id)
     assert web.get_run(run.id) is not None and run.status == "queued"
+    assert [r.id for r in web.list_runs(event="noop")] == [run.id]  # by name, from run_state
     for statement in (f"SELECT * FROM {web.schema}.events", f"DELETE FROM {web.schema}.queue",
                       f"SELECT * FROM {web.schema}.steps"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege), web.connection() as conn:

@@ -4,6 +4,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -45,6 +46,56 @@ def test_list_runs_filters(app: Durable) -> None:
     assert len(app.list_runs(function="a", limit=2)) == 2
     assert len(app.list_runs(status="queued")) == 6
     assert app.list_runs(status="completed") == []
+
+
+def test_list_runs_pages_newest_first(app: Durable) -> None:
+    app.function(id="a", event="e")(lambda ctx: None)
+    sent = [run_of(app, "e", {"n": n}) for n in range(7)]
+    pages, after = [], None
+    while page := app.list_runs(limit=3, after=after):
+        pages.append([r.id for r in page])
+        after = page[-1].id
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [run for p in pages for run in p] == sent[::-1]
+
+
+def test_list_runs_by_event_and_time(app: Durable, db: psycopg.Connection[Any]) -> None:
+    app.function(id="a", event="first")(lambda ctx: None)
+    app.function(id="b", event="second")(lambda ctx: None)
+    early = [run_of(app, "first") for _ in range(2)]
+    row = db.execute("SELECT clock_timestamp()").fetchone()  # the clock run ids are made on
+    assert row is not None
+    [second_event] = app.send("second", {})
+    [late] = app.runs_for_event(second_event)
+    assert {r.id for r in app.list_runs(event="first")} == set(early)  # by name
+    assert [r.id for r in app.list_runs(event=second_event)] == [late.id]  # by id
+    assert app.list_runs(event="nothing") == []
+    assert {r.id for r in app.list_runs(until=row[0])} == set(early)
+    assert [r.id for r in app.list_runs(since=row[0])] == [late.id]
+    assert [r.id for r in app.list_runs(since=row[0], function="a")] == []
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("status", "done", "status 'done' is not one of queued"),
+    ("after", "nope", "not a run id"),
+    ("since", datetime(2026, 1, 1), "since"),
+    ("limit", 0, "limit must be a positive int"),
+])
+def test_list_runs_refuses_bad_filters(app: Durable, option: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        app.list_runs(**{option: value})
+
+
+def test_list_events_pages_newest_first_by_name(app: Durable) -> None:
+    ids = [app.send("a" if n % 2 else "b", {"n": n})[0] for n in range(6)]
+    assert [e.id for e in app.list_events()] == ids[::-1]
+    pages, after = [], None
+    while page := app.list_events(name="a", limit=2, after=after):
+        pages.append([e.id for e in page])
+        after = page[-1].id
+    assert pages == [[ids[5], ids[3]], [ids[1]]]
+    [newest] = app.list_events(limit=1)
+    assert newest.name == "a" and newest.data == {"n": 5}
 
 
 def test_cancel_a_queued_run(app: Durable) -> None:

@@ -8,10 +8,13 @@ SELECT r.id, r.function_id, coalesce(res.status, q.status, 'queued') AS status, 
        coalesce(res.error, q.error) AS error, coalesce(res.attempt, q.attempt, 0) AS attempt,
        r.event_ids, r.parent_run_id, r.created_at,
        coalesce(res.started_at, q.started_at) AS started_at, res.finished_at,
-       res.worker_id
+       res.worker_id, e.name AS event_name
 FROM {schema}.runs r
 LEFT JOIN {schema}.queue q ON q.run_id = r.id
-LEFT JOIN {schema}.results res ON res.run_id = r.id;
+LEFT JOIN {schema}.results res ON res.run_id = r.id
+-- by its primary key, and only where event_name is read: the planner drops
+-- the join from queries that do not
+LEFT JOIN {schema}.events e ON e.id = r.event_ids[1];
 
 CREATE VIEW {schema}.function_status AS
 SELECT function_id, status, count(*) AS runs

@@ -173,6 +173,10 @@ def manage() -> None:
     assert_type(run, Run)
     assert_type(run.status, RunStatus)
     assert_type(app.get_run(ids[0]), Run | None)
+    page = app.list_runs(event="receipt/uploaded", since=run.created_at, limit=10)
+    assert_type(app.list_runs(after=page[-1].id), list[Run])
+    assert_type(app.list_events(name="receipt/uploaded"), list[Event])
+    app.list_runs(since="yesterday")  # type: ignore[arg-type]
     if run.status == "completed":
         assert_type(run.output, Any)
     app.send("e", 1)  # type: ignore[arg-type]
