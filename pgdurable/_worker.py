@@ -268,6 +268,8 @@ class Worker:
             self._wake.clear()
 
     def _claim(self, limit: int) -> Callable[[psycopg.Connection[Any]], list[ClaimedRow]]:
+        """A claim of up to `limit` runs from the floor the earlier ones
+        learned (see DueFloor), which it teaches in turn."""
         def claim(conn: psycopg.Connection[Any]) -> list[ClaimedRow]:
             due_from, began = self._floor.next(), time.monotonic()
             rows = self._store.claim_runs(conn, self.id, self.function_ids, limit,
