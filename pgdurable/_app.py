@@ -524,9 +524,7 @@ def _positive(value: int, what: str) -> int:
 
 
 def _aware(value: datetime | None, what: str, default: datetime) -> datetime:
-    if value is None:
-        return default.replace(tzinfo=UTC)
-    return require_aware(value, what=what)
+    return _maybe_aware(value, what) or default.replace(tzinfo=UTC)
 
 
 def _maybe_aware(value: datetime | None, what: str) -> datetime | None:

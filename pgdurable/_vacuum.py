@@ -42,16 +42,15 @@ class HotVacuum:
         """VACUUM if due; the dead row versions it removed by table."""
         if time.monotonic() < self._next:
             return {}
-        self._next = time.monotonic() + CHECK_EVERY.total_seconds()
         dead = {table: n for table, (n, live) in self._store.hot_dead_tuples(conn).items()
                 if n >= max(DEAD_ENOUGH, live)}
-        if not dead:
-            return {}
-        self._store.vacuum_queue(conn)
-        left = self._store.hot_dead_tuples(conn)
-        removed = {table: n - left[table][0] for table, n in dead.items()}
-        self._learn(sum(dead.values()), sum(removed.values()))
-        self._next = time.monotonic() + self._pause.total_seconds()
+        removed: dict[str, int] = {}
+        if dead:
+            self._store.vacuum_queue(conn)
+            left = self._store.hot_dead_tuples(conn)
+            removed = {table: n - left[table][0] for table, n in dead.items()}
+            self._learn(sum(dead.values()), sum(removed.values()))
+        self._next = time.monotonic() + (self._pause if dead else CHECK_EVERY).total_seconds()
         return removed
 
     def _learn(self, dead: int, removed: int) -> None:
