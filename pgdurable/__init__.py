@@ -2,6 +2,7 @@
 
 from ._app import Durable
 from ._context import AsyncContext, Context
+from ._doctor import Check
 from ._events import Event
 from ._options import (
     Batch,
@@ -15,10 +16,12 @@ from ._options import (
     Throttle,
     Timeouts,
 )
+from ._registry import FunctionInfo, WorkerInfo
 from ._retention import Retention
 from ._rls import as_user, rls_bypass
-from ._runs import Run, RunError, RunStatus
+from ._runs import Run, RunError, RunStatus, StepInfo
 from ._steps import AsyncStep, Step
+from ._version import __version__ as __version__
 from .errors import (
     ConfigurationError,
     DurableError,
@@ -26,6 +29,7 @@ from .errors import (
     MigrationError,
     NewerSchemaError,
     NonRetriableError,
+    NotFoundError,
     PayloadTooLargeError,
     RetryAfterError,
     RlsContextError,
@@ -39,6 +43,7 @@ __all__ = [
     "AsyncStep",
     "Batch",
     "Cancel",
+    "Check",
     "Concurrency",
     "ConfigurationError",
     "Context",
@@ -46,11 +51,13 @@ __all__ = [
     "Durable",
     "DurableError",
     "Event",
+    "FunctionInfo",
     "FunctionOptions",
     "InvalidEventError",
     "MigrationError",
     "NewerSchemaError",
     "NonRetriableError",
+    "NotFoundError",
     "PayloadTooLargeError",
     "Priority",
     "RateLimit",
@@ -64,11 +71,11 @@ __all__ = [
     "Singleton",
     "Step",
     "StepError",
+    "StepInfo",
     "StepOrderError",
     "Throttle",
     "Timeouts",
+    "WorkerInfo",
     "as_user",
     "rls_bypass",
 ]
-
-__version__ = "0.1.0"

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from . import _serde as serde
 from ._context import AsyncContext, Context
+from ._doctor import Check, diagnose
 from ._durations import Duration, parse_duration, require_aware
 from ._events import Event, PreparedEvent, check_name, prepare
 from ._functions import (
@@ -34,14 +35,21 @@ from ._functions import (
     start_options,
 )
 from ._options import FunctionOptions
+from ._registry import FunctionInfo, WorkerInfo
 from ._replay import FRESH
 from ._retention import Policies, Progress, Pruner, Retention
 from ._retries import Backoff
 from ._rls import Rls, check_role
-from ._runs import Run, RunStatus
+from ._runs import Run, RunStatus, StepInfo
 from ._store import PARTITIONS_AHEAD, Store, is_transient
 from ._worker import Worker, WorkerSettings
-from .errors import ConfigurationError, DurableError, InvalidEventError, MigrationError
+from .errors import (
+    ConfigurationError,
+    DurableError,
+    InvalidEventError,
+    MigrationError,
+    NotFoundError,
+)
 
 H = TypeVar("H", bound=Callable[[Context], Any] | Callable[[AsyncContext], Awaitable[Any]])
 T = TypeVar("T")
@@ -374,7 +382,7 @@ class Durable:
         while True:
             run = self.get_run(run_id)
             if run is None:
-                raise DurableError(f"no run with id {run_id!r}")
+                raise NotFoundError(f"no run with id {run_id!r}")
             if run.is_terminal:
                 return run
             if time.monotonic() >= deadline:
@@ -429,46 +437,135 @@ class Durable:
         with self._pooled() as conn:
             return self._store.list_runs(conn, query)
 
-    def cancel(self, run_id: str) -> bool:
+    def get_steps(self, run_id: str) -> list[StepInfo]:
+        """The steps a run has reached, in the order they began (empty for
+        an unknown run)."""
+        with self._pooled() as conn:
+            return self._store.run_steps(conn, _run_id(run_id))
+
+    def doctor(self) -> list[Check]:
+        """Check what hurts in production (schema version, durability
+        settings, pooler, autovacuum, backlog, functions no worker serves,
+        pruning), each with what to do."""
+        with self._pooled() as conn:
+            return diagnose(self._store, conn)
+
+    def list_functions(self) -> list[FunctionInfo]:
+        """The functions workers have served (as the last one to start
+        described them), by id: triggers, cron and its next tick, options,
+        and when a worker serving it was last seen."""
+        with self._pooled() as conn:
+            return self._store.list_functions(conn)
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Worker processes that are running, or stopped without saying so
+        (`live` False: not seen within their lease) in the last day."""
+        with self._pooled() as conn:
+            return self._store.list_workers(conn)
+
+    def cancel(self, run_id: str, *, actor: str | None = None) -> bool:
         """Cancel a run: at once if it is not running, else at its next step
         boundary. False if it is unknown or already finished. Once it has
-        returned True, the run ends `cancelled` and starts no other step."""
-        with self._pooled() as conn:
-            cancelled = self._store.cancel_run(conn, _run_id(run_id))
+        returned True, the run ends `cancelled` and starts no other step.
+        Logged in `operator_audit` as done by `actor` (default: the database
+        user)."""
+        run_id = _run_id(run_id)
+        with self.connection() as conn:
+            cancelled = self._store.cancel_run(conn, run_id)
+            if cancelled:
+                self._store.audit(conn, "cancel", [run_id], actor)
         if cancelled:
             time.sleep(FRESH)  # until no worker can start a step unaware of it
         return cancelled
 
     def cancel_runs(
-        self, function: str, *, created_after: datetime | None = None,
-        created_before: datetime | None = None,
+        self, function: str | None = None, *, created_after: datetime | None = None,
+        created_before: datetime | None = None, run_ids: Sequence[str] | None = None,
+        actor: str | None = None,
     ) -> int:
         """Cancel every unfinished run of `function` created in
-        [created_after, created_before) (open-ended where omitted), as
-        `cancel` does each. Returns how many were cancelled or will be."""
-        if function not in self._functions:
+        [created_after, created_before) (open-ended where omitted), or those
+        among `run_ids`, as `cancel` does each. Returns how many were
+        cancelled or will be."""
+        if (function is None) == (run_ids is None):
+            raise ConfigurationError("cancel_runs: give a function or run_ids, not both")
+        if function is not None and function not in self._functions:
             raise ConfigurationError(f"cancel_runs: no function {function!r} is registered")
-        start = _aware(created_after, "created_after", datetime.min)
-        end = _aware(created_before, "created_before", datetime.max)
-        with self._pooled() as conn:
-            cancelled = self._store.cancel_runs(conn, function, start, end)
+        query = {
+            "function": function, "since": _aware(created_after, "created_after", datetime.min),
+            "until": _aware(created_before, "created_before", datetime.max),
+            "runs": None if run_ids is None else [_run_id(r) for r in run_ids], "who": actor,
+        }
+        with self.connection() as conn:
+            cancelled = self._store.cancel_runs(conn, query)
         if cancelled:
             time.sleep(FRESH)  # until no worker can start a step unaware of them
         return cancelled
 
-    def replay(self, run_id: str) -> str:
+    def replay(self, run_id: str, *, actor: str | None = None) -> str:
         """Start a new run of the same function with the same event(s); return its id."""
         with self.connection() as conn:
-            run = self._store.get_run(conn, _run_id(run_id))
-            if run is None:
-                raise DurableError(f"no run with id {run_id!r}")
-            fdef = self._functions.get(run.function_id)
-            retries = fdef.retries if fdef else DEFAULT_RETRIES
-            event = self._store.event(conn, run.event_ids[0])
-            options = start_options(fdef, event) if fdef and event else {}
+            run = self._existing_run(conn, run_id)
+            retries, options = self._restart(conn, run, self._store.event(conn, run.event_ids[0]))
             new_id = self._store.replay_run(conn, run.id, retries, options)
-        assert new_id is not None
+            assert new_id is not None
+            self._store.audit(conn, "replay", [run.id], actor, [{"new_run_id": new_id}])
         return new_id
+
+    def fork(
+        self, run_id: str, from_step: str, data: dict[str, Any] | BaseModel | None = None, *,
+        actor: str | None = None,
+    ) -> str:
+        """Start a new run of the same function whose journal reuses the
+        steps that finished before step `from_step` began (their outputs
+        and errors are returned, not executed again); `from_step` and what
+        follows execute again. `data`, when given, replaces the data of the
+        run's (first) event, validated as a send validates it; the new event
+        is stored, not sent (it triggers nothing else). Returns the new run's
+        id; its `forked_from` is `run_id`. Raises NotFoundError, writing
+        nothing, if the run or its step is unknown."""
+        if not isinstance(from_step, str):
+            raise ConfigurationError(f"fork: from_step must be a step key (str), not {from_step!r}")
+        with self.connection() as conn:
+            run = self._existing_run(conn, run_id)
+            event = self._store.event(conn, run.event_ids[0])
+            replacement = None
+            if data is not None:
+                if event is None:
+                    raise NotFoundError(f"run {run.id}: its event {run.event_ids[0]} was pruned")
+                prepared = prepare(Event(event.name, data), self._schemas.get(event.name),
+                                   max_bytes=self.max_event_bytes)
+                event = Event(event.name, json.loads(prepared.data_json), prepared.id)
+                replacement = {"id": event.id, "name": event.name, "data": event.data}
+            retries, options = self._restart(conn, run, event)
+            try:
+                new_id = self._store.fork_run(conn, run.id, from_step, retries, options,
+                                              replacement)
+            except pg_errors.NoDataFound as exc:
+                hint = exc.diag.message_hint
+                raise NotFoundError(f"fork: {exc.diag.message_primary}"
+                                    + (f" ({hint})" if hint else "")) from None
+            self._store.audit(conn, "fork", [run.id], actor, [{
+                "new_run_id": new_id, "from_step": from_step, "data": replacement is not None}])
+        return new_id
+
+    def _existing_run(self, conn: psycopg.Connection[Any], run_id: str) -> Run:
+        run = self._store.get_run(conn, _run_id(run_id))
+        if run is None:
+            raise NotFoundError(f"no run with id {run_id!r}")
+        return run
+
+    def _restart(
+        self, conn: psycopg.Connection[Any], run: Run, event: Event | None
+    ) -> tuple[int, dict[str, Any] | None]:
+        """The retries and start options of a replay or fork of `run` for
+        `event`: from the function's definition where this app has it; else
+        the retries its workers recorded and the options the run had (None)."""
+        fdef = self._functions.get(run.function_id)
+        if fdef is None:
+            retries = self._store.registered_retries(conn, run.function_id)
+            return DEFAULT_RETRIES if retries is None else retries, None
+        return fdef.retries, start_options(fdef, event) if event is not None else None
 
     def prune(
         self, as_of: datetime | None = None, *, dry_run: bool = False,

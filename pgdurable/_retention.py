@@ -238,8 +238,9 @@ class Pruner:
 
 def _more(removed: int) -> tuple[int, bool | None]:
     """A batch's count, and a cursor that says whether to go on: a full batch
-    (of a DELETE that takes the first rows each time) may have left more."""
-    return removed, True if removed == BATCH else None
+    (of a DELETE that takes the first rows each time, of one table or more)
+    may have left more."""
+    return removed, True if removed >= BATCH else None
 
 
 def _quiet(what: str, count: int) -> None:

@@ -44,6 +44,7 @@ class Run:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    forked_from: str | None = None  # the run this one is a fork of (app.fork)
 
     @property
     def is_terminal(self) -> bool:
@@ -52,21 +53,19 @@ class Run:
 
     def to_dict(self) -> dict[str, Any]:
         """The run as JSON-ready values (ISO 8601 times), for a status endpoint."""
-        def iso(t: datetime | None) -> str | None:
-            return None if t is None else t.isoformat()
-
         return {"id": self.id, "function_id": self.function_id, "status": self.status,
                 "output": self.output,
                 "error": None if self.error is None else {
                     "type": self.error.type, "message": self.error.message},
                 "attempt": self.attempt, "event_ids": list(self.event_ids),
-                "parent_run_id": self.parent_run_id, "created_at": iso(self.created_at),
-                "started_at": iso(self.started_at), "finished_at": iso(self.finished_at)}
+                "parent_run_id": self.parent_run_id, "created_at": _iso(self.created_at),
+                "started_at": _iso(self.started_at), "finished_at": _iso(self.finished_at),
+                "forked_from": self.forked_from}
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Run:
         (run_id, function_id, status, output, error, attempt, event_ids, parent,
-         created_at, started_at, finished_at) = row
+         created_at, started_at, finished_at, forked_from) = row
         return cls(
             id=str(run_id),
             function_id=function_id,
@@ -79,4 +78,39 @@ class Run:
             created_at=created_at,
             started_at=started_at,
             finished_at=finished_at,
+            forked_from=None if forked_from is None else str(forked_from),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """A step of a run as its journal holds it: `status` is completed,
+    failed, retrying (failed, will be tried again), sleeping or waiting."""
+
+    key: str
+    position: int  # the order in which the run's steps began, from 1
+    status: str
+    attempts: int
+    output: Any
+    error: RunError | None
+    started_at: datetime
+    finished_at: datetime  # of its last attempt
+
+    def to_dict(self) -> dict[str, Any]:
+        """The step as JSON-ready values, the error with its traceback."""
+        return {"key": self.key, "position": self.position, "status": self.status,
+                "attempts": self.attempts, "started_at": _iso(self.started_at),
+                "finished_at": _iso(self.finished_at), "output": self.output,
+                "error": None if self.error is None else {
+                    "type": self.error.type, "message": self.error.message,
+                    "traceback": self.error.traceback}}
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> StepInfo:
+        key, position, status, attempts, output, error, started_at, finished_at = row
+        return cls(key, position, status, attempts, output, RunError.from_json(error),
+                   started_at, finished_at)
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat()

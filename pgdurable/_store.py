@@ -26,7 +26,8 @@ from psycopg import sql
 from psycopg.rows import RowFactory, namedtuple_row
 
 from ._events import Event, PreparedEvent
-from ._runs import Run
+from ._registry import FunctionInfo, WorkerInfo
+from ._runs import Run, StepInfo
 from .errors import ConfigurationError, NewerSchemaError
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
@@ -104,6 +105,10 @@ def _events(more: list[dict[str, Any]] | None) -> list[Event]:
 def _event_json(e: PreparedEvent) -> str:
     ts = "null" if e.ts is None else f'"{e.ts.isoformat()}"'
     return f"[{json.dumps(e.id)},{json.dumps(e.name)},{e.data_json},{ts}]"
+
+
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def _send_params(
@@ -532,6 +537,27 @@ class Store:
             "functions": list(functions), "handled": [h[0] for h in handlers],
             "handlers": [h[1] for h in handlers], "retries": [h[2] for h in handlers]})
 
+    def register_functions(
+        self, conn: psycopg.Connection[Any], worker_id: str, described: Sequence[dict[str, Any]]
+    ) -> None:
+        """Record functions as _registry.describe gives them."""
+        self._run(conn, "register_functions", {"worker": worker_id,
+                                               "functions": json.dumps(list(described))})
+
+    def worker_seen(self, conn: psycopg.Connection[Any], worker: dict[str, Any]) -> None:
+        """A worker's heartbeat: its row (id, host, pid, version, functions,
+        threads, lease, runs_held; starting: also drop the long dead)."""
+        self._run(conn, "worker_seen", worker)
+
+    def worker_stopped(self, conn: psycopg.Connection[Any], worker_id: str) -> None:
+        self._run(conn, "worker_stopped", (worker_id,))
+
+    def list_functions(self, conn: psycopg.Connection[Any]) -> list[FunctionInfo]:
+        return [FunctionInfo.from_row(r) for r in self._run(conn, "list_functions")]
+
+    def list_workers(self, conn: psycopg.Connection[Any]) -> list[WorkerInfo]:
+        return [WorkerInfo.from_row(r) for r in self._run(conn, "list_workers")]
+
     def register_schedules(
         self, conn: psycopg.Connection[Any], functions: Sequence[str],
         schedules: Sequence[tuple[str, str, str, datetime]],
@@ -577,11 +603,9 @@ class Store:
         row = self._run(conn, "cancel_run", (run_id,)).fetchone()
         return bool(row and row[0])
 
-    def cancel_runs(
-        self, conn: psycopg.Connection[Any], function_id: str, start: datetime, end: datetime
-    ) -> int:
-        row = self._run(conn, "cancel_runs", (function_id, start, end)).fetchone()
-        return int(row[0]) if row else 0
+    def cancel_runs(self, conn: psycopg.Connection[Any], query: dict[str, Any]) -> int:
+        """Cancel as `query` (function, since, until; or runs; and who) selects."""
+        return int(self._one(conn, "cancel_runs", query))
 
     def get_run(self, conn: psycopg.Connection[Any], run_id: str) -> Run | None:
         row = self._run(conn, "get_run", (run_id,)).fetchone()
@@ -594,12 +618,43 @@ class Store:
         """Runs as `query` (the parameters of list_runs, by name) selects them."""
         return [Run.from_row(r) for r in self._run(conn, "list_runs", query)]
 
+    def run_steps(self, conn: psycopg.Connection[Any], run_id: str) -> list[StepInfo]:
+        return [StepInfo.from_row(r) for r in self._run(conn, "run_steps", (run_id,))]
+
+    def doctor_facts(self, conn: psycopg.Connection[Any]) -> Any:
+        """The facts `doctor` judges, by name (see queries.sql)."""
+        return self._run(conn, "doctor_facts", rows=namedtuple_row).fetchone()
+
     def replay_run(
-        self, conn: psycopg.Connection[Any], run_id: str, retries: int, options: dict[str, Any]
+        self, conn: psycopg.Connection[Any], run_id: str, retries: int,
+        options: dict[str, Any] | None,
     ) -> str | None:
         row = self._run(conn, "replay_run", {
-            "run": run_id, "retries": retries, "options": json.dumps(options)}).fetchone()
+            "run": run_id, "retries": retries, "options": _json_or_null(options)}).fetchone()
         return None if row is None else str(row[0])
+
+    def fork_run(
+        self, conn: psycopg.Connection[Any], run_id: str, from_step: str, retries: int,
+        options: dict[str, Any] | None, event: dict[str, Any] | None,
+    ) -> str:
+        """Raises psycopg.errors.NoDataFound for an unknown run or step."""
+        return str(self._one(conn, "fork_run", {
+            "run": run_id, "from_step": from_step, "retries": retries,
+            "options": _json_or_null(options), "event": _json_or_null(event)}))
+
+    def audit(
+        self, conn: psycopg.Connection[Any], action: str, run_ids: Sequence[str], who: str | None,
+        details: Sequence[dict[str, Any] | None] | None = None,
+    ) -> None:
+        """Log operator actions; `who` None: the database user."""
+        details = details or [None] * len(run_ids)
+        self._run(conn, "audit", {"action": action, "runs": list(run_ids), "who": who,
+                                  "details": [_json_or_null(d) for d in details]})
+
+    def registered_retries(self, conn: psycopg.Connection[Any], function_id: str) -> int | None:
+        """The retries of a function as the last worker serving it recorded them."""
+        row = self._run(conn, "registered_retries", (function_id,)).fetchone()
+        return None if row is None else int(row[0])
 
     def event(self, conn: psycopg.Connection[Any], event_id: str) -> Event | None:
         row = self._run(conn, "event", (event_id,)).fetchone()

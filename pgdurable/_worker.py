@@ -41,6 +41,7 @@ from ._events import Event, PreparedEvent
 from ._floor import DueFloor
 from ._functions import FunctionDef, start_options
 from ._journal import Journal
+from ._registry import describe
 from ._replay import FRESH, RunState
 from ._retention import BACKGROUND_DUTY, Policies, Pruner
 from ._retries import Backoff, error_json, gives_up, retry_time
@@ -50,6 +51,7 @@ from ._steps import AsyncStep, Step
 from ._store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec, is_transient
 from ._vacuum import CHECK_EVERY as VACUUM_CHECK
 from ._vacuum import HotVacuum
+from ._version import __version__
 from .errors import ConfigurationError, RetryAfterError, StepError
 
 INVOKED_EVENT = "pgdurable/invoked"  # the event of a run started by step.invoke
@@ -128,6 +130,17 @@ class Worker:
         self._store.register_failure_handlers(conn, self.function_ids, handlers)
         self._scheduler.register(conn, self.function_ids)
         self._settings.policies.record(self._store, conn)
+        self._store.register_functions(conn, self.id, [describe(f) for f in self._functions.values()])
+        self._store.worker_seen(conn, self._presence(starting=True))
+
+    def _presence(self, *, starting: bool = False) -> dict[str, Any]:
+        """This worker's row of `workers`, as its heartbeat writes it."""
+        with self._held_lock:
+            held = len(self._held)
+        return {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
+                "version": __version__,
+                "functions": list(self.function_ids), "threads": self._settings.threads,
+                "lease": self._settings.lease, "runs_held": held, "starting": starting}
 
     def start(self) -> None:
         self._journal.start()
@@ -164,6 +177,11 @@ class Worker:
         self._prober.stop(1.0)
         for thread in self._workers:
             thread.join(1.0)
+        try:
+            with self._pool.connection() as conn:
+                self._store.worker_stopped(conn, self.id)
+        except psycopg.Error as exc:  # its row ages out (shown not live) instead
+            log.warning("worker %s could not remove its row from the workers table: %s", self.id, exc)
         log.info("worker %s stopped", self.id)
 
     def _join(self, kind: str, deadline: float) -> None:
@@ -380,6 +398,8 @@ class Worker:
         interval = self._settings.lease.total_seconds() / 3
         while not self._stopping.wait(interval):
             self._check_schema()  # also heard at once by the listener, where there is one
+            self._with_db("record the heartbeat", lambda conn: self._store.worker_seen(
+                conn, self._presence()))
             with self._held_lock:
                 leases = [(s.claimed.id, s.claimed.token) for s in self._held.values()]
             if not leases:

@@ -21,6 +21,10 @@ class PayloadTooLargeError(InvalidEventError):
     """An event's serialized data is over the configured limit."""
 
 
+class NotFoundError(DurableError, LookupError):
+    """The run, event or step asked for does not exist (or was pruned)."""
+
+
 class SerializationError(DurableError, TypeError):
     """A value could not be serialized to JSON (event data, step output)."""
 

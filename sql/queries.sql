@@ -108,7 +108,8 @@ SELECT * FROM {schema}.heartbeat(%s::uuid[], %s::bigint[], %s::interval);
 SELECT {schema}.cancel_run(%s::uuid);
 
 -- name: cancel_runs
-SELECT {schema}.cancel_runs(%s, %s, %s);
+SELECT {schema}.cancel_runs(%(function)s, %(since)s, %(until)s, %(runs)s::uuid[],
+                            coalesce(%(who)s, session_user));
 
 -- name: register_wait
 SELECT * FROM {schema}.register_wait(%s::uuid, %s, %s, %s, %s::text[], %s::text[], %s::jsonb,
@@ -169,12 +170,12 @@ SELECT {schema}.start_due_debounces(%s::text[], %s::interval);
 
 -- name: get_run
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
-       created_at, started_at, finished_at
+       created_at, started_at, finished_at, forked_from
 FROM {schema}.run_state WHERE id = %s::uuid;
 
 -- name: runs_for_event
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
-       created_at, started_at, finished_at
+       created_at, started_at, finished_at, forked_from
 FROM {schema}.run_state
 WHERE event_ids[1] = %(event)s OR (cardinality(event_ids) > 1 AND event_ids @> ARRAY[%(event)s])
 ORDER BY created_at, id;
@@ -184,7 +185,7 @@ ORDER BY created_at, id;
 -- the last id of the page before. since/until bound the ids, which are the
 -- partitions' key, so only the partitions of that time are read.
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
-       created_at, started_at, finished_at
+       created_at, started_at, finished_at, forked_from
 FROM {schema}.run_state
 WHERE (%(function)s::text IS NULL OR function_id = %(function)s)
   AND (%(status)s::text IS NULL OR status = %(status)s)
@@ -196,10 +197,22 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: replay_run
+-- Without options (the function's code is not loaded): those the run was started with.
 SELECT {schema}.start_run(function_id, event_ids, %(retries)s, parent_run_id,
-                         %(options)s::jsonb),
+                         coalesce(%(options)s::jsonb, options)),
        pg_notify('{channel}', '')
 FROM {schema}.runs WHERE id = %(run)s::uuid;
+
+-- name: fork_run
+SELECT {schema}.fork_run(%(run)s::uuid, %(from_step)s, %(retries)s, %(options)s::jsonb,
+                         %(event)s::jsonb);
+
+-- name: audit
+SELECT FROM {schema}.audit(%(action)s, %(runs)s::uuid[], coalesce(%(who)s, session_user),
+                           %(details)s::jsonb[]);
+
+-- name: registered_retries
+SELECT retries FROM {schema}.function_registry WHERE function_id = %s;
 
 -- name: event
 SELECT {schema}.event_doc(e) FROM {schema}.events e WHERE e.id = %s;
@@ -360,7 +373,8 @@ RESET vacuum_cost_delay;
 -- name: vacuum_history
 -- After a prune that deleted rows: their space is free for new rows again
 -- (where autovacuum is off, or slow to come). Not prepared: a utility statement.
-VACUUM {schema}.events, {schema}.event_refs, {schema}.rls_audit_log, {schema}.run_keys,
+VACUUM {schema}.events, {schema}.event_refs, {schema}.rls_audit_log,
+       {schema}.operator_audit_log, {schema}.run_keys,
        {schema}.rate_limits, {schema}.runs_kept, {schema}.results_kept, {schema}.steps_kept;
 
 -- name: hot_dead_tuples
@@ -374,3 +388,73 @@ WHERE s.relid IN (to_regclass('{schema}.queue'), to_regclass('{schema}.waits'))
 -- Not prepared: a utility statement. SKIP_LOCKED: another VACUUM (a
 -- worker's, autovacuum) at it already.
 VACUUM (SKIP_LOCKED) {schema}.queue, {schema}.waits;
+
+-- name: register_functions
+-- A worker's functions as it describes them (_registry.describe), for operators.
+INSERT INTO {schema}.function_registry AS f
+    (function_id, events, cron, timezone, retries, options, worker_id)
+SELECT d.id, d.events, d.cron, d.timezone, d.retries, d.options, %(worker)s
+FROM jsonb_to_recordset(%(functions)s::jsonb)
+     AS d(id text, events text[], cron text, timezone text, retries int, options jsonb)
+ON CONFLICT (function_id) DO UPDATE
+    SET events = excluded.events, cron = excluded.cron, timezone = excluded.timezone,
+        retries = excluded.retries, options = excluded.options, worker_id = excluded.worker_id,
+        registered_at = now();
+
+-- name: worker_seen
+-- A worker's heartbeat (its first one makes its row); rows of workers not
+-- seen for a day (they died) go.
+WITH dead AS (
+    DELETE FROM {schema}.workers WHERE last_seen_at < now() - interval '1 day' AND %(starting)s
+)
+INSERT INTO {schema}.workers AS w (id, host, pid, version, functions, threads, lease, runs_held)
+VALUES (%(id)s, %(host)s, %(pid)s, %(version)s, %(functions)s, %(threads)s, %(lease)s,
+        %(runs_held)s)
+ON CONFLICT (id) DO UPDATE SET last_seen_at = now(), runs_held = excluded.runs_held;
+
+-- name: worker_stopped
+DELETE FROM {schema}.workers WHERE id = %s;
+
+-- name: list_functions
+SELECT f.function_id, f.events, f.cron, f.timezone, s.next_tick, f.retries, f.options,
+       f.registered_at, w.last_seen_at, coalesce(w.live, 0)
+FROM {schema}.function_registry f
+LEFT JOIN {schema}.schedules s ON s.function_id = f.function_id
+LEFT JOIN LATERAL (
+    SELECT max(x.last_seen_at) AS last_seen_at,
+           count(*) FILTER (WHERE x.last_seen_at >= now() - x.lease) AS live
+    FROM {schema}.workers x WHERE f.function_id = ANY(x.functions)) w ON true
+ORDER BY f.function_id;
+
+-- name: list_workers
+SELECT id, host, pid, version, functions, threads, runs_held, started_at, last_seen_at,
+       last_seen_at >= now() - lease
+FROM {schema}.workers
+ORDER BY started_at, id;
+
+-- name: run_steps
+SELECT step_key, position, status, attempts, output, error, started_at, finished_at
+FROM {schema}.steps WHERE run_id = %s::uuid
+ORDER BY position;
+
+-- name: doctor_facts
+-- What `doctor` judges, in one statement. Unserved: the unfinished runs of
+-- each function that no live worker serves (a scan of the queue).
+SELECT current_setting('synchronous_commit') AS synchronous_commit,
+       current_setting('autovacuum') = 'on' AS autovacuum,
+       inet_server_port() AS server_port,
+       ARRAY(SELECT c.relname::text FROM pg_class c
+             WHERE c.oid IN (to_regclass('{schema}.queue'), to_regclass('{schema}.waits'))
+               AND c.reloptions @> ARRAY['autovacuum_enabled=false']) AS autovacuum_off_tables,
+       (SELECT now() - min(q.available_at) FROM {schema}.queue q
+        WHERE q.status = 'queued' AND q.available_at <= now() AND q.blocked_key IS NULL)
+           AS oldest_ready_age,
+       (SELECT jsonb_object_agg(u.function_id, u.runs)
+        FROM (SELECT q.function_id, count(*) AS runs FROM {schema}.queue q
+              WHERE NOT EXISTS (SELECT FROM {schema}.workers w
+                                WHERE q.function_id = ANY(w.functions)
+                                  AND w.last_seen_at >= now() - w.lease)
+              GROUP BY q.function_id) u) AS unserved,
+       EXISTS (SELECT FROM {schema}.retention) AS retention_recorded,
+       (SELECT now() - p.next_due FROM {schema}.prune_log p ORDER BY p.id DESC LIMIT 1)
+           AS prune_overdue;

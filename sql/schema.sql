@@ -49,12 +49,34 @@ CREATE TABLE pgdurable.failure_handlers (
     CONSTRAINT failure_handlers_pkey PRIMARY KEY (function_id)
 );
 
+CREATE TABLE pgdurable.function_registry (
+    function_id text NOT NULL,
+    events text[] NOT NULL,
+    cron text,
+    timezone text,
+    retries integer NOT NULL,
+    options jsonb NOT NULL,
+    worker_id text NOT NULL,
+    registered_at timestamp with time zone NOT NULL DEFAULT now(),
+    CONSTRAINT function_registry_pkey PRIMARY KEY (function_id)
+);
+
 CREATE TABLE pgdurable.history_partitions (
     suffix text NOT NULL,
     lower_id uuid,
     upper_id uuid NOT NULL,
     closed_rows bigint,
     CONSTRAINT history_partitions_pkey PRIMARY KEY (suffix)
+);
+
+CREATE TABLE pgdurable.operator_audit_log (
+    id bigint NOT NULL,
+    at timestamp with time zone NOT NULL DEFAULT now(),
+    action text NOT NULL,
+    run_id uuid,
+    who text NOT NULL,
+    detail jsonb,
+    CONSTRAINT operator_audit_log_pkey PRIMARY KEY (id)
 );
 
 CREATE TABLE pgdurable.prune_log (
@@ -89,6 +111,7 @@ CREATE TABLE pgdurable.queue (
     reserved_key text,
     blocked_key text,
     throttle jsonb,
+    prefilled boolean NOT NULL DEFAULT false,
     CONSTRAINT queue_pkey PRIMARY KEY (run_id),
     CONSTRAINT queue_status_check CHECK ((status = ANY (ARRAY['queued'::text, 'running'::text, 'sleeping'::text, 'waiting'::text])))
 );
@@ -160,6 +183,8 @@ CREATE TABLE pgdurable.runs (
     event_ids text[] NOT NULL,
     parent_run_id uuid,
     created_at timestamp with time zone NOT NULL DEFAULT now(),
+    forked_from uuid,
+    options jsonb,
     CONSTRAINT runs_pkey PRIMARY KEY (id)
 ) PARTITION BY RANGE (id);
 
@@ -240,6 +265,20 @@ CREATE TABLE pgdurable.waits (
     CONSTRAINT waits_pkey PRIMARY KEY (run_id, step_key, event_name)
 );
 
+CREATE TABLE pgdurable.workers (
+    id text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    version text NOT NULL,
+    functions text[] NOT NULL,
+    threads integer NOT NULL,
+    lease interval NOT NULL,
+    runs_held integer NOT NULL DEFAULT 0,
+    started_at timestamp with time zone NOT NULL DEFAULT now(),
+    last_seen_at timestamp with time zone NOT NULL DEFAULT now(),
+    CONSTRAINT workers_pkey PRIMARY KEY (id)
+);
+
 -- indexes
 
 CREATE INDEX batch_items_fire_at ON pgdurable.batch_items USING btree (fire_at);
@@ -251,6 +290,10 @@ CREATE INDEX event_refs_run ON pgdurable.event_refs USING btree (run_id);
 CREATE INDEX events_name_received ON pgdurable.events USING btree (name, received_at DESC);
 
 CREATE INDEX events_received ON pgdurable.events USING btree (received_at);
+
+CREATE INDEX operator_audit_log_at ON pgdurable.operator_audit_log USING btree (at);
+
+CREATE INDEX operator_audit_log_run ON pgdurable.operator_audit_log USING btree (run_id);
 
 CREATE INDEX queue_available ON pgdurable.queue USING btree (available_at) WHERE (blocked_key IS NULL);
 
@@ -303,6 +346,14 @@ CREATE VIEW pgdurable.function_status AS
    FROM pgdurable.run_state
   GROUP BY run_state.function_id, run_state.status;
 
+CREATE VIEW pgdurable.operator_audit AS
+ SELECT operator_audit_log.at,
+    operator_audit_log.action,
+    operator_audit_log.run_id,
+    operator_audit_log.who,
+    operator_audit_log.detail
+   FROM pgdurable.operator_audit_log;
+
 CREATE VIEW pgdurable.queue_depth AS
  SELECT queue.function_id,
     count(*) FILTER (WHERE queue.status = 'queued'::text) AS queued,
@@ -331,7 +382,7 @@ CREATE VIEW pgdurable.retention_status AS
          SELECT t.name,
             sum(c.reltuples)::bigint AS estimated_rows,
             sum(pg_total_relation_size(c.oid::regclass))::bigint AS bytes
-           FROM unnest(ARRAY['events'::text, 'runs'::text, 'results'::text, 'steps'::text, 'rls_audit_log'::text, 'run_keys'::text, 'rate_limits'::text]) t(name)
+           FROM unnest(ARRAY['events'::text, 'runs'::text, 'results'::text, 'steps'::text, 'rls_audit_log'::text, 'operator_audit_log'::text, 'run_keys'::text, 'rate_limits'::text]) t(name)
              JOIN pg_class c ON c.oid = to_regclass('"pgdurable".'::text || t.name)::oid OR (c.oid IN ( SELECT pg_inherits.inhrelid
                    FROM pg_inherits
                   WHERE pg_inherits.inhparent = to_regclass('"pgdurable".'::text || t.name)::oid))
@@ -362,6 +413,8 @@ CREATE VIEW pgdurable.retention_status AS
              LIMIT 1)
             WHEN 'rls_audit_log'::text THEN ( SELECT min(rls_audit_log.at) AS min
                FROM pgdurable.rls_audit_log)
+            WHEN 'operator_audit_log'::text THEN ( SELECT min(operator_audit_log.at) AS min
+               FROM pgdurable.operator_audit_log)
             ELSE NULL::timestamp with time zone
         END AS oldest,
     ( SELECT last_prune.finished_at
@@ -394,7 +447,8 @@ CREATE VIEW pgdurable.run_state AS
     COALESCE(res.started_at, q.started_at) AS started_at,
     res.finished_at,
     res.worker_id,
-    e.name AS event_name
+    e.name AS event_name,
+    r.forked_from
    FROM pgdurable.runs r
      LEFT JOIN pgdurable.queue q ON q.run_id = r.id
      LEFT JOIN pgdurable.results res ON res.run_id = r.id
@@ -710,6 +764,16 @@ END
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgdurable.audit(p_action text, p_runs uuid[], p_who text, p_details jsonb[])
+ RETURNS void
+ LANGUAGE sql
+AS $function$
+    INSERT INTO "pgdurable".operator_audit_log (action, run_id, who, detail)
+    SELECT p_action, a.run_id, p_who, a.detail
+    FROM unnest(p_runs, p_details) AS a(run_id, detail);
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.cancel_run(p_run uuid)
  RETURNS boolean
  LANGUAGE sql
@@ -718,13 +782,23 @@ AS $function$
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.cancel_runs(p_function text, p_from timestamp with time zone, p_to timestamp with time zone)
+CREATE OR REPLACE FUNCTION pgdurable.cancel_runs(p_function text, p_from timestamp with time zone, p_to timestamp with time zone, p_runs uuid[], p_who text)
  RETURNS integer
- LANGUAGE sql
+ LANGUAGE plpgsql
 AS $function$
-    SELECT "pgdurable".cancel_set(ARRAY(
-        SELECT q.run_id FROM "pgdurable".queue q JOIN "pgdurable".runs r ON r.id = q.run_id
-        WHERE q.function_id = p_function AND r.created_at >= p_from AND r.created_at < p_to));
+DECLARE
+    v_runs uuid[];
+BEGIN
+    IF p_function IS NULL THEN
+        v_runs := ARRAY(SELECT q.run_id FROM "pgdurable".queue q WHERE q.run_id = ANY(p_runs));
+    ELSE
+        v_runs := ARRAY(
+            SELECT q.run_id FROM "pgdurable".queue q JOIN "pgdurable".runs r ON r.id = q.run_id
+            WHERE q.function_id = p_function AND r.created_at >= p_from AND r.created_at < p_to);
+    END IF;
+    PERFORM "pgdurable".audit('cancel', v_runs, p_who, NULL);
+    RETURN "pgdurable".cancel_set(v_runs);
+END
 $function$
 ;
 
@@ -838,8 +912,8 @@ BEGIN
                      unnest(r.event_ids[2:]) WITH ORDINALITY AS k(eid, ord)
                 JOIN "pgdurable".events m ON m.id = k.eid
                 WHERE r.id = c.run_id) END,
-           -- started in an earlier transaction: it ran before, so its journal counts
-           CASE WHEN c.started_at <> now() THEN
+           -- started in an earlier transaction (it ran before), or a fork: it has a journal
+           CASE WHEN c.started_at <> now() OR c.prefilled THEN
                (SELECT jsonb_object_agg(s.step_key, jsonb_build_object(
                            'status', s.status, 'output', s.output, 'error', s.error,
                            'attempts', s.attempts, 'position', s.position))
@@ -922,15 +996,20 @@ CREATE OR REPLACE FUNCTION pgdurable.delete_audit(p_as_of timestamp with time zo
  RETURNS bigint
  LANGUAGE sql
 AS $function$
-    WITH gone AS (
+    WITH cutoff AS (
+        SELECT p_as_of - audit AS at FROM "pgdurable".retention WHERE function_id = ''
+    ), rls AS (
         DELETE FROM "pgdurable".rls_audit_log a
-        WHERE a.id IN (SELECT a.id FROM "pgdurable".rls_audit_log a
-                       WHERE a.at <= p_as_of - (SELECT audit FROM "pgdurable".retention
-                                                WHERE function_id = '')
-                       ORDER BY a.at LIMIT p_limit)
+        WHERE a.id IN (SELECT a.id FROM "pgdurable".rls_audit_log a, cutoff c
+                       WHERE a.at <= c.at ORDER BY a.at LIMIT p_limit)
+        RETURNING 1
+    ), operators AS (
+        DELETE FROM "pgdurable".operator_audit_log a
+        WHERE a.id IN (SELECT a.id FROM "pgdurable".operator_audit_log a, cutoff c
+                       WHERE a.at <= c.at ORDER BY a.at LIMIT p_limit)
         RETURNING 1
     )
-    SELECT count(*) FROM gone;
+    SELECT (SELECT count(*) FROM rls) + (SELECT count(*) FROM operators);
 $function$
 ;
 
@@ -1332,6 +1411,50 @@ AS $function$
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgdurable.fork_run(p_run uuid, p_from_step text, p_retries integer, p_options jsonb, p_event jsonb)
+ RETURNS uuid
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_source "pgdurable".runs;
+    v_position int;
+    v_events text[];
+    v_run uuid;
+BEGIN
+    SELECT * INTO v_source FROM "pgdurable".runs WHERE id = p_run;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no run with id %', p_run USING ERRCODE = 'no_data_found';
+    END IF;
+    SELECT s.position INTO v_position FROM "pgdurable".steps s
+    WHERE s.run_id = p_run AND s.step_key = p_from_step;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % has no step %', p_run, quote_literal(p_from_step)
+        USING ERRCODE = 'no_data_found',
+              HINT = 'its steps: ' || coalesce((SELECT string_agg(quote_literal(s.step_key), ', '
+                                                                 ORDER BY s.position)
+                                                FROM "pgdurable".steps s WHERE s.run_id = p_run),
+                                               'none');
+    END IF;
+    v_events := v_source.event_ids;
+    IF p_event IS NOT NULL THEN
+        INSERT INTO "pgdurable".events (id, name, data, ts)
+        VALUES (p_event ->> 'id', p_event ->> 'name', p_event -> 'data', now());
+        v_events[1] := p_event ->> 'id';
+    END IF;
+    v_run := "pgdurable".start_run(v_source.function_id, v_events, p_retries, NULL,
+                               coalesce(p_options, v_source.options), p_fork_of => p_run);
+    INSERT INTO "pgdurable".steps (run_id, step_key, position, status, output, error, attempts,
+                                started_at, finished_at, event_id)
+    SELECT v_run, s.step_key, s.position, s.status, s.output, s.error, s.attempts,
+           s.started_at, s.finished_at, s.event_id
+    FROM "pgdurable".steps s
+    WHERE s.run_id = p_run AND s.position < v_position AND s.status IN ('completed', 'failed');
+    PERFORM pg_notify('pgdurable_pgdurable', '');
+    RETURN v_run;
+END
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.full_key(p_slot_keys text[], p_slot_limits integer[], p_reserved_key text, p_keys text[], p_used integer[], p_reserved integer[])
  RETURNS text
  LANGUAGE plpgsql
@@ -1629,6 +1752,16 @@ END
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgdurable.restart_options(p_options jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    SELECT nullif(p_options - ARRAY['idempotency', 'rate_limit', 'singleton', 'batch', 'debounce'],
+                  '{}');
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.rls_context(p_kind text, p_tag text, p_user text, p_run uuid, p_function text, p_step text, p_setting text, p_value text)
  RETURNS void
  LANGUAGE plpgsql
@@ -1854,7 +1987,7 @@ END
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.start_run(p_function text, p_events text[], p_retries integer, p_parent uuid DEFAULT NULL::uuid, p_options jsonb DEFAULT NULL::jsonb, p_window interval DEFAULT NULL::interval)
+CREATE OR REPLACE FUNCTION pgdurable.start_run(p_function text, p_events text[], p_retries integer, p_parent uuid DEFAULT NULL::uuid, p_options jsonb DEFAULT NULL::jsonb, p_window interval DEFAULT NULL::interval, p_fork_of uuid DEFAULT NULL::uuid)
  RETURNS uuid
  LANGUAGE plpgsql
 AS $function$
@@ -1868,8 +2001,8 @@ BEGIN
             RETURN NULL;
         END IF;
     END IF;
-    INSERT INTO "pgdurable".runs (id, function_id, event_ids, parent_run_id)
-    VALUES (v_run, p_function, p_events, p_parent);
+    INSERT INTO "pgdurable".runs (id, function_id, event_ids, parent_run_id, forked_from, options)
+    VALUES (v_run, p_function, p_events, p_parent, p_fork_of, "pgdurable".restart_options(p_options));
     INSERT INTO "pgdurable".event_refs (event_id, run_id)  -- see expired_events
     SELECT DISTINCT e, v_run FROM unnest(p_events) AS e;
     IF v_verdict <> '"run"' THEN  -- rate limited, or a singleton in progress
@@ -1878,10 +2011,10 @@ BEGIN
         RETURN v_run;
     END IF;
     INSERT INTO "pgdurable".queue (run_id, function_id, event_id, event_count, available_at, retries,
-                                slot_keys, slot_limits, throttle)
+                                slot_keys, slot_limits, throttle, prefilled)
     VALUES (v_run, p_function, p_events[1], cardinality(p_events),
             "pgdurable".flow_due(now(), p_options), p_retries, "pgdurable".flow_keys(p_options),
-            "pgdurable".flow_limits(p_options), p_options -> 'throttle');
+            "pgdurable".flow_limits(p_options), p_options -> 'throttle', p_fork_of IS NOT NULL);
     IF p_options ? 'cancels' THEN
         PERFORM "pgdurable".listen_for_cancels(ARRAY[v_run], ARRAY[p_options -> 'cancels']);
     END IF;
@@ -1918,8 +2051,8 @@ BEGIN
               WHERE jsonb_array_length(r) > 3 AND e.id = ANY(p_inserted)) p
         ORDER BY p.idx
     ), new_runs AS (
-        INSERT INTO "pgdurable".runs (id, function_id, event_ids)
-        SELECT id, fn, ARRAY[event_id] FROM planned
+        INSERT INTO "pgdurable".runs (id, function_id, event_ids, options)
+        SELECT id, fn, ARRAY[event_id], "pgdurable".restart_options(options) FROM planned
         WHERE batch IS NULL AND debounce IS NULL AND verdict <> '"duplicate"'
     ), queued AS (
         INSERT INTO "pgdurable".queue (run_id, function_id, event_id, available_at, retries,

@@ -18,6 +18,7 @@ sys.path.insert(0, str(EXAMPLES))
 
 import clips  # noqa: E402
 import context_files  # noqa: E402
+import fork_fix  # noqa: E402
 import notifications  # noqa: E402
 import onboarding  # noqa: E402
 import receipts  # noqa: E402
@@ -140,3 +141,17 @@ def test_notifications_batch_cancel_fail_and_tick(dsn: str, schema: str) -> None
          "reason": "step 'call-bank' failed: NonRetriableError: card declined"},
         {"to": "ann", "kind": "trial-over"},
     ]
+
+
+def test_fork_fix_goes_on_from_the_failed_step(dsn: str, schema: str) -> None:
+    app, calls, fixed = fork_fix.build(dsn, schema)
+    try:
+        app.migrate()
+        app.start(threads=2, poll_interval=0.2)
+        failed, forked = fork_fix.fail_then_fork(app, fixed)
+    finally:
+        app.stop()
+    assert failed.status == "failed" and failed.error is not None
+    assert "could not convert string to float" in failed.error.message
+    assert (forked.status, forked.output) == ("completed", {"total": 12.5})
+    assert calls == {"ocr": 1, "total": 2}

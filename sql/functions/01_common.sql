@@ -81,6 +81,16 @@ LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts);
 $$;
 
+-- restart_options: of a run's options (see send_events), what a replay or
+-- fork of it is started with (start_run's), kept in runs.options for where
+-- the function's code is not loaded: flow control and cancel_on, not
+-- admission (that is the send's alone) nor batch or debounce placement.
+CREATE FUNCTION {schema}.restart_options(p_options jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT nullif(p_options - ARRAY['idempotency', 'rate_limit', 'singleton', 'batch', 'debounce'],
+                  '{}');
+$$;
+
 -- start_run: a new run of p_function for the events p_events (the first
 -- is its triggering event), due now, with the run options p_options (see
 -- send_events): admitted (idempotency, rate limit, singleton; p_window is
@@ -88,10 +98,11 @@ $$;
 -- events from then on. Returns its id, or null if it was a duplicate (no
 -- run); a skipped run is recorded as such. Sends create their runs in sets
 -- instead (send_events: the hot path); this is for the runs started one by
--- one (children, batches, debounces, failure handlers, replays).
+-- one (children, batches, debounces, failure handlers, replays, forks).
+-- p_fork_of: the run it is a fork of, whose journal fork_run copies.
 CREATE FUNCTION {schema}.start_run(
     p_function text, p_events text[], p_retries int, p_parent uuid DEFAULT NULL,
-    p_options jsonb DEFAULT NULL, p_window interval DEFAULT NULL
+    p_options jsonb DEFAULT NULL, p_window interval DEFAULT NULL, p_fork_of uuid DEFAULT NULL
 ) RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
     v_run uuid := {schema}.uuid_v7();
@@ -103,8 +114,8 @@ BEGIN
             RETURN NULL;
         END IF;
     END IF;
-    INSERT INTO {schema}.runs (id, function_id, event_ids, parent_run_id)
-    VALUES (v_run, p_function, p_events, p_parent);
+    INSERT INTO {schema}.runs (id, function_id, event_ids, parent_run_id, forked_from, options)
+    VALUES (v_run, p_function, p_events, p_parent, p_fork_of, {schema}.restart_options(p_options));
     INSERT INTO {schema}.event_refs (event_id, run_id)  -- see expired_events
     SELECT DISTINCT e, v_run FROM unnest(p_events) AS e;
     IF v_verdict <> '"run"' THEN  -- rate limited, or a singleton in progress
@@ -113,10 +124,10 @@ BEGIN
         RETURN v_run;
     END IF;
     INSERT INTO {schema}.queue (run_id, function_id, event_id, event_count, available_at, retries,
-                                slot_keys, slot_limits, throttle)
+                                slot_keys, slot_limits, throttle, prefilled)
     VALUES (v_run, p_function, p_events[1], cardinality(p_events),
             {schema}.flow_due(now(), p_options), p_retries, {schema}.flow_keys(p_options),
-            {schema}.flow_limits(p_options), p_options -> 'throttle');
+            {schema}.flow_limits(p_options), p_options -> 'throttle', p_fork_of IS NOT NULL);
     IF p_options ? 'cancels' THEN
         PERFORM {schema}.listen_for_cancels(ARRAY[v_run], ARRAY[p_options -> 'cancels']);
     END IF;

@@ -159,8 +159,8 @@ BEGIN
               WHERE jsonb_array_length(r) > 3 AND e.id = ANY(p_inserted)) p
         ORDER BY p.idx
     ), new_runs AS (
-        INSERT INTO {schema}.runs (id, function_id, event_ids)
-        SELECT id, fn, ARRAY[event_id] FROM planned
+        INSERT INTO {schema}.runs (id, function_id, event_ids, options)
+        SELECT id, fn, ARRAY[event_id], {schema}.restart_options(options) FROM planned
         WHERE batch IS NULL AND debounce IS NULL AND verdict <> '"duplicate"'
     ), queued AS (
         INSERT INTO {schema}.queue (run_id, function_id, event_id, available_at, retries,

@@ -90,8 +90,8 @@ BEGIN
                      unnest(r.event_ids[2:]) WITH ORDINALITY AS k(eid, ord)
                 JOIN {schema}.events m ON m.id = k.eid
                 WHERE r.id = c.run_id) END,
-           -- started in an earlier transaction: it ran before, so its journal counts
-           CASE WHEN c.started_at <> now() THEN
+           -- started in an earlier transaction (it ran before), or a fork: it has a journal
+           CASE WHEN c.started_at <> now() OR c.prefilled THEN
                (SELECT jsonb_object_agg(s.step_key, jsonb_build_object(
                            'status', s.status, 'output', s.output, 'error', s.error,
                            'attempts', s.attempts, 'position', s.position))

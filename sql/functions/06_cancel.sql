@@ -52,11 +52,23 @@ CREATE FUNCTION {schema}.cancel_run(p_run uuid) RETURNS boolean LANGUAGE sql AS 
     SELECT {schema}.cancel_set(ARRAY[p_run]) > 0;
 $$;
 
--- cancel_runs: cancel the unfinished runs of a function created in
--- [p_from, p_to).
-CREATE FUNCTION {schema}.cancel_runs(p_function text, p_from timestamptz, p_to timestamptz)
-RETURNS int LANGUAGE sql AS $$
-    SELECT {schema}.cancel_set(ARRAY(
-        SELECT q.run_id FROM {schema}.queue q JOIN {schema}.runs r ON r.id = q.run_id
-        WHERE q.function_id = p_function AND r.created_at >= p_from AND r.created_at < p_to));
+-- cancel_runs: cancel the unfinished runs of p_function created in
+-- [p_from, p_to), or (p_function null) those among p_runs, logging each
+-- in operator_audit as done by p_who.
+CREATE FUNCTION {schema}.cancel_runs(
+    p_function text, p_from timestamptz, p_to timestamptz, p_runs uuid[], p_who text
+) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    v_runs uuid[];
+BEGIN
+    IF p_function IS NULL THEN
+        v_runs := ARRAY(SELECT q.run_id FROM {schema}.queue q WHERE q.run_id = ANY(p_runs));
+    ELSE
+        v_runs := ARRAY(
+            SELECT q.run_id FROM {schema}.queue q JOIN {schema}.runs r ON r.id = q.run_id
+            WHERE q.function_id = p_function AND r.created_at >= p_from AND r.created_at < p_to);
+    END IF;
+    PERFORM {schema}.audit('cancel', v_runs, p_who, NULL);
+    RETURN {schema}.cancel_set(v_runs);
+END
 $$;

@@ -8,7 +8,7 @@ SELECT r.id, r.function_id, coalesce(res.status, q.status, 'queued') AS status, 
        coalesce(res.error, q.error) AS error, coalesce(res.attempt, q.attempt, 0) AS attempt,
        r.event_ids, r.parent_run_id, r.created_at,
        coalesce(res.started_at, q.started_at) AS started_at, res.finished_at,
-       res.worker_id, e.name AS event_name
+       res.worker_id, e.name AS event_name, r.forked_from
 FROM {schema}.runs r
 LEFT JOIN {schema}.queue q ON q.run_id = r.id
 LEFT JOIN {schema}.results res ON res.run_id = r.id

@@ -293,18 +293,24 @@ BEGIN
 END
 $$;
 
--- The audit log's entries older than the app's audit retention.
+-- The audit logs' entries (RLS contexts, operators' actions) older than
+-- the app's audit retention, up to p_limit of each.
 CREATE FUNCTION {schema}.delete_audit(p_as_of timestamptz, p_limit int) RETURNS bigint
 LANGUAGE sql AS $$
-    WITH gone AS (
+    WITH cutoff AS (
+        SELECT p_as_of - audit AS at FROM {schema}.retention WHERE function_id = ''
+    ), rls AS (
         DELETE FROM {schema}.rls_audit_log a
-        WHERE a.id IN (SELECT a.id FROM {schema}.rls_audit_log a
-                       WHERE a.at <= p_as_of - (SELECT audit FROM {schema}.retention
-                                                WHERE function_id = '')
-                       ORDER BY a.at LIMIT p_limit)
+        WHERE a.id IN (SELECT a.id FROM {schema}.rls_audit_log a, cutoff c
+                       WHERE a.at <= c.at ORDER BY a.at LIMIT p_limit)
+        RETURNING 1
+    ), operators AS (
+        DELETE FROM {schema}.operator_audit_log a
+        WHERE a.id IN (SELECT a.id FROM {schema}.operator_audit_log a, cutoff c
+                       WHERE a.at <= c.at ORDER BY a.at LIMIT p_limit)
         RETURNING 1
     )
-    SELECT count(*) FROM gone;
+    SELECT (SELECT count(*) FROM rls) + (SELECT count(*) FROM operators);
 $$;
 
 -- Idempotency keys past their window, and rate-limit logs at rest (their
@@ -329,7 +335,7 @@ WITH sizes AS (
     SELECT t.name, sum(c.reltuples)::bigint AS estimated_rows,
            sum(pg_total_relation_size(c.oid))::bigint AS bytes
     FROM unnest(ARRAY['events', 'runs', 'results', 'steps', 'rls_audit_log',
-                      'run_keys', 'rate_limits']) AS t(name)
+                      'operator_audit_log', 'run_keys', 'rate_limits']) AS t(name)
     JOIN pg_class c ON c.oid = to_regclass('{schema}.' || t.name)
                     OR c.oid IN (SELECT inhrelid FROM pg_inherits
                                  WHERE inhparent = to_regclass('{schema}.' || t.name))
@@ -345,6 +351,7 @@ SELECT s.name AS table_name, greatest(s.estimated_rows, 0) AS estimated_rows, s.
            WHEN 'results' THEN (SELECT min(finished_at) FROM {schema}.results)
            WHEN 'steps' THEN (SELECT {schema}.uuid_time(run_id) FROM {schema}.steps ORDER BY run_id LIMIT 1)
            WHEN 'rls_audit_log' THEN (SELECT min(at) FROM {schema}.rls_audit_log)
+           WHEN 'operator_audit_log' THEN (SELECT min(at) FROM {schema}.operator_audit_log)
        END AS oldest,
        (SELECT finished_at FROM last_prune) AS last_pruned_at,
        (SELECT next_due FROM last_prune) AS next_prune_due

@@ -9,7 +9,7 @@ marks a line that must NOT type-check: with `warn_unused_ignores` (part of
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, assert_type
+from typing import Any, Literal, assert_type
 
 import psycopg
 from pydantic import BaseModel
@@ -28,6 +28,7 @@ from pgdurable import (
     Run,
     RunStatus,
     Singleton,
+    StepInfo,
     Throttle,
     Timeouts,
 )
@@ -177,6 +178,13 @@ def manage() -> None:
     assert_type(app.list_runs(after=page[-1].id), list[Run])
     assert_type(app.list_events(name="receipt/uploaded"), list[Event])
     app.list_runs(since="yesterday")  # type: ignore[arg-type]
+    assert_type(app.fork(run.id, from_step="ocr", data={"file_key": "k2"}, actor="ops"), str)
+    assert_type(run.forked_from, str | None)
+    assert_type(app.get_steps(run.id), list[StepInfo])
+    assert_type(app.list_functions()[0].next_tick, datetime | None)
+    assert_type(app.list_workers()[0].live, bool)
+    assert_type([c.verdict for c in app.doctor()], list[Literal["ok", "warning", "problem"]])
+    app.fork(run.id, from_step=3)  # type: ignore[arg-type]
     if run.status == "completed":
         assert_type(run.output, Any)
     app.send("e", 1)  # type: ignore[arg-type]

@@ -1,0 +1,3 @@
+"""The version of the pgdurable library."""
+
+__version__ = "0.1.0"
