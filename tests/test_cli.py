@@ -10,14 +10,18 @@ import time
 import pytest
 
 ARGUMENTS = [
-    (["worker", "procapp:app", "--threads", "0"], "--threads: 0 is out of range"),
-    (["worker", "procapp:app", "--threads", "many"], "'many' is not a whole number"),
-    (["worker", "procapp:app", "--prefetch", "-5"], "--prefetch: -5 is out of range"),
-    (["worker", "procapp:app", "--shutdown-timeout", "-1"], "-1 must be 0 or more seconds"),
+    (["worker", "procapp:app", "--threads", "0"], "'--threads': 0 is not in the range 1<=x<=256"),
+    (["worker", "procapp:app", "--threads", "many"], "'many' is not a valid integer"),
+    (["worker", "procapp:app", "--prefetch", "-5"], "'--prefetch': -5 is not in the range x>=0"),
+    (["worker", "procapp:app", "--shutdown-timeout", "-1"], "-1.0 is not in the range x>=0"),
     (["worker", "nosuchmod:app"], "cannot import 'nosuchmod'"),
     (["worker", "nocolon"], "expected module.path:attribute"),
     (["migrate", "--dsn", "notadsn"], "'notadsn' is not a PostgreSQL connection string"),
-    (["--log-level", "bogus", "migrate"], "invalid choice: 'BOGUS'"),
+    (["--log-level", "bogus", "migrate"], "'bogus' is not one of 'debug'"),
+    (["runs", "list", "--since", "yesterday"], "neither an ISO 8601 time nor a duration"),
+    (["runs", "list", "--status", "lost"], "'lost' is not one of 'queued'"),
+    (["runs", "fork", "r", "--from-step", "ocr", "--data", "{", "--dsn", "host=nowhere"],
+     "--data: not JSON"),
 ]
 
 

@@ -17,7 +17,7 @@ from django.db import connections
 
 from ..._app import Durable
 from ..._events import Event
-from ...cli import load_app
+from ...cli.admin import load_app
 from ...errors import ConfigurationError
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from pgdurable.cli import load_app, run_worker
+from pgdurable.cli.admin import load_app, run_worker
 from pgdurable.integrations.django import durable_app
 
 
