@@ -419,13 +419,15 @@ class Durable:
     def list_runs(
         self, *, function: str | None = None, status: str | None = None,
         event: str | None = None, since: datetime | None = None, until: datetime | None = None,
-        limit: int = 100, after: str | None = None,
+        limit: int = 100, after: str | None = None, parent: str | None = None,
+        forked_from: str | None = None,
     ) -> list[Run]:
         """Runs, newest first, `limit` at a time: for the next page, pass the
         id of the last run of this one as `after`. Filters: `function`,
-        `status`, `event` (an event's id or name: the runs it triggered), and
+        `status`, `event` (an event's id or name: the runs it triggered),
         `since`/`until` (created in [since, until), by the time in the run's
-        id, to the millisecond)."""
+        id, to the millisecond), `parent` (the runs it invoked) and
+        `forked_from` (its forks)."""
         if status is not None and status not in get_args(RunStatus):
             raise ConfigurationError(
                 f"list_runs: status {status!r} is not one of {', '.join(get_args(RunStatus))}")
@@ -433,6 +435,8 @@ class Durable:
             "function": function, "status": status, "event": event,
             "since": _maybe_aware(since, "since"), "until": _maybe_aware(until, "until"),
             "limit": _positive(limit, "limit"), "after": None if after is None else _run_id(after),
+            "parent": None if parent is None else _run_id(parent),
+            "fork_of": None if forked_from is None else _run_id(forked_from),
         }
         with self._pooled() as conn:
             return self._store.list_runs(conn, query)

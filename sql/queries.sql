@@ -37,19 +37,24 @@ WITH gone AS (DELETE FROM {schema}.schema_functions)
 INSERT INTO {schema}.schema_functions (checksum, revision) VALUES (%s, %s);
 
 -- name: drop_functions
+-- Each statement is written before any runs: a DROP ... CASCADE may take
+-- others of the list with it (a function returning a view's rows goes with
+-- the view), whose names could no longer be read then.
 DO $$
 DECLARE
     v_ddl text;
 BEGIN
-    FOR v_ddl IN
-        SELECT format('DROP VIEW IF EXISTS %s CASCADE', c.oid::regclass) FROM pg_class c
-        WHERE c.relnamespace = '{schema}'::regnamespace AND c.relkind = 'v'
-        UNION ALL
-        SELECT format('DROP FUNCTION IF EXISTS %s CASCADE', p.oid::regprocedure) FROM pg_proc p
-        WHERE p.pronamespace = '{schema}'::regnamespace
-        UNION ALL  -- after the functions that return them
-        SELECT format('DROP TYPE IF EXISTS %s CASCADE', c.reltype::regtype) FROM pg_class c
-        WHERE c.relnamespace = '{schema}'::regnamespace AND c.relkind = 'c'
+    FOREACH v_ddl IN ARRAY ARRAY(
+        SELECT d.ddl FROM (
+            SELECT 1 AS rank, format('DROP VIEW IF EXISTS %s CASCADE', c.oid::regclass) AS ddl
+            FROM pg_class c WHERE c.relnamespace = '{schema}'::regnamespace AND c.relkind = 'v'
+            UNION ALL
+            SELECT 2, format('DROP FUNCTION IF EXISTS %s CASCADE', p.oid::regprocedure)
+            FROM pg_proc p WHERE p.pronamespace = '{schema}'::regnamespace
+            UNION ALL  -- after the functions that return them
+            SELECT 3, format('DROP TYPE IF EXISTS %s CASCADE', c.reltype::regtype)
+            FROM pg_class c WHERE c.relnamespace = '{schema}'::regnamespace AND c.relkind = 'c'
+        ) d ORDER BY d.rank)
     LOOP
         EXECUTE v_ddl;
     END LOOP;
@@ -186,15 +191,10 @@ ORDER BY created_at, id;
 -- partitions' key, so only the partitions of that time are read.
 SELECT id, function_id, status, output, error, attempt, event_ids, parent_run_id,
        created_at, started_at, finished_at, forked_from
-FROM {schema}.run_state
-WHERE (%(function)s::text IS NULL OR function_id = %(function)s)
-  AND (%(status)s::text IS NULL OR status = %(status)s)
-  AND (%(event)s::text IS NULL OR event_name = %(event)s OR %(event)s = ANY(event_ids))
-  AND id < coalesce(least(%(after)s::uuid, {schema}.uuid_at(%(until)s::timestamptz)),
-                    'ffffffff-ffff-ffff-ffff-ffffffffffff')
-  AND id >= coalesce({schema}.uuid_at(%(since)s::timestamptz), '00000000-0000-0000-0000-000000000000')
-ORDER BY id DESC
-LIMIT %(limit)s;
+FROM {schema}.list_runs(%(function)s, %(status)s, %(event)s, %(parent)s::uuid, %(fork_of)s::uuid,
+                        {schema}.uuid_at(%(since)s::timestamptz),
+                        least(%(after)s::uuid, {schema}.uuid_at(%(until)s::timestamptz)),
+                        %(limit)s);
 
 -- name: replay_run
 -- Without options (the function's code is not loaded): those the run was started with.

@@ -301,15 +301,21 @@ CREATE INDEX queue_blocked ON pgdurable.queue USING btree (blocked_key, availabl
 
 CREATE INDEX results_finished ON ONLY pgdurable.results USING btree (finished_at);
 
+CREATE INDEX results_not_completed ON ONLY pgdurable.results USING btree (status, run_id) WHERE (status <> 'completed'::text);
+
 CREATE INDEX rls_audit_log_at ON pgdurable.rls_audit_log USING btree (at);
 
 CREATE INDEX rls_audit_log_run ON pgdurable.rls_audit_log USING btree (run_id) WHERE (run_id IS NOT NULL);
 
 CREATE INDEX runs_first_event ON ONLY pgdurable.runs USING btree ((event_ids[1]));
 
-CREATE INDEX runs_function_created ON ONLY pgdurable.runs USING btree (function_id, created_at DESC);
+CREATE INDEX runs_forked_from ON ONLY pgdurable.runs USING btree (forked_from) WHERE (forked_from IS NOT NULL);
+
+CREATE INDEX runs_function_id ON ONLY pgdurable.runs USING btree (function_id, id);
 
 CREATE INDEX runs_many_events ON ONLY pgdurable.runs USING gin (event_ids) WHERE (cardinality(event_ids) > 1);
+
+CREATE INDEX runs_parent ON ONLY pgdurable.runs USING btree (parent_run_id) WHERE (parent_run_id IS NOT NULL);
 
 CREATE INDEX singletons_run ON pgdurable.singletons USING btree (run_id);
 
@@ -759,6 +765,8 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s.send_events(jsonb, jsonb, interval) TO %I',
                        '"pgdurable"', v_role);
         EXECUTE format('GRANT SELECT ON %s.run_state TO %I', '"pgdurable"', v_role);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s.list_runs(text, text, text, uuid, uuid, '
+                       'uuid, uuid, int) TO %I', '"pgdurable"', v_role);
     END LOOP;
 END
 $function$
@@ -1564,6 +1572,49 @@ BEGIN
     WHERE run_id = p_run;
     PERFORM pg_notify('pgdurable_pgdurable', '');
     RETURN 'started';
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.list_runs(p_function text, p_status text, p_event text, p_parent uuid, p_fork_of uuid, p_from uuid, p_before uuid, p_limit integer)
+ RETURNS SETOF pgdurable.run_state
+ LANGUAGE plpgsql
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    v_event_id boolean := EXISTS (SELECT FROM "pgdurable".events e WHERE e.id = p_event);
+    v_walk text;
+BEGIN
+    v_walk := CASE
+        WHEN p_parent IS NOT NULL THEN
+            'SELECT id FROM "pgdurable".runs WHERE parent_run_id = $4'
+        WHEN p_fork_of IS NOT NULL THEN
+            'SELECT id FROM "pgdurable".runs WHERE forked_from = $5'
+        WHEN v_event_id THEN
+            'SELECT id FROM "pgdurable".runs WHERE event_ids[1] = $3 UNION '
+            'SELECT id FROM "pgdurable".runs WHERE cardinality(event_ids) > 1 AND event_ids @> ARRAY[$3]'
+        WHEN p_status IN ('failed', 'cancelled', 'skipped') THEN  -- results_not_completed
+            'SELECT run_id AS id FROM "pgdurable".results WHERE status = $2 AND status <> ''completed'''
+        WHEN p_status IN ('queued', 'running', 'sleeping', 'waiting') THEN
+            'SELECT run_id AS id FROM "pgdurable".queue WHERE status = $2'
+        WHEN p_function IS NOT NULL THEN
+            'SELECT id FROM "pgdurable".runs WHERE function_id = $1'
+        ELSE 'SELECT id FROM "pgdurable".runs'
+    END;
+    RETURN QUERY EXECUTE format(
+        'SELECT s.* FROM (%s) w JOIN "pgdurable".run_state s ON s.id = w.id
+         WHERE w.id >= $6 AND w.id < $7
+           AND ($1::text IS NULL OR s.function_id = $1)
+           AND ($2::text IS NULL OR s.status = $2)
+           AND ($3::text IS NULL OR %s)
+           AND ($4::uuid IS NULL OR s.parent_run_id = $4)
+           AND ($5::uuid IS NULL OR s.forked_from = $5)
+         ORDER BY w.id DESC LIMIT $8',
+        v_walk, CASE WHEN v_event_id THEN 'true' ELSE 's.event_name = $3' END)
+    USING p_function, p_status, p_event, p_parent, p_fork_of,
+          coalesce(p_from, '00000000-0000-0000-0000-000000000000'),
+          coalesce(p_before, 'ffffffff-ffff-ffff-ffff-ffffffffffff'), p_limit;
 END
 $function$
 ;

@@ -80,3 +80,44 @@ def test_a_claim_from_its_floor_skips_what_a_held_snapshot_keeps(
 
         from_start, from_floor = pages(None), pages(floor)
     assert from_start > 5 * from_floor, (from_start, from_floor)  # here 212 and 19 pages
+
+
+@pytest.mark.parametrize(("filters", "index"), [
+    # partitions name their copies of an index by its columns
+    ({"status": "failed"}, "_status_run_id_idx"),  # results_not_completed
+    ({"function": "rare"}, "_function_id_id_idx"),  # runs_function_id
+    ({"parent": "PARENT"}, "_parent_run_id_idx"),  # runs_parent
+    ({"forked_from": "PARENT"}, "_forked_from_idx"),  # runs_forked_from
+    ({"event": "EVENT"}, "_event_ids_idx "),  # runs_first_event
+])
+def test_a_page_of_runs_walks_the_index_of_its_filter(
+    app: Durable, db: psycopg.Connection[Any], dsn: str, filters: dict[str, str], index: str
+) -> None:
+    """Beside 20,000 completed runs, a page of the few that match reads the
+    index of its filter, not every run."""
+    s = app.schema
+    db.execute(f"INSERT INTO {s}.events (id, name, data, ts) VALUES ('ev', 'e', '{{}}', now())")
+    db.execute(f"""
+        INSERT INTO {s}.runs (id, function_id, event_ids, parent_run_id, forked_from)
+        SELECT {s}.uuid_v7(), CASE WHEN g <= 5 THEN 'rare' ELSE 'common' END,
+               ARRAY[CASE WHEN g <= 5 THEN 'ev' ELSE 'other' END],
+               CASE WHEN g <= 5 THEN '00000000-0000-7000-8000-000000000001'::uuid END,
+               CASE WHEN g <= 5 THEN '00000000-0000-7000-8000-000000000001'::uuid END
+        FROM generate_series(1, 20000) g""")
+    db.execute(f"""
+        INSERT INTO {s}.results (run_id, status, attempt)
+        SELECT id, CASE WHEN function_id = 'rare' THEN 'failed' ELSE 'completed' END, 0
+        FROM {s}.runs""")
+    db.execute(f"ANALYZE {s}.runs, {s}.results")
+    value = {"PARENT": "00000000-0000-7000-8000-000000000001", "EVENT": "ev"}
+    query = {k: value.get(v, v) for k, v in filters.items()}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        plans = plans_of(conn, lambda: internals(app).store.list_runs(conn, {
+            "function": None, "status": None, "event": None, "parent": None, "fork_of": None,
+            "since": None, "until": None, "after": None, "limit": 3,
+            **{("fork_of" if k == "forked_from" else k): v for k, v in query.items()}}))
+    assert len(app.list_runs(**query, limit=10)) == 5  # type: ignore[arg-type]
+    walk = next(plan for plan in plans.split("Query Text:") if "ORDER BY w.id DESC" in plan)
+    assert index in walk, walk
+    # only the empty partitions (of tomorrow, and _kept) are read whole
+    assert all("cost=0.00..0.00 " in line for line in walk.splitlines() if "Seq Scan" in line), walk

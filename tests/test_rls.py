@@ -343,16 +343,17 @@ def test_no_function_that_runs_as_the_owner_is_open_to_the_sender_role_or_public
 ) -> None:
     """Functions that run with their owner's rights (SECURITY DEFINER) can
     do what the owner can: drop a partition of history, for one. Only the
-    worker role may call them, and the sender role send_events alone."""
+    worker role may call them, and the sender role send_events and
+    list_runs (which reads what run_state, granted to it, shows) alone."""
     rows = db.execute(
         "SELECT p.oid::regprocedure::text, has_function_privilege(%s, p.oid, 'EXECUTE'), "
         "has_function_privilege(%s, p.oid, 'EXECUTE'), has_function_privilege(%s, p.oid, 'EXECUTE') "
         "FROM pg_proc p WHERE p.pronamespace = %s::regnamespace AND p.prosecdef",
         ("pgdurable_test_sender", "pgdurable_test_worker", BYPASS_ROLE, roles.schema)).fetchall()
-    assert len(rows) >= 6  # send_events and the five of pruning
+    assert len(rows) >= 7  # send_events, list_runs and the five of pruning
+    senders = (f"{roles.schema}.send_events(", f"{roles.schema}.list_runs(")
     for name, sender, worker, other in rows:
-        assert (sender, worker, other) == (name.startswith(f"{roles.schema}.send_events("), True,
-                                           False), name
+        assert (sender, worker, other) == (name.startswith(senders), True, False), name
 
 
 def test_the_audit_names_the_step_each_context_was_opened_in(

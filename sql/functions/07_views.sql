@@ -16,6 +16,61 @@ LEFT JOIN {schema}.results res ON res.run_id = r.id
 -- the join from queries that do not
 LEFT JOIN {schema}.events e ON e.id = r.event_ids[1];
 
+-- list_runs: the runs app.list_runs selects, newest first by id: below
+-- p_before, from p_from (ids of times), up to p_limit. The ids are walked
+-- in the index of the most selective filter given (a parent, a fork source,
+-- an event id, a status other than completed, a function; else all runs),
+-- and the other filters checked on each: a page reads the rows of that
+-- index from p_before down until it is full. An event name (not an id) has
+-- no index of its own: it is checked on each run's first event as another
+-- filter's index (or all runs) is walked.
+CREATE FUNCTION {schema}.list_runs(
+    p_function text, p_status text, p_event text, p_parent uuid, p_fork_of uuid,
+    p_from uuid, p_before uuid, p_limit int
+) RETURNS SETOF {schema}.run_state LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_event_id boolean := EXISTS (SELECT FROM {schema}.events e WHERE e.id = p_event);
+    v_walk text;
+BEGIN
+    v_walk := CASE
+        WHEN p_parent IS NOT NULL THEN
+            'SELECT id FROM {schema}.runs WHERE parent_run_id = $4'
+        WHEN p_fork_of IS NOT NULL THEN
+            'SELECT id FROM {schema}.runs WHERE forked_from = $5'
+        WHEN v_event_id THEN
+            'SELECT id FROM {schema}.runs WHERE event_ids[1] = $3 UNION '
+            'SELECT id FROM {schema}.runs WHERE cardinality(event_ids) > 1 AND event_ids @> ARRAY[$3]'
+        WHEN p_status IN ('failed', 'cancelled', 'skipped') THEN  -- results_not_completed
+            'SELECT run_id AS id FROM {schema}.results WHERE status = $2 AND status <> ''completed'''
+        WHEN p_status IN ('queued', 'running', 'sleeping', 'waiting') THEN
+            'SELECT run_id AS id FROM {schema}.queue WHERE status = $2'
+        WHEN p_function IS NOT NULL THEN
+            'SELECT id FROM {schema}.runs WHERE function_id = $1'
+        ELSE 'SELECT id FROM {schema}.runs'
+    END;
+    RETURN QUERY EXECUTE format(
+        'SELECT s.* FROM (%s) w JOIN {schema}.run_state s ON s.id = w.id
+         WHERE w.id >= $6 AND w.id < $7
+           AND ($1::text IS NULL OR s.function_id = $1)
+           AND ($2::text IS NULL OR s.status = $2)
+           AND ($3::text IS NULL OR %s)
+           AND ($4::uuid IS NULL OR s.parent_run_id = $4)
+           AND ($5::uuid IS NULL OR s.forked_from = $5)
+         ORDER BY w.id DESC LIMIT $8',
+        v_walk, CASE WHEN v_event_id THEN 'true' ELSE 's.event_name = $3' END)
+    USING p_function, p_status, p_event, p_parent, p_fork_of,
+          coalesce(p_from, '00000000-0000-0000-0000-000000000000'),
+          coalesce(p_before, 'ffffffff-ffff-ffff-ffff-ffffffffffff'), p_limit;
+END
+$$;
+
+-- It reads only what run_state shows, so it runs with its owner's rights
+-- for the roles that may read that view (the sender role: apply_grants).
+ALTER FUNCTION {schema}.list_runs(text, text, text, uuid, uuid, uuid, uuid, int)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION {schema}.list_runs(text, text, text, uuid, uuid, uuid, uuid, int)
+    FROM PUBLIC;
+
 CREATE VIEW {schema}.function_status AS
 SELECT function_id, status, count(*) AS runs
 FROM {schema}.run_state GROUP BY function_id, status;

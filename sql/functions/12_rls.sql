@@ -26,7 +26,8 @@ FROM {schema}.rls_audit_log;
 -- objects as they are now. A worker role reads and writes pgdurable's
 -- tables (not its bookkeeping of versions and roles) and calls its
 -- functions; a sender role only sends events (send_events, which runs with
--- its owner's rights) and reads run state (the run_state view).
+-- its owner's rights) and reads run state (the run_state view, and
+-- list_runs, which runs with its owner's rights).
 CREATE FUNCTION {schema}.apply_grants() RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_role text;
@@ -46,6 +47,8 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s.send_events(jsonb, jsonb, interval) TO %I',
                        '{schema}', v_role);
         EXECUTE format('GRANT SELECT ON %s.run_state TO %I', '{schema}', v_role);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s.list_runs(text, text, text, uuid, uuid, '
+                       'uuid, uuid, int) TO %I', '{schema}', v_role);
     END LOOP;
 END
 $$;
