@@ -2,6 +2,7 @@
 
 from ._app import Durable
 from ._context import AsyncContext, Context
+from ._counts import QueueSummary, RunCounts
 from ._doctor import Check
 from ._events import Event
 from ._options import (
@@ -19,7 +20,7 @@ from ._options import (
 from ._registry import FunctionInfo, WorkerInfo
 from ._retention import Retention
 from ._rls import as_user, rls_bypass
-from ._runs import Run, RunError, RunStatus, StepInfo
+from ._runs import Run, RunError, RunStatus, StepInfo, WaitInfo
 from ._steps import AsyncStep, Step
 from ._version import __version__ as __version__
 from .errors import (
@@ -60,11 +61,13 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "Priority",
+    "QueueSummary",
     "RateLimit",
     "Retention",
     "RetryAfterError",
     "RlsContextError",
     "Run",
+    "RunCounts",
     "RunError",
     "RunStatus",
     "SerializationError",
@@ -75,6 +78,7 @@ __all__ = [
     "StepOrderError",
     "Throttle",
     "Timeouts",
+    "WaitInfo",
     "WorkerInfo",
     "as_user",
     "rls_bypass",

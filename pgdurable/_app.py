@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from . import _serde as serde
 from ._context import AsyncContext, Context
+from ._counts import CAP, QueueSummary, RunCounts
 from ._doctor import Check, diagnose
 from ._durations import Duration, parse_duration, require_aware
 from ._events import Event, PreparedEvent, check_name, prepare
@@ -40,7 +41,7 @@ from ._replay import FRESH
 from ._retention import Policies, Progress, Pruner, Retention
 from ._retries import Backoff
 from ._rls import Rls, check_role
-from ._runs import Run, RunStatus, StepInfo
+from ._runs import Run, RunStatus, StepInfo, WaitInfo
 from ._store import PARTITIONS_AHEAD, Store, is_transient
 from ._worker import Worker, WorkerSettings
 from .errors import (
@@ -447,6 +448,24 @@ class Durable:
         with self._pooled() as conn:
             return self._store.run_steps(conn, _run_id(run_id))
 
+    def get_waits(self, run_id: str) -> list[WaitInfo]:
+        """What a sleeping or waiting run waits for (empty for others)."""
+        with self._pooled() as conn:
+            return self._store.run_waits(conn, _run_id(run_id))
+
+    def count_runs(self, since: datetime, *, cap: int = CAP) -> RunCounts:
+        """Runs created since `since`, by function and status: of the newest
+        `cap` at most (RunCounts.capped says when there were more)."""
+        with self._pooled() as conn:
+            return self._store.count_runs(conn, require_aware(since, what="since"),
+                                          _positive(cap, "cap"))
+
+    def queue_summary(self, *, cap: int = CAP) -> QueueSummary:
+        """Unfinished runs by function and status (of `cap` at most), and how
+        long the oldest run ready to start has waited."""
+        with self._pooled() as conn:
+            return self._store.queue_summary(conn, _positive(cap, "cap"))
+
     def doctor(self) -> list[Check]:
         """Check what hurts in production (schema version, durability
         settings, pooler, autovacuum, backlog, functions no worker serves,
@@ -466,6 +485,17 @@ class Durable:
         (`live` False: not seen within their lease) in the last day."""
         with self._pooled() as conn:
             return self._store.list_workers(conn)
+
+    def iter_runs(self, *, page: int = 500, **filters: Any) -> Iterator[Run]:
+        """Every run `list_runs` selects with these filters, newest first,
+        read `page` at a time (for bulk actions over a selection)."""
+        after = None
+        while True:
+            runs = self.list_runs(**filters, limit=page, after=after)
+            yield from runs
+            if len(runs) < page:
+                return
+            after = runs[-1].id
 
     def cancel(self, run_id: str, *, actor: str | None = None) -> bool:
         """Cancel a run: at once if it is not running, else at its next step

@@ -54,3 +54,20 @@ def require_aware(
             f"{what} is a naive datetime; give a timezone-aware one, e.g. datetime.now(UTC)"
         )
     return value
+
+
+def parse_moment(text: str, *, now: datetime) -> datetime:
+    """A time as people type it (the CLI, the dashboard): ISO 8601 with a
+    UTC offset, or a duration before `now` ("90m", "2d")."""
+    try:
+        return now - parse_duration(text)
+    except ConfigurationError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"{text!r} is neither an ISO 8601 time nor a duration ago such as 2h") from None
+    if parsed.tzinfo is None:
+        raise ConfigurationError(f"{text!r} has no UTC offset, e.g. +00:00")
+    return parsed

@@ -51,12 +51,11 @@ class Run:
         """Whether the run has finished (completed, failed, cancelled or skipped)."""
         return self.status in TERMINAL_STATUSES
 
-    def to_dict(self) -> dict[str, Any]:
-        """The run as JSON-ready values (ISO 8601 times), for a status endpoint."""
+    def to_dict(self, *, traceback: bool = False) -> dict[str, Any]:
+        """The run as JSON-ready values (ISO 8601 times), for a status
+        endpoint; the error's traceback only if asked (it shows code)."""
         return {"id": self.id, "function_id": self.function_id, "status": self.status,
-                "output": self.output,
-                "error": None if self.error is None else {
-                    "type": self.error.type, "message": self.error.message},
+                "output": self.output, "error": _error_dict(self.error, traceback),
                 "attempt": self.attempt, "event_ids": list(self.event_ids),
                 "parent_run_id": self.parent_run_id, "created_at": _iso(self.created_at),
                 "started_at": _iso(self.started_at), "finished_at": _iso(self.finished_at),
@@ -101,15 +100,40 @@ class StepInfo:
         return {"key": self.key, "position": self.position, "status": self.status,
                 "attempts": self.attempts, "started_at": _iso(self.started_at),
                 "finished_at": _iso(self.finished_at), "output": self.output,
-                "error": None if self.error is None else {
-                    "type": self.error.type, "message": self.error.message,
-                    "traceback": self.error.traceback}}
+                "error": _error_dict(self.error, traceback=True)}
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> StepInfo:
         key, position, status, attempts, output, error, started_at, finished_at = row
         return cls(key, position, status, attempts, output, RunError.from_json(error),
                    started_at, finished_at)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitInfo:
+    """What a parked run waits for: an event `event` (whose field `match`,
+    if any, equals `value`, and for which `condition` holds) until `until`;
+    `cancel`: the event cancels the run instead (cancel_on)."""
+
+    step_key: str
+    event: str
+    match: str | None
+    value: Any
+    condition: str | None
+    cancel: bool
+    until: datetime | None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> WaitInfo:
+        step_key, event, match, value, condition, cancel, until = row
+        return cls(step_key, event, match or None, value, condition, cancel, until)
+
+
+def _error_dict(error: RunError | None, traceback: bool) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    fields = {"type": error.type, "message": error.message}
+    return fields | {"traceback": error.traceback} if traceback else fields
 
 
 def _iso(t: datetime | None) -> str | None:

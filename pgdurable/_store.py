@@ -25,9 +25,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import RowFactory, namedtuple_row
 
+from ._counts import QueueSummary, RunCounts
 from ._events import Event, PreparedEvent
 from ._registry import FunctionInfo, WorkerInfo
-from ._runs import Run, StepInfo
+from ._runs import Run, StepInfo, WaitInfo
 from .errors import ConfigurationError, NewerSchemaError
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
@@ -620,6 +621,17 @@ class Store:
 
     def run_steps(self, conn: psycopg.Connection[Any], run_id: str) -> list[StepInfo]:
         return [StepInfo.from_row(r) for r in self._run(conn, "run_steps", (run_id,))]
+
+    def run_waits(self, conn: psycopg.Connection[Any], run_id: str) -> list[WaitInfo]:
+        return [WaitInfo.from_row(r) for r in self._run(conn, "run_waits", (run_id,))]
+
+    def count_runs(self, conn: psycopg.Connection[Any], since: datetime, cap: int) -> RunCounts:
+        rows = self._run(conn, "count_runs", {"since": since, "cap": cap})
+        return RunCounts.from_rows(rows, cap)
+
+    def queue_summary(self, conn: psycopg.Connection[Any], cap: int) -> QueueSummary:
+        rows = self._run(conn, "queue_summary", {"cap": cap}).fetchall()
+        return QueueSummary(RunCounts.from_rows(rows, cap), rows[0][3] if rows else None)
 
     def doctor_facts(self, conn: psycopg.Connection[Any]) -> Any:
         """The facts `doctor` judges, by name (see queries.sql)."""

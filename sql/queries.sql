@@ -458,3 +458,24 @@ SELECT current_setting('synchronous_commit') AS synchronous_commit,
        EXISTS (SELECT FROM {schema}.retention) AS retention_recorded,
        (SELECT now() - p.next_due FROM {schema}.prune_log p ORDER BY p.id DESC LIMIT 1)
            AS prune_overdue;
+
+-- name: count_runs
+SELECT * FROM {schema}.count_runs(%(since)s, %(cap)s);
+
+-- name: queue_summary
+-- Unfinished runs by function and status (of at most %(cap)s queue rows),
+-- and how long the oldest run ready to start has waited (by the due index).
+SELECT q.function_id, q.status, count(*),
+       (SELECT now() - min(r.available_at) FROM {schema}.queue r
+        WHERE r.status = 'queued' AND r.available_at <= now() AND r.blocked_key IS NULL)
+FROM (SELECT function_id, status FROM {schema}.queue LIMIT %(cap)s) q
+GROUP BY q.function_id, q.status;
+
+-- name: run_waits
+-- What a parked run waits for: each event a step waits for (or that
+-- cancels the run), and until when (its queue row's due time).
+SELECT w.step_key, w.event_name, array_to_string(w.match_path, '.'), w.match_value,
+       w.condition::text, w.cancel, coalesce(w.expires_at, q.available_at)
+FROM {schema}.waits w LEFT JOIN {schema}.queue q ON q.run_id = w.run_id
+WHERE w.run_id = %s::uuid
+ORDER BY w.cancel, w.step_key, w.event_name;

@@ -981,6 +981,22 @@ END
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgdurable.count_runs(p_since timestamp with time zone, p_cap integer)
+ RETURNS TABLE(function_id text, status text, runs bigint)
+ LANGUAGE sql
+ STABLE
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
+ SET jit TO 'off'
+AS $function$
+    SELECT s.function_id, s.status, count(*)
+    FROM (SELECT r.function_id, r.status FROM "pgdurable".run_state r
+          WHERE r.id >= "pgdurable".uuid_at(p_since)
+          ORDER BY r.id DESC LIMIT p_cap) s
+    GROUP BY s.function_id, s.status;
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.create_roles(p_sender text DEFAULT 'pgdurable_sender'::text, p_worker text DEFAULT 'pgdurable_worker'::text)
  RETURNS void
  LANGUAGE plpgsql
@@ -1585,33 +1601,44 @@ AS $function$
 DECLARE
     v_event_id boolean := EXISTS (SELECT FROM "pgdurable".events e WHERE e.id = p_event);
     v_walk text;
+    v_by text;  -- the filter the walk already applies
 BEGIN
-    v_walk := CASE
-        WHEN p_parent IS NOT NULL THEN
-            'SELECT id FROM "pgdurable".runs WHERE parent_run_id = $4'
-        WHEN p_fork_of IS NOT NULL THEN
-            'SELECT id FROM "pgdurable".runs WHERE forked_from = $5'
-        WHEN v_event_id THEN
-            'SELECT id FROM "pgdurable".runs WHERE event_ids[1] = $3 UNION '
-            'SELECT id FROM "pgdurable".runs WHERE cardinality(event_ids) > 1 AND event_ids @> ARRAY[$3]'
-        WHEN p_status IN ('failed', 'cancelled', 'skipped') THEN  -- results_not_completed
-            'SELECT run_id AS id FROM "pgdurable".results WHERE status = $2 AND status <> ''completed'''
-        WHEN p_status IN ('queued', 'running', 'sleeping', 'waiting') THEN
-            'SELECT run_id AS id FROM "pgdurable".queue WHERE status = $2'
-        WHEN p_function IS NOT NULL THEN
-            'SELECT id FROM "pgdurable".runs WHERE function_id = $1'
-        ELSE 'SELECT id FROM "pgdurable".runs'
-    END;
+    IF p_parent IS NOT NULL THEN
+        v_by := 'parent';
+        v_walk := 'SELECT id FROM "pgdurable".runs WHERE parent_run_id = $4';
+    ELSIF p_fork_of IS NOT NULL THEN
+        v_by := 'fork';
+        v_walk := 'SELECT id FROM "pgdurable".runs WHERE forked_from = $5';
+    ELSIF v_event_id THEN
+        v_by := 'event';
+        v_walk := 'SELECT id FROM "pgdurable".runs WHERE event_ids[1] = $3 UNION '
+                  'SELECT id FROM "pgdurable".runs WHERE cardinality(event_ids) > 1 '
+                  'AND event_ids @> ARRAY[$3]';
+    ELSIF p_status IN ('failed', 'cancelled', 'skipped') THEN  -- results_not_completed
+        v_by := 'status';
+        v_walk := 'SELECT run_id AS id FROM "pgdurable".results '
+                  'WHERE status = $2 AND status <> ''completed''';
+    ELSIF p_status IN ('queued', 'running', 'sleeping', 'waiting') THEN
+        v_by := 'status';
+        v_walk := 'SELECT run_id AS id FROM "pgdurable".queue WHERE status = $2';
+    ELSIF p_function IS NOT NULL THEN
+        v_by := 'function';
+        v_walk := 'SELECT id FROM "pgdurable".runs WHERE function_id = $1';
+    ELSE
+        v_by := '';
+        v_walk := 'SELECT id FROM "pgdurable".runs';
+    END IF;
     RETURN QUERY EXECUTE format(
-        'SELECT s.* FROM (%s) w JOIN "pgdurable".run_state s ON s.id = w.id
-         WHERE w.id >= $6 AND w.id < $7
-           AND ($1::text IS NULL OR s.function_id = $1)
-           AND ($2::text IS NULL OR s.status = $2)
-           AND ($3::text IS NULL OR %s)
-           AND ($4::uuid IS NULL OR s.parent_run_id = $4)
-           AND ($5::uuid IS NULL OR s.forked_from = $5)
-         ORDER BY w.id DESC LIMIT $8',
-        v_walk, CASE WHEN v_event_id THEN 'true' ELSE 's.event_name = $3' END)
+        'SELECT s.* FROM (SELECT w.id FROM (%s) w WHERE w.id >= $6 AND w.id < $7
+                          ORDER BY w.id DESC OFFSET 0) w
+         JOIN "pgdurable".run_state s ON s.id = w.id
+         WHERE %s ORDER BY w.id DESC LIMIT $8',
+        v_walk, concat_ws(' AND ', 'true',
+            CASE WHEN p_function IS NOT NULL AND v_by <> 'function' THEN 's.function_id = $1' END,
+            CASE WHEN p_status IS NOT NULL AND v_by <> 'status' THEN 's.status = $2' END,
+            CASE WHEN p_event IS NOT NULL AND NOT v_event_id THEN 's.event_name = $3' END,
+            CASE WHEN p_parent IS NOT NULL AND v_by <> 'parent' THEN 's.parent_run_id = $4' END,
+            CASE WHEN p_fork_of IS NOT NULL AND v_by <> 'fork' THEN 's.forked_from = $5' END))
     USING p_function, p_status, p_event, p_parent, p_fork_of,
           coalesce(p_from, '00000000-0000-0000-0000-000000000000'),
           coalesce(p_before, 'ffffffff-ffff-ffff-ffff-ffffffffffff'), p_limit;

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgdurable import Durable
+from pgdurable import Context, Durable
 from pgdurable.testing import drop_schema, new_schema_name, test_server
 
 _server = ExitStack()
@@ -148,3 +148,33 @@ def worker_process(dsn: str, schema: str) -> Iterator[Callable[..., WorkerProces
     yield start
     for process in started:
         process.kill()
+
+
+def receipt_story(app: Durable) -> dict[str, str]:
+    """The dashboard's tests' runs of a `receipt` function (ocr, an optional
+    nap, total), its worker started: `ok` completed, `bad` failed at step
+    'total' (its data says broken, and not fixed), `asleep` sleeping."""
+    @app.function(id="receipt", event="receipt/uploaded", retries=0)
+    def receipt(ctx: Context) -> Any:
+        text = ctx.step.run("ocr", lambda: f"text of {ctx.event.data['key']}")
+        if ctx.event.data.get("nap"):
+            ctx.step.sleep("nap", "1h")
+
+        def total() -> float:
+            if ctx.event.data.get("broken") and not ctx.event.data.get("fixed"):
+                raise ValueError("no total in the text")
+            return 12.5
+
+        return {"text": text, "total": ctx.step.run("total", total)}
+
+    app.start(threads=2, poll_interval=0.1)
+    ok = app.wait_for_run(run_of(app, "receipt/uploaded", {"key": "a.png"}), 20).id
+    bad = app.wait_for_run(run_of(app, "receipt/uploaded", {"key": "b.png", "broken": True}), 20).id
+    asleep = run_of(app, "receipt/uploaded", {"key": "c.png", "nap": True})
+    wait_for_status(app, asleep, "sleeping")
+    return {"ok": ok, "bad": bad, "asleep": asleep}
+
+
+def wait_for_status(app: Durable, run_id: str, status: str) -> None:
+    wait_until(lambda: app.get_run(run_id).status == status, 20,  # type: ignore[union-attr]
+               f"run {run_id} to be {status}")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import run_of
+from conftest import run_of, wait_for_status
 from pydantic import BaseModel
 
 from pgdurable import (
@@ -230,3 +231,44 @@ def test_workers_not_seen_within_their_lease_are_not_live_and_go_after_a_day(
     frozen, started = app.list_workers()
     assert (frozen.id, frozen.live) == ("frozen", False)
     assert (started.id, started.live) == (app._worker.id, True)  # type: ignore[union-attr]
+
+
+def test_overview_counts_are_bounded_and_say_so(app: Durable) -> None:
+    @app.function(id="idle", event="idle")
+    def idle(ctx: Context) -> None:
+        return None
+
+    runs = [run_of(app, "idle") for _ in range(5)]  # no worker: queued
+    app.cancel(runs[0])
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    counts = app.count_runs(since)
+    assert counts.by_function == {"idle": {"queued": 4, "cancelled": 1}}
+    assert (counts.total, counts.capped, counts.of("queued")) == (5, False, 4)
+    newest = app.count_runs(since, cap=3)
+    assert (newest.total, newest.capped) == (3, True)
+    assert app.count_runs(datetime.now(UTC) + timedelta(minutes=1)).total == 0
+    queue = app.queue_summary()
+    assert queue.counts.by_function == {"idle": {"queued": 4}}
+    assert queue.oldest_ready_age is not None and queue.oldest_ready_age >= timedelta(0)
+    assert app.queue_summary(cap=2).counts.capped
+    with pytest.raises(ValueError, match="naive"):
+        app.count_runs(datetime.now())
+    assert [r.id for r in app.iter_runs(function="idle", page=2)] == runs[::-1]
+
+
+def test_get_waits_says_what_a_parked_run_waits_for(app: Durable) -> None:
+    @app.function(id="approval", event="order/placed")
+    def approval(ctx: Context) -> Any:
+        return ctx.step.wait_for_event("approved", event="order/approved", match="data.order",
+                                       timeout="1h")
+
+    app.start(threads=1, poll_interval=0.1)
+    run_id = run_of(app, "order/placed", {"order": 7})
+    wait_for_status(app, run_id, "waiting")
+    [wait] = app.get_waits(run_id)
+    assert (wait.step_key, wait.event, wait.match, wait.value, wait.cancel) == (
+        "approved", "order/approved", "data.order", 7, False)
+    assert wait.until is not None and wait.until > datetime.now(UTC) + timedelta(minutes=59)
+    app.send("order/approved", {"order": 7})
+    assert app.wait_for_run(run_id, 20).status == "completed"
+    assert app.get_waits(run_id) == []

@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 import click
 
 from .._app import Durable
-from .._durations import parse_duration
+from .._durations import parse_moment
 from ..errors import ConfigurationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-PAGE = 500  # runs per list_runs page and per bulk action
+PAGE = 500  # runs per chunk of a bulk action
 
 
 def with_app(command: F) -> F:
@@ -53,22 +53,13 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print JSON, 
 
 
 def moment(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
-    """An option's time (a click callback): ISO 8601 with a UTC offset, or
-    a duration ago ("90m", "2d")."""
+    """An option's time (a click callback): see parse_moment."""
     if value is None:
         return None
     try:
-        return datetime.now(UTC) - parse_duration(value)
-    except ConfigurationError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is neither an ISO 8601 time nor a duration ago such as 2h") from None
-    if parsed.tzinfo is None:
-        raise click.BadParameter(f"{value!r} has no UTC offset, e.g. +00:00")
-    return parsed
+        return parse_moment(value, now=datetime.now(UTC))
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def actor() -> str:

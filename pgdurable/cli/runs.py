@@ -12,7 +12,6 @@ from .._app import Durable
 from .._runs import TERMINAL_STATUSES, Run, RunStatus, StepInfo
 from ..errors import NotFoundError
 from .common import (
-    PAGE,
     actor,
     confirm_and_apply,
     console,
@@ -81,10 +80,7 @@ def show(app: Durable, run_id: str, as_json: bool) -> int:
         raise NotFoundError(f"no run with id {run_id!r}")
     steps = app.get_steps(run.id)
     if as_json:
-        detail = run.to_dict()
-        detail["error"] = None if run.error is None else {
-            "type": run.error.type, "message": run.error.message, "traceback": run.error.traceback}
-        print_json(detail | {"steps": [step.to_dict() for step in steps]})
+        print_json(run.to_dict(traceback=True) | {"steps": [step.to_dict() for step in steps]})
         return 0
     _print_run(run)
     print_table(["#", "STEP", "STATUS", "ATTEMPTS", "STARTED", "TOOK", "ERROR"], [
@@ -195,11 +191,5 @@ def _select(app: Durable, run_ids: Sequence[str], where: dict[str, Any], *,
     if not given:
         raise click.UsageError("give run ids, or filters (--function, --status, --event, "
                                "--since, --until) to select runs")
-    selected: list[str] = []
-    after = None
-    while True:
-        page = app.list_runs(**where, limit=PAGE, after=after)
-        selected += [r.id for r in page if not (unfinished and r.status in TERMINAL_STATUSES)]
-        if len(page) < PAGE:
-            return selected
-        after = page[-1].id
+    return [run.id for run in app.iter_runs(**where)
+            if not (unfinished and run.status in TERMINAL_STATUSES)]

@@ -68,6 +68,19 @@ CREATE FUNCTION {schema}.uuid_v7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
         FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid;
 $$;
 
+-- The lowest UUIDv7 of p_at's millisecond (uuid_v7 writes the same prefix).
+CREATE FUNCTION {schema}.uuid_at(p_at timestamptz) RETURNS uuid
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (lpad(to_hex((extract(epoch FROM p_at) * 1000)::bigint), 12, '0')
+            || repeat('0', 20))::uuid;
+$$;
+
+-- When the UUIDv7 p_id was made (to the millisecond).
+CREATE FUNCTION {schema}.uuid_time(p_id uuid) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_timestamp(('x' || left(replace(p_id::text, '-', ''), 12))::bit(48)::bigint / 1000.0);
+$$;
+
 -- The advisory lock that orders senders of an event name (shared) against
 -- steps starting to wait for it (exclusive). See register_wait.
 CREATE FUNCTION {schema}.event_lock_key(p_name text) RETURNS bigint

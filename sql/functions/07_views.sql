@@ -20,10 +20,12 @@ LEFT JOIN {schema}.events e ON e.id = r.event_ids[1];
 -- p_before, from p_from (ids of times), up to p_limit. The ids are walked
 -- in the index of the most selective filter given (a parent, a fork source,
 -- an event id, a status other than completed, a function; else all runs),
--- and the other filters checked on each: a page reads the rows of that
--- index from p_before down until it is full. An event name (not an id) has
--- no index of its own: it is checked on each run's first event as another
--- filter's index (or all runs) is walked.
+-- in id order behind a fence (OFFSET 0), so that each is joined to its
+-- run and checked against the other filters only until the page is full:
+-- a page reads about a page of that index when the other filters are
+-- common, and as far as it takes when they are rare (a function with few
+-- failures, say). An event name (not an id) has no index of its own: it is
+-- checked run by run as another filter's index, or all runs, are walked.
 CREATE FUNCTION {schema}.list_runs(
     p_function text, p_status text, p_event text, p_parent uuid, p_fork_of uuid,
     p_from uuid, p_before uuid, p_limit int
@@ -31,33 +33,44 @@ CREATE FUNCTION {schema}.list_runs(
 DECLARE
     v_event_id boolean := EXISTS (SELECT FROM {schema}.events e WHERE e.id = p_event);
     v_walk text;
+    v_by text;  -- the filter the walk already applies
 BEGIN
-    v_walk := CASE
-        WHEN p_parent IS NOT NULL THEN
-            'SELECT id FROM {schema}.runs WHERE parent_run_id = $4'
-        WHEN p_fork_of IS NOT NULL THEN
-            'SELECT id FROM {schema}.runs WHERE forked_from = $5'
-        WHEN v_event_id THEN
-            'SELECT id FROM {schema}.runs WHERE event_ids[1] = $3 UNION '
-            'SELECT id FROM {schema}.runs WHERE cardinality(event_ids) > 1 AND event_ids @> ARRAY[$3]'
-        WHEN p_status IN ('failed', 'cancelled', 'skipped') THEN  -- results_not_completed
-            'SELECT run_id AS id FROM {schema}.results WHERE status = $2 AND status <> ''completed'''
-        WHEN p_status IN ('queued', 'running', 'sleeping', 'waiting') THEN
-            'SELECT run_id AS id FROM {schema}.queue WHERE status = $2'
-        WHEN p_function IS NOT NULL THEN
-            'SELECT id FROM {schema}.runs WHERE function_id = $1'
-        ELSE 'SELECT id FROM {schema}.runs'
-    END;
+    IF p_parent IS NOT NULL THEN
+        v_by := 'parent';
+        v_walk := 'SELECT id FROM {schema}.runs WHERE parent_run_id = $4';
+    ELSIF p_fork_of IS NOT NULL THEN
+        v_by := 'fork';
+        v_walk := 'SELECT id FROM {schema}.runs WHERE forked_from = $5';
+    ELSIF v_event_id THEN
+        v_by := 'event';
+        v_walk := 'SELECT id FROM {schema}.runs WHERE event_ids[1] = $3 UNION '
+                  'SELECT id FROM {schema}.runs WHERE cardinality(event_ids) > 1 '
+                  'AND event_ids @> ARRAY[$3]';
+    ELSIF p_status IN ('failed', 'cancelled', 'skipped') THEN  -- results_not_completed
+        v_by := 'status';
+        v_walk := 'SELECT run_id AS id FROM {schema}.results '
+                  'WHERE status = $2 AND status <> ''completed''';
+    ELSIF p_status IN ('queued', 'running', 'sleeping', 'waiting') THEN
+        v_by := 'status';
+        v_walk := 'SELECT run_id AS id FROM {schema}.queue WHERE status = $2';
+    ELSIF p_function IS NOT NULL THEN
+        v_by := 'function';
+        v_walk := 'SELECT id FROM {schema}.runs WHERE function_id = $1';
+    ELSE
+        v_by := '';
+        v_walk := 'SELECT id FROM {schema}.runs';
+    END IF;
     RETURN QUERY EXECUTE format(
-        'SELECT s.* FROM (%s) w JOIN {schema}.run_state s ON s.id = w.id
-         WHERE w.id >= $6 AND w.id < $7
-           AND ($1::text IS NULL OR s.function_id = $1)
-           AND ($2::text IS NULL OR s.status = $2)
-           AND ($3::text IS NULL OR %s)
-           AND ($4::uuid IS NULL OR s.parent_run_id = $4)
-           AND ($5::uuid IS NULL OR s.forked_from = $5)
-         ORDER BY w.id DESC LIMIT $8',
-        v_walk, CASE WHEN v_event_id THEN 'true' ELSE 's.event_name = $3' END)
+        'SELECT s.* FROM (SELECT w.id FROM (%s) w WHERE w.id >= $6 AND w.id < $7
+                          ORDER BY w.id DESC OFFSET 0) w
+         JOIN {schema}.run_state s ON s.id = w.id
+         WHERE %s ORDER BY w.id DESC LIMIT $8',
+        v_walk, concat_ws(' AND ', 'true',
+            CASE WHEN p_function IS NOT NULL AND v_by <> 'function' THEN 's.function_id = $1' END,
+            CASE WHEN p_status IS NOT NULL AND v_by <> 'status' THEN 's.status = $2' END,
+            CASE WHEN p_event IS NOT NULL AND NOT v_event_id THEN 's.event_name = $3' END,
+            CASE WHEN p_parent IS NOT NULL AND v_by <> 'parent' THEN 's.parent_run_id = $4' END,
+            CASE WHEN p_fork_of IS NOT NULL AND v_by <> 'fork' THEN 's.forked_from = $5' END))
     USING p_function, p_status, p_event, p_parent, p_fork_of,
           coalesce(p_from, '00000000-0000-0000-0000-000000000000'),
           coalesce(p_before, 'ffffffff-ffff-ffff-ffff-ffffffffffff'), p_limit;
@@ -70,6 +83,21 @@ ALTER FUNCTION {schema}.list_runs(text, text, text, uuid, uuid, uuid, uuid, int)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE EXECUTE ON FUNCTION {schema}.list_runs(text, text, text, uuid, uuid, uuid, uuid, int)
     FROM PUBLIC;
+
+-- count_runs: runs created from p_since, by function and status, counting
+-- at most the newest p_cap (the dashboard's overview: a bounded read
+-- however busy the app is). Each run's state is looked up by key: with a
+-- few thousand runs in the window the planner would rather hash whole
+-- partitions of results, which costs more the bigger they are.
+CREATE FUNCTION {schema}.count_runs(p_since timestamptz, p_cap int)
+RETURNS TABLE (function_id text, status text, runs bigint) LANGUAGE sql STABLE
+SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
+    SELECT s.function_id, s.status, count(*)
+    FROM (SELECT r.function_id, r.status FROM {schema}.run_state r
+          WHERE r.id >= {schema}.uuid_at(p_since)
+          ORDER BY r.id DESC LIMIT p_cap) s
+    GROUP BY s.function_id, s.status;
+$$;
 
 CREATE VIEW {schema}.function_status AS
 SELECT function_id, status, count(*) AS runs

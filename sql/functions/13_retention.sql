@@ -15,19 +15,6 @@
 -- and must give up rather than queue every worker behind a long
 -- transaction that holds a weaker one.
 
--- The lowest UUIDv7 of p_at's millisecond (uuid_v7 writes the same prefix).
-CREATE FUNCTION {schema}.uuid_at(p_at timestamptz) RETURNS uuid
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT (lpad(to_hex((extract(epoch FROM p_at) * 1000)::bigint), 12, '0')
-            || repeat('0', 20))::uuid;
-$$;
-
--- When the UUIDv7 p_id was made (to the millisecond).
-CREATE FUNCTION {schema}.uuid_time(p_id uuid) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT to_timestamp(('x' || left(replace(p_id::text, '-', ''), 12))::bit(48)::bigint / 1000.0);
-$$;
-
 -- add_partitions: the partitions of history from the last one there up to
 -- the one holding now() and p_ahead more, each of the app's
 -- partition_interval (a day unless set), aligned on multiples of it since
