@@ -25,7 +25,7 @@ from ..errors import (
 from .admin import migrate, prune, roles, schema, worker
 from .events import events
 from .runs import runs
-from .status import doctor, functions, workers
+from .status import dashboard, doctor, functions, workers
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -39,7 +39,8 @@ def cli(log_level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (migrate, roles, schema, prune, worker, runs, events, functions, workers, doctor):
+for command in (migrate, roles, schema, prune, worker, runs, events, functions, workers, doctor,
+                dashboard):
     cli.add_command(command)
 
 

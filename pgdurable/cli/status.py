@@ -1,4 +1,4 @@
-"""`pgdurable functions`, `workers` and `doctor`."""
+"""`pgdurable functions`, `workers`, `doctor` and `dashboard`."""
 
 from __future__ import annotations
 
@@ -67,3 +67,24 @@ def doctor(app: Durable, as_json: bool) -> int:
             if check.advice:
                 echo(f"{'':<8} -> {check.advice}")
     return 1 if any(c.verdict == "problem" for c in checks) else 0
+
+
+@click.command()
+@with_app
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8288, show_default=True)
+@click.option("--allow-actions", is_flag=True, help="let the pages cancel, replay and fork runs")
+@click.option("--root-path", default="", help="the path prefix a reverse proxy serves it under")
+def dashboard(app: Durable, host: str, port: int, allow_actions: bool, root_path: str) -> int:
+    """Serve the web dashboard (needs the `dashboard` extra)."""
+    try:
+        import uvicorn
+
+        from ..dashboard import create_app
+    except ImportError as exc:
+        raise click.UsageError(f"the dashboard needs pip install 'pgdurable[dashboard]' ({exc})") from None
+    click.echo(f"pgdurable dashboard on http://{host}:{port}{root_path}/"
+               + ("" if allow_actions else " (read-only)"), err=True)
+    uvicorn.run(create_app(app, allow_actions=allow_actions), host=host, port=port,
+                root_path=root_path, log_level="warning")
+    return 0
