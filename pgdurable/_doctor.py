@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from ._format import format_duration
 from ._store import Store
 from .errors import NewerSchemaError
 
@@ -89,7 +90,8 @@ def _oldest_ready(facts: Any) -> Check:
     if age is None or age < OLD_READY:
         return Check("backlog", "ok", "no ready run has waited more than "
                      f"{int(OLD_READY.total_seconds() // 60)} minutes")
-    return Check("backlog", "warning", f"the oldest ready run has waited {_duration(age)}",
+    waited = format_duration(age.total_seconds())
+    return Check("backlog", "warning", f"the oldest ready run has waited {waited}",
                  "workers are missing, stopped claiming (see `pgdurable workers` and their logs), "
                  "or are too few for the load: add threads or processes")
 
@@ -110,15 +112,7 @@ def _pruning(facts: Any) -> Check:
     late = facts.prune_overdue
     if late is None or late < PRUNE_LATE:
         return Check("retention", "ok", "pruning is on schedule")
-    return Check("retention", "warning", f"the next prune is {_duration(late)} overdue",
+    return Check("retention", "warning", f"the next prune is {format_duration(late.total_seconds())} overdue",
                  "workers prune by themselves (prune_interval); if none may, run `pgdurable prune` "
                  "from cron")
 
-
-def _duration(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds < 3600:
-        return f"{seconds // 60} min"
-    if seconds < 86400:
-        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"

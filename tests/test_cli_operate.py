@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import subprocess
 import sys
 import types
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import run_of
+from conftest import run_of, wait_until
 
 from pgdurable import Context, Durable
 from pgdurable.cli import main
@@ -193,4 +196,30 @@ def test_doctor_sees_a_stale_worker_backlog(cli: Cli, app: Durable, db: psycopg.
                                             shop: dict[str, str]) -> None:
     db.execute(f"UPDATE {app.schema}.queue SET available_at = now() - interval '2 hours'")
     checks = {c["name"]: c for c in cli.json("doctor", status=1)}
-    assert checks["backlog"]["verdict"] == "warning" and "2 h" in checks["backlog"]["found"]
+    assert checks["backlog"]["verdict"] == "warning" and "2.0 h" in checks["backlog"]["found"]
+
+
+def test_dashboard_serves_the_pages_alone(dsn: str, schema: str, app: Durable) -> None:
+    """`pgdurable dashboard` runs the dashboard on its own port, under a prefix."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pgdurable", "dashboard", "--dsn", dsn, "--schema", schema,
+         "--port", str(port), "--root-path", "/ops"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def answer() -> Any:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as got:
+                    return json.loads(got.read())
+            except OSError:
+                return None
+
+        assert wait_until(answer, 30, "the dashboard to answer") == {"ok": True, "live_workers": 0}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/runs", timeout=5) as page:
+            text = page.read().decode()
+        assert "read-only" in text and f"http://127.0.0.1:{port}/ops/static/style.css" in text
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -107,18 +107,6 @@ def console() -> Callable[..., None]:
     return out.print
 
 
-def when(at: datetime | None) -> str | None:
-    """A time as operators read it: UTC, to the second."""
-    return None if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def took(start: datetime | None, end: datetime | None) -> str | None:
-    if start is None or end is None:
-        return None
-    seconds = (end - start).total_seconds()
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
-
-
 STATUS_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow", "skipped": "dim",
                 "running": "cyan", "sleeping": "blue", "waiting": "blue", "queued": "white",
                 "retrying": "magenta"}

@@ -10,9 +10,10 @@ import click
 
 from .._app import Durable
 from .._events import Event
+from .._format import format_time
 from ..errors import NotFoundError
 from .admin import load_app
-from .common import json_option, moment, print_json, print_page, print_table, styled, when, with_app
+from .common import json_option, moment, print_json, print_page, print_table, styled, with_app
 
 
 @click.group()
@@ -46,7 +47,7 @@ def list_(app: Durable, name: str | None, since: datetime | None, until: datetim
         print_json([_event_dict(e) for e in page])
         return 0
     print_page(["EVENT", "NAME", "TS", "DATA"],
-               [[e.id, e.name, when(e.ts), _data_line(e)] for e in page], limit,
+               [[e.id, e.name, format_time(e.ts), _data_line(e)] for e in page], limit,
                empty="no events match")
     return 0
 
@@ -64,10 +65,10 @@ def show(app: Durable, event_id: str, as_json: bool) -> int:
     if as_json:
         print_json(_event_dict(event) | {"runs": [r.to_dict() for r in triggered]})
         return 0
-    click.echo(f"{event.name}  {event.id}  {when(event.ts)}")
+    click.echo(f"{event.name}  {event.id}  {format_time(event.ts)}")
     click.echo(json.dumps(event.data, indent=2, default=str))
     print_table(["RUN", "FUNCTION", "STATUS", "CREATED"],
-                [[r.id, r.function_id, styled(r.status), when(r.created_at)] for r in triggered],
+                [[r.id, r.function_id, styled(r.status), format_time(r.created_at)] for r in triggered],
                 title="runs", empty="it triggered no run")
     return 0
 

@@ -9,6 +9,7 @@ from typing import Any, get_args
 import click
 
 from .._app import Durable
+from .._format import format_span, format_time
 from .._runs import TERMINAL_STATUSES, Run, RunStatus, StepInfo
 from ..errors import NotFoundError
 from .common import (
@@ -22,8 +23,6 @@ from .common import (
     print_table,
     stacked,
     styled,
-    took,
-    when,
     with_app,
 )
 
@@ -64,8 +63,8 @@ def list_(app: Durable, limit: int, after: str | None, as_json: bool, **where: A
         print_json([run.to_dict() for run in page])
         return 0
     print_page(["RUN", "FUNCTION", "STATUS", "ATTEMPT", "CREATED", "TOOK"], [
-        [r.id, r.function_id, styled(r.status), r.attempt, when(r.created_at),
-         took(r.started_at, r.finished_at)] for r in page], limit, empty="no runs match")
+        [r.id, r.function_id, styled(r.status), r.attempt, format_time(r.created_at),
+         format_span(r.started_at, r.finished_at)] for r in page], limit, empty="no runs match")
     return 0
 
 
@@ -84,8 +83,8 @@ def show(app: Durable, run_id: str, as_json: bool) -> int:
         return 0
     _print_run(run)
     print_table(["#", "STEP", "STATUS", "ATTEMPTS", "STARTED", "TOOK", "ERROR"], [
-        [s.position, s.key, styled(s.status), s.attempts, when(s.started_at),
-         took(s.started_at, s.finished_at), _error_line(s)] for s in steps],
+        [s.position, s.key, styled(s.status), s.attempts, format_time(s.started_at),
+         format_span(s.started_at, s.finished_at), _error_line(s)] for s in steps],
         title="steps", empty="no steps")
     if run.error is not None and run.error.traceback:
         click.echo("\n" + run.error.traceback.rstrip())
@@ -96,8 +95,9 @@ def _print_run(run: Run) -> None:
     fields = [("run", run.id), ("function", run.function_id), ("status", styled(run.status)),
               ("attempt", run.attempt), ("events", ", ".join(run.event_ids)),
               ("parent", run.parent_run_id), ("forked from", run.forked_from),
-              ("created", when(run.created_at)), ("started", when(run.started_at)),
-              ("finished", when(run.finished_at)), ("took", took(run.started_at, run.finished_at))]
+              ("created", format_time(run.created_at)), ("started", format_time(run.started_at)),
+              ("finished", format_time(run.finished_at)),
+              ("took", format_span(run.started_at, run.finished_at))]
     if run.status == "completed":
         fields.append(("output", json.dumps(run.output, default=str)[:500]))
     if run.error is not None:

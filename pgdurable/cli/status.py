@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from .._app import Durable
+from .._format import format_time
 from .._registry import FunctionInfo
-from .common import console, json_option, print_json, print_table, when, with_app
+from .common import console, json_option, print_json, print_table, with_app
 
 VERDICT_STYLE = {"ok": "green", "warning": "yellow", "problem": "bold red"}
 
@@ -22,8 +23,8 @@ def functions(app: Durable, as_json: bool) -> int:
         return 0
     print_table(["FUNCTION", "TRIGGERS", "NEXT TICK", "RETRIES", "OPTIONS", "LIVE WORKERS",
                  "LAST SEEN"],
-                [[f.id, _triggers(f), when(f.next_tick), f.retries, ", ".join(sorted(f.options)),
-                  f.live_workers, when(f.last_seen_at)] for f in found],
+                [[f.id, _triggers(f), format_time(f.next_tick), f.retries, ", ".join(sorted(f.options)),
+                  f.live_workers, format_time(f.last_seen_at)] for f in found],
                 empty="no function recorded yet: workers record theirs when they start")
     return 0
 
@@ -45,8 +46,8 @@ def workers(app: Durable, as_json: bool) -> int:
         print_json([w.to_dict() for w in found])
         return 0
     print_table(["WORKER", "VERSION", "THREADS", "RUNS HELD", "STARTED", "LAST SEEN", "LIVE"],
-                [[w.id, w.version, w.threads, w.runs_held, when(w.started_at),
-                  when(w.last_seen_at), "yes" if w.live else "[red]no[/]"] for w in found],
+                [[w.id, w.version, w.threads, w.runs_held, format_time(w.started_at),
+                  format_time(w.last_seen_at), "yes" if w.live else "[red]no[/]"] for w in found],
                 empty="no worker is running")
     return 0
 

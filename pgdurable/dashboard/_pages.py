@@ -4,6 +4,7 @@ workers; and the forms of the actions."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from .._format import format_duration, format_span, format_time
 from .._runs import TERMINAL_STATUSES, Run, RunStatus, StepInfo
 from ..errors import ConfigurationError
 from ._api import ACTIONS, FILTERS, perform, run_query
@@ -190,33 +192,21 @@ def waterfall(run: Run, steps: list[StepInfo]) -> list[Bar]:
             for s in steps]
 
 
-def _when(at: datetime | None) -> str:
-    return "-" if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _took(run_or_step: Any) -> str:
-    start, end = run_or_step.started_at, run_or_step.finished_at
-    if start is None or end is None:
-        return "-"
-    return _seconds((end - start).total_seconds())
-
-
-def _seconds(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return format_span(run_or_step.started_at, run_or_step.finished_at) or "-"
 
 
 def _age(delta: timedelta | None) -> str:
-    return "-" if delta is None else _seconds(delta.total_seconds())
+    return "-" if delta is None else format_duration(delta.total_seconds())
 
 
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, default=str, ensure_ascii=False)
 
 
-TEMPLATE_FILTERS = {"when": _when, "took": _took, "age": _age, "pretty": _pretty}
+def _when(at: datetime | None) -> str:
+    return format_time(at) or "-"
+
+
+TEMPLATE_FILTERS: dict[str, Callable[..., str]] = {
+    "when": _when, "took": _took, "age": _age, "pretty": _pretty}
