@@ -84,6 +84,12 @@ def test_on_call_in_a_real_browser(served: str, browser: webdriver.Chrome) -> No
     assert "no total in the text" in browser.find_element(By.TAG_NAME, "main").text
     shot(browser, "overview")
 
+    for page, heading in (("functions", "Functions"), ("workers", "Workers")):
+        browser.get(f"{served}/{page}")
+        assert browser.find_element(By.TAG_NAME, "h1").text == heading
+        assert "receipt" in browser.find_element(By.TAG_NAME, "main").text
+        shot(browser, page)
+
     # filter the runs: only the failed one is left
     browser.get(served + "/runs")
     Select(browser.find_element(By.NAME, "status")).select_by_visible_text("failed")
@@ -103,6 +109,11 @@ def test_on_call_in_a_real_browser(served: str, browser: webdriver.Chrome) -> No
     assert "ValueError: no total in the text" in failed_step.text
     shot(browser, "run")
     failed_url = browser.current_url
+    browser.find_element(By.CSS_SELECTOR, "dl.facts a").click()  # its event
+    until(browser, lambda b: "/events/" in b.current_url)
+    assert "b.png" in browser.find_element(By.CSS_SELECTOR, "pre.json").text
+    shot(browser, "event")
+    browser.get(failed_url)
 
     # fork it from the failed step, with data that mends it
     Select(browser.find_element(By.NAME, "from_step")).select_by_visible_text("total")
