@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -52,6 +53,8 @@ from .errors import (
     NotFoundError,
 )
 
+log = logging.getLogger("pgdurable")
+
 H = TypeVar("H", bound=Callable[[Context], Any] | Callable[[AsyncContext], Awaitable[Any]])
 T = TypeVar("T")
 
@@ -92,6 +95,7 @@ class Durable:
         retention: Retention | None = None,
         prune_interval: Duration | None = "20m",
         partition_interval: Duration = "1d",
+        listen_dsn: str | None = None,
     ) -> None:
         if dsn is not None and pool is not None:
             raise ConfigurationError("give either dsn= or pool=, not both")
@@ -126,6 +130,11 @@ class Durable:
                        bypass_role=bypass_role)
         self._owns_pool = pool is None
         self._dsn = None if pool is not None else _dsn_from_env(dsn)
+        self._listen_dsn = None if listen_dsn is None else _dsn_from_env(listen_dsn)
+        # Whether `dsn` goes through a transaction pooler (PgBouncer): said by
+        # listen_dsn, else found on the first connection (None until then).
+        self._pooler: bool | None = True if listen_dsn is not None else None
+        self._store.prepare = listen_dsn is None
         self._pool_size = _positive(pool_size, "pool_size")
         self._pool: ConnectionPool[Any] = pool or self._new_pool()
         self._pool_opened = False
@@ -138,8 +147,31 @@ class Durable:
     def _new_pool(self) -> ConnectionPool[Any]:
         assert self._dsn is not None
         return ConnectionPool(self._dsn, open=False, min_size=1, max_size=self._pool_size,
-                              kwargs={"autocommit": True}, configure=_configure,
+                              kwargs={"autocommit": True}, configure=self._configure,
                               name=f"pgdurable-{self.schema}")
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Setup of the connections of pools pgdurable creates: fast jsonb
+        parsing, and no prepared statements through a pooler."""
+        set_json_loads(serde.loads, conn)
+        self._through_pooler(conn)
+
+    def _through_pooler(self, conn: psycopg.Connection[Any]) -> None:
+        """Find out, on the first connection, whether it goes through a
+        transaction pooler: one that hands each transaction a server
+        connection of its own, where a statement prepared in one is unknown
+        in the next, a session's LISTEN hears nothing, and a session's lock
+        or setting stays behind for the next client. Then prepare nothing."""
+        if self._pooler is None:
+            self._pooler = self._store.behind_pooler(conn)
+            self._store.prepare = not self._pooler
+            if self._pooler:
+                log.warning("Postgres is reached through a pooler (server port %s, ours %s): no "
+                            "prepared statements; workers poll for work instead of LISTEN and "
+                            "do not prune, unless Durable(listen_dsn=...) names a direct "
+                            "connection for that", self._store.server_port(conn), conn.info.port)
+        if self._pooler:
+            conn.prepare_threshold = None
 
     @property
     def conninfo(self) -> str:
@@ -150,6 +182,35 @@ class Durable:
                  if isinstance(v, str | int) and not isinstance(v, bool)
                  and k not in _PSYCOPG_CONNECT_ARGS}
         return make_conninfo(conninfo, **extra)
+
+    @property
+    def direct_conninfo(self) -> str | None:
+        """Where session-scoped work goes (LISTEN, pruning's lock and VACUUM
+        settings): `listen_dsn` if given, else the pool's connection string
+        unless that goes through a pooler (None: that work is not done)."""
+        if self._listen_dsn is not None:
+            return self._listen_dsn
+        if self._pooler is None:
+            with self._pooled():
+                pass  # the first connection finds out
+        return None if self._pooler else self.conninfo
+
+    @contextmanager
+    def _direct(self, why: str) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of its own straight to Postgres (autocommit), for
+        work that needs a session: `why`, said if there is none."""
+        direct = self.direct_conninfo
+        if direct is None:
+            raise ConfigurationError(f"{why}, which a pooler does not keep: give "
+                                     "Durable(listen_dsn=...) a direct DSN")
+        try:
+            conn = psycopg.connect(direct, autocommit=True,
+                                   connect_timeout=max(1, round(self.connect_timeout)))
+        except psycopg.OperationalError as exc:
+            raise DurableError(f"cannot connect to Postgres at {_redacted(direct)}: "
+                               f"{str(exc).strip()}") from None
+        with conn, _translated_errors(self.schema):
+            yield conn
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -176,6 +237,8 @@ class Durable:
                 f"{self.connect_timeout} s (unreachable, or all {self._pool.max_size} "
                 "pooled connections busy)") from None
         with stack, _translated_errors(self.schema):
+            if not self._owns_pool:  # ours are set up as they connect
+                self._through_pooler(conn)
             yield conn
 
     # -- schema -----------------------------------------------------------
@@ -344,7 +407,7 @@ class Durable:
             threads=threads, prefetch=4 * threads if prefetch is None else prefetch,
             poll_interval=poll_interval, eager=eager, lease=self.lease,
             backoff=Backoff(*self.retry_backoff), dedupe_window=self.dedupe_window,
-            max_output_bytes=self.max_output_bytes, listen_conninfo=self.conninfo,
+            max_output_bytes=self.max_output_bytes, direct_conninfo=self.direct_conninfo,
             policies=self._policies(), prune_interval=self.prune_interval)
         worker = Worker(settings, self._store, self._pool, self._functions, rls=self.rls,
                         send=self._send_generated)
@@ -617,10 +680,10 @@ class Durable:
         now. `progress(kind, count so far)` follows long work."""
         at = _aware(as_of, "as_of", datetime.now(UTC)) if as_of is not None else None
         pruner = Pruner(self._store, self.dedupe_window)
-        with self._pooled() as conn:
-            if not dry_run:
-                with conn.transaction():
-                    self._record_policies(conn)
+        if not dry_run:
+            with self.connection() as conn:
+                self._record_policies(conn)
+        with self._direct("prune holds a lock for its session") as conn:
             counts = pruner.prune(conn, at, dry_run=dry_run, progress=progress, wait=True)
         assert counts is not None
         return counts
@@ -643,9 +706,6 @@ class Durable:
         self.stop()
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    """Setup of the connections of pools pgdurable creates: fast jsonb parsing."""
-    set_json_loads(serde.loads, conn)
 
 
 def _positive(value: int, what: str) -> int:

@@ -71,8 +71,8 @@ def _pooler(facts: Any, client_port: int) -> Check:
     return Check("pooler", "warning",
                  f"connected on port {client_port} to a server that listens on "
                  f"{facts.server_port}: likely through a pooler (PgBouncer)",
-                 "in transaction pooling mode LISTEN does not work: workers then only find new "
-                 "runs by polling (poll_interval); give workers a direct DSN")
+                 "fine in transaction mode, but LISTEN and pruning need a session: give "
+                 "Durable(listen_dsn=...) a direct DSN, or workers poll and do not prune")
 
 
 def _autovacuum(facts: Any) -> Check:

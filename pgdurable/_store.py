@@ -304,6 +304,10 @@ class Store:
             "{channel}": self.channel,
         }
         self._q = {name: self._render(body) for name, body in _query_texts().items()}
+        # Statements are prepared (once per connection), except through a
+        # transaction pooler, where the next transaction may be on another
+        # server connection that never saw them.
+        self.prepare = True
 
     def _render(self, text: str) -> str:
         for placeholder, value in self._substitutions.items():
@@ -316,8 +320,8 @@ class Store:
     ) -> psycopg.Cursor[Any]:
         """Execute statement `name` (prepared); `rows` reads its rows by name."""
         if rows is None:
-            return conn.execute(self._q[name], params, prepare=True)
-        return conn.cursor(row_factory=rows).execute(self._q[name], params, prepare=True)
+            return conn.execute(self._q[name], params, prepare=self.prepare)
+        return conn.cursor(row_factory=rows).execute(self._q[name], params, prepare=self.prepare)
 
     # -- migrations -------------------------------------------------------
 
@@ -632,6 +636,18 @@ class Store:
     def queue_summary(self, conn: psycopg.Connection[Any], cap: int) -> QueueSummary:
         rows = self._run(conn, "queue_summary", {"cap": cap}).fetchall()
         return QueueSummary(RunCounts.from_rows(rows, cap), rows[0][3] if rows else None)
+
+    def server_port(self, conn: psycopg.Connection[Any]) -> int | None:
+        """The port the server behind this connection listens on (None over a socket)."""
+        row = conn.execute(self._q["server_port"], prepare=False).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def behind_pooler(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether `conn` reaches Postgres through a pooler: the server listens
+        on another port than the one connected to (a guess: a pooler on the
+        server's own port, or a proxy that keeps the port, goes unseen)."""
+        port = self.server_port(conn)
+        return port is not None and port != conn.info.port
 
     def doctor_facts(self, conn: psycopg.Connection[Any]) -> Any:
         """The facts `doctor` judges, by name (see queries.sql)."""

@@ -73,7 +73,9 @@ class WorkerSettings:
     backoff: Backoff
     dedupe_window: timedelta
     max_output_bytes: int
-    listen_conninfo: str  # for the LISTEN connection: straight to Postgres
+    # Straight to Postgres, for what needs a session of its own (LISTEN, and
+    # pruning's lock and settings); None: there is none (behind a pooler).
+    direct_conninfo: str | None
     policies: Policies  # retention, and how much history a partition holds
     prune_interval: timedelta | None  # None: this worker never prunes
 
@@ -146,9 +148,15 @@ class Worker:
         self._journal.start()
         self._prober.start()
         loops: list[tuple[str, Callable[[], None]]] = [
-            ("claimer", self._claim_loop), ("listener", self._listen_loop),
-            ("heartbeat", self._heartbeat_loop), ("pruner", self._prune_loop),
+            ("claimer", self._claim_loop), ("heartbeat", self._heartbeat_loop),
+            ("pruner", self._prune_loop),
         ]
+        if self._settings.direct_conninfo is not None:
+            loops.append(("listener", self._listen_loop))
+        else:
+            log.warning("worker %s does not LISTEN (no direct connection to Postgres): it finds "
+                        "new runs every %s s and does not prune", self.id,
+                        self._settings.poll_interval)
         if self._scheduler.has_timers:
             loops.append(("scheduler", self._schedule_loop))
         loops += [(f"executor-{n}", self._execute_loop) for n in range(self._settings.threads)]
@@ -314,8 +322,9 @@ class Worker:
         self, what: str, action: Callable[[psycopg.Connection[Any]], Any],
         until: threading.Event | None = None,
         retry: Callable[[BaseException], bool] = lambda exc: isinstance(exc, Exception),
+        direct: bool = False,
     ) -> Any:
-        """Run `action` on a pooled connection, retrying with backoff while
+        """Run `action` on a pooled connection (or a `direct` one), retrying with backoff while
         `retry` says so of what it raises (default: anything, for the
         worker's own loops, which must outlive any error) until it works or
         `until` (default: the worker stopping) is set; None then."""
@@ -330,9 +339,14 @@ class Worker:
             with attempt:
                 if until.is_set():
                     return None
-                with self._pool.connection() as conn:
+                with self._direct() if direct else self._pool.connection() as conn:
                     return action(conn)
         return None
+
+    def _direct(self) -> psycopg.Connection[Any]:
+        """A connection of its own, straight to Postgres, in autocommit."""
+        assert self._settings.direct_conninfo is not None
+        return psycopg.connect(self._settings.direct_conninfo, autocommit=True)
 
     @staticmethod
     def _log_db_error(what: str, outcome: Any) -> None:
@@ -350,7 +364,7 @@ class Worker:
         are known here without asking (see RunState.boundary)."""
         while not self._draining.is_set():
             try:
-                with psycopg.connect(self._settings.listen_conninfo, autocommit=True) as conn:
+                with self._direct() as conn:
                     self._store.listen(conn)
                     self._wake.set()  # notifications may have been missed while away
                     while not self._draining.is_set():
@@ -431,10 +445,10 @@ class Worker:
         while True:
             self._with_db("vacuum the queue", vacuum, until=self._draining)
             self._with_db("make partitions", pruner.add_partitions, until=self._draining)
-            if every is not None:
+            if every is not None and self._settings.direct_conninfo is not None:
                 counts = self._with_db("prune", partial(
                     pruner.prune, as_of=None, every=every, until=self._draining),
-                    until=self._draining)
+                    until=self._draining, direct=True)
                 if counts is not None:
                     log.log(logging.INFO if any(counts.values()) else logging.DEBUG,
                             "pruned what expired: %s",

@@ -479,3 +479,6 @@ SELECT w.step_key, w.event_name, array_to_string(w.match_path, '.'), w.match_val
 FROM {schema}.waits w LEFT JOIN {schema}.queue q ON q.run_id = w.run_id
 WHERE w.run_id = %s::uuid
 ORDER BY w.cancel, w.step_key, w.event_name;
+
+-- name: server_port
+SELECT inet_server_port();
