@@ -98,12 +98,34 @@ def schema(dsn: str) -> Iterator[str]:
     drop_schema(dsn, name)
 
 
+# The integration subset that runs twice: straight to Postgres, and through
+# PgBouncer in transaction mode with a direct listen_dsn (issue 17, s3).
+THROUGH_POOLER = {"test_events", "test_steps", "test_waits", "test_flow", "test_rls",
+                  "test_transactions"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.module.__name__ in THROUGH_POOLER and "make_app" in metafunc.fixturenames:
+        metafunc.parametrize("route", ["direct", "pooler"], indirect=True)
+
+
 @pytest.fixture
-def make_app(dsn: str, schema: str) -> Iterator[Callable[..., Durable]]:
+def route(request: pytest.FixtureRequest) -> str:
+    """How the test's apps reach Postgres: "direct", or through the "pooler"."""
+    return str(getattr(request, "param", "direct"))
+
+
+@pytest.fixture
+def make_app(
+    dsn: str, schema: str, route: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Durable]]:
     """Apps on the test's schema, with fast retries; all stopped at teardown."""
     apps: list[Durable] = []
+    pooled = request.getfixturevalue("pooler_dsn") if route == "pooler" else None
 
     def make(**options: Any) -> Durable:
+        if pooled is not None and "dsn" not in options and "pool" not in options:
+            options |= {"dsn": pooled, "listen_dsn": dsn}
         options.setdefault("retry_backoff", ("20ms", "200ms"))
         options.setdefault("lease", "2s")
         app = Durable(options.pop("dsn", dsn), schema=schema, **options)
@@ -189,11 +211,15 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def worker_process(dsn: str, schema: str) -> Iterator[Callable[..., WorkerProcess]]:
+def worker_process(
+    dsn: str, schema: str, route: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
+    through = ({"PGDURABLE_LISTEN_DSN": dsn} if route == "pooler" else {})
+    app_dsn = request.getfixturevalue("pooler_dsn") if route == "pooler" else dsn
 
     def start(threads: int = 4, **env: str) -> WorkerProcess:
-        process = WorkerProcess(dsn, schema, threads, **env)
+        process = WorkerProcess(app_dsn, schema, threads, **through, **env)
         started.append(process)
         return process
 

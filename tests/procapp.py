@@ -26,6 +26,7 @@ from pgdurable import (
 )
 
 app = Durable(os.environ["PGDURABLE_DSN"], schema=os.environ["PGDURABLE_SCHEMA"],
+              listen_dsn=os.environ.get("PGDURABLE_LISTEN_DSN"),
               lease="2s", retry_backoff=("20ms", "200ms"),
               connect_timeout=float(os.environ.get("PGDURABLE_CONNECT_TIMEOUT", "10")))
 
