@@ -43,7 +43,7 @@ from ._retention import Policies, Progress, Pruner, Retention
 from ._retries import Backoff
 from ._rls import Rls, check_role
 from ._runs import Run, RunStatus, StepInfo, WaitInfo
-from ._store import PARTITIONS_AHEAD, Store, is_transient
+from ._store import PARTITIONS_AHEAD, Store, behind_pooler, is_transient
 from ._worker import Worker, WorkerSettings
 from .errors import (
     ConfigurationError,
@@ -163,13 +163,14 @@ class Durable:
         in the next, a session's LISTEN hears nothing, and a session's lock
         or setting stays behind for the next client. Then prepare nothing."""
         if self._pooler is None:
-            self._pooler = self._store.behind_pooler(conn)
+            server_port = self._store.server_port(conn)
+            self._pooler = behind_pooler(server_port, conn.info.port)
             self._store.prepare = not self._pooler
             if self._pooler:
                 log.warning("Postgres is reached through a pooler (server port %s, ours %s): no "
                             "prepared statements; workers poll for work instead of LISTEN and "
                             "do not prune, unless Durable(listen_dsn=...) names a direct "
-                            "connection for that", self._store.server_port(conn), conn.info.port)
+                            "connection for that", server_port, conn.info.port)
         if self._pooler:
             conn.prepare_threshold = None
 
@@ -549,13 +550,15 @@ class Durable:
         with self._pooled() as conn:
             return self._store.list_workers(conn)
 
-    def iter_runs(self, *, page: int = 500, **filters: Any) -> Iterator[Run]:
-        """Every run `list_runs` selects with these filters, newest first,
-        read `page` at a time (for bulk actions over a selection)."""
+    def iter_runs(self, *, page: int = 500, unfinished: bool = False,
+                  **filters: Any) -> Iterator[Run]:
+        """Every run `list_runs` selects with these filters (only the
+        `unfinished` ones, if asked), newest first, read `page` at a time:
+        for bulk actions over a selection."""
         after = None
         while True:
             runs = self.list_runs(**filters, limit=page, after=after)
-            yield from runs
+            yield from (run for run in runs if not (unfinished and run.is_terminal))
             if len(runs) < page:
                 return
             after = runs[-1].id

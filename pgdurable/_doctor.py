@@ -10,7 +10,7 @@ from typing import Any, Literal
 import psycopg
 
 from ._format import format_duration
-from ._store import Store
+from ._store import Store, behind_pooler
 from .errors import NewerSchemaError
 
 Verdict = Literal["ok", "warning", "problem"]
@@ -66,7 +66,7 @@ def _synchronous_commit(facts: Any) -> Check:
 
 
 def _pooler(facts: Any, client_port: int) -> Check:
-    if facts.server_port is None or facts.server_port == client_port:
+    if not behind_pooler(facts.server_port, client_port):
         return Check("pooler", "ok", "connected straight to Postgres")
     return Check("pooler", "warning",
                  f"connected on port {client_port} to a server that listens on "

@@ -108,6 +108,13 @@ def _event_json(e: PreparedEvent) -> str:
     return f"[{json.dumps(e.id)},{json.dumps(e.name)},{e.data_json},{ts}]"
 
 
+def behind_pooler(server_port: int | None, client_port: int) -> bool:
+    """Whether a connection reaches Postgres through a pooler: the server
+    listens on another port than the one connected to (a guess: a pooler on
+    the server's own port, or a proxy that keeps the port, goes unseen)."""
+    return server_port is not None and server_port != client_port
+
+
 def _json_or_null(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
@@ -641,13 +648,6 @@ class Store:
         """The port the server behind this connection listens on (None over a socket)."""
         row = conn.execute(self._q["server_port"], prepare=False).fetchone()
         return None if row is None or row[0] is None else int(row[0])
-
-    def behind_pooler(self, conn: psycopg.Connection[Any]) -> bool:
-        """Whether `conn` reaches Postgres through a pooler: the server listens
-        on another port than the one connected to (a guess: a pooler on the
-        server's own port, or a proxy that keeps the port, goes unseen)."""
-        port = self.server_port(conn)
-        return port is not None and port != conn.info.port
 
     def doctor_facts(self, conn: psycopg.Connection[Any]) -> Any:
         """The facts `doctor` judges, by name (see queries.sql)."""

@@ -10,7 +10,7 @@ import click
 
 from .._app import Durable
 from .._format import format_span, format_time
-from .._runs import TERMINAL_STATUSES, Run, RunStatus, StepInfo
+from .._runs import Run, RunStatus, StepInfo
 from ..errors import NotFoundError
 from .common import (
     actor,
@@ -191,5 +191,4 @@ def _select(app: Durable, run_ids: Sequence[str], where: dict[str, Any], *,
     if not given:
         raise click.UsageError("give run ids, or filters (--function, --status, --event, "
                                "--since, --until) to select runs")
-    return [run.id for run in app.iter_runs(**where)
-            if not (unfinished and run.status in TERMINAL_STATUSES)]
+    return [run.id for run in app.iter_runs(**where, unfinished=unfinished)]

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -50,7 +49,7 @@ class Api:
         """POST /api/runs/{id}/cancel|replay|fork (fork: {"from_step", "data"})."""
         action = request.path_params["action"]
         if action not in ACTIONS:
-            raise HTTPException(404, f"no action {action!r}: one of {', '.join(ACTIONS)}")
+            raise NotFoundError(f"no action {action!r}: one of {', '.join(ACTIONS)}")
         if (why := await self.board.refusal(request, action)) is not None:
             return JSONResponse({"error": why}, status_code=403)
         body = await _json_body(request) if action == "fork" else {}

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from .._format import format_duration, format_span, format_time
-from .._runs import TERMINAL_STATUSES, Run, RunStatus, StepInfo
-from ..errors import ConfigurationError
+from .._runs import Run, RunStatus, StepInfo
+from ..errors import ConfigurationError, NotFoundError
 from ._api import ACTIONS, FILTERS, perform, run_query
 from ._app import Dashboard, who
 
@@ -70,14 +70,12 @@ class Pages:
             pass  # not a run id
         if self.durable.get_event(text) is not None:
             return RedirectResponse(request.url_for("event", event_id=text), status_code=303)
-        return self._render(request, "error.html", status_code=404,
-                            message=f"no run and no event has the id {text!r}")
+        raise NotFoundError(f"no run and no event has the id {text!r}")
 
     def run(self, request: Request) -> Response:
         run = self.durable.get_run(request.path_params["run_id"])
         if run is None:
-            return self._render(request, "error.html", status_code=404,
-                                message=f"no run with id {request.path_params['run_id']!r}")
+            raise NotFoundError(f"no run with id {request.path_params['run_id']!r}")
         steps = self.durable.get_steps(run.id)
         events = [self.durable.get_event(e) for e in run.event_ids[:5]]
         return self._render(
@@ -92,8 +90,7 @@ class Pages:
         event_id = request.path_params["event_id"]
         event = self.durable.get_event(event_id)
         if event is None:
-            return self._render(request, "error.html", status_code=404,
-                                message=f"no event with id {event_id!r}")
+            raise NotFoundError(f"no event with id {event_id!r}")
         return self._render(request, "event.html", event=event,
                             runs=self.durable.runs_for_event(event_id))
 
@@ -108,8 +105,7 @@ class Pages:
         """POST /runs/{id}/cancel|replay|fork from the run's page."""
         action, run_id = request.path_params["action"], request.path_params["run_id"]
         if action not in ACTIONS:
-            return self._render(request, "error.html", status_code=404,
-                                message=f"no action {action!r}")
+            raise NotFoundError(f"no action {action!r}: one of {', '.join(ACTIONS)}")
         if (why := await self.board.refusal(request, action)) is not None:
             return self._render(request, "error.html", status_code=403, message=why)
         form = await _form(request)
@@ -148,8 +144,7 @@ class Pages:
         return RedirectResponse(url, status_code=303)
 
     def _select(self, filters: dict[str, Any], action: str) -> list[str]:
-        return [r.id for r in self.durable.iter_runs(**filters)
-                if action == "replay" or r.status not in TERMINAL_STATUSES]
+        return [r.id for r in self.durable.iter_runs(**filters, unfinished=action == "cancel")]
 
     def _apply(self, action: str, ids: list[str], actor: str) -> int:
         if action == "cancel":
