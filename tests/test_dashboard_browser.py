@@ -32,6 +32,7 @@ if not (CHROMIUM and DRIVER):
                 allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -75,7 +76,10 @@ def shot(browser: webdriver.Chrome, name: str) -> None:
 
 
 def until(browser: webdriver.Chrome, condition: Any, timeout: float = 20) -> Any:
-    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(condition)
+    """Poll `condition`; an element it read may go stale as the page
+    refreshes itself (a running run's page does): that poll just failed."""
+    return WebDriverWait(browser, timeout, poll_frequency=0.1,
+                         ignored_exceptions=[StaleElementReferenceException]).until(condition)
 
 
 def test_on_call_in_a_real_browser(served: str, browser: webdriver.Chrome) -> None:
