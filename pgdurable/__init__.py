@@ -37,6 +37,7 @@ from .errors import (
     SerializationError,
     StepError,
     StepOrderError,
+    UnavailableError,
 )
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "StepOrderError",
     "Throttle",
     "Timeouts",
+    "UnavailableError",
     "WaitInfo",
     "WorkerInfo",
     "as_user",

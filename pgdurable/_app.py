@@ -36,6 +36,7 @@ from ._functions import (
     run_options,
     start_options,
 )
+from ._network import connect_direct, own_conninfo
 from ._options import FunctionOptions
 from ._registry import FunctionInfo, WorkerInfo
 from ._replay import FRESH
@@ -51,6 +52,7 @@ from .errors import (
     InvalidEventError,
     MigrationError,
     NotFoundError,
+    UnavailableError,
 )
 
 log = logging.getLogger("pgdurable")
@@ -146,7 +148,8 @@ class Durable:
 
     def _new_pool(self) -> ConnectionPool[Any]:
         assert self._dsn is not None
-        return ConnectionPool(self._dsn, open=False, min_size=1, max_size=self._pool_size,
+        return ConnectionPool(own_conninfo(self._dsn, self.connect_timeout), open=False,
+                              min_size=1, max_size=self._pool_size,
                               kwargs={"autocommit": True}, configure=self._configure,
                               name=f"pgdurable-{self.schema}")
 
@@ -155,6 +158,9 @@ class Durable:
         parsing, and no prepared statements through a pooler."""
         set_json_loads(serde.loads, conn)
         self._through_pooler(conn)
+        if not self._pooler:  # a pooler keeps no session settings
+            self._store.session_settings(conn, bounded=True)
+            self._store.bounded = True
 
     def _through_pooler(self, conn: psycopg.Connection[Any]) -> None:
         """Find out, on the first connection, whether it goes through a
@@ -205,11 +211,10 @@ class Durable:
             raise ConfigurationError(f"{why}, which a pooler does not keep: give "
                                      "Durable(listen_dsn=...) a direct DSN")
         try:
-            conn = psycopg.connect(direct, autocommit=True,
-                                   connect_timeout=max(1, round(self.connect_timeout)))
+            conn = connect_direct(direct, self.connect_timeout, self._store)
         except psycopg.OperationalError as exc:
-            raise DurableError(f"cannot connect to Postgres at {_redacted(direct)}: "
-                               f"{str(exc).strip()}") from None
+            raise UnavailableError(f"cannot connect to Postgres at {_redacted(direct)}: "
+                                   f"{str(exc).strip()}") from None
         with conn, _translated_errors(self.schema):
             yield conn
 
@@ -218,12 +223,15 @@ class Durable:
         """A pooled connection in a transaction that commits when the block exits
         (and rolls back if it raises)."""
         with self._pooled() as conn, conn.transaction():
+            self._store.unbounded(conn)  # the caller's code runs in it
             yield conn
 
     @contextmanager
-    def _pooled(self) -> Iterator[psycopg.Connection[Any]]:
+    def _pooled(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection as it is: in autocommit if the pool is ours, so a
-        single statement (all pgdurable needs, mostly) is one round trip."""
+        single statement (all pgdurable needs, mostly) is one round trip.
+        UnavailableError if none comes within `timeout` (default:
+        connect_timeout) or the connection breaks."""
         if self._owns_pool and not self._pool_opened:
             with self._open_lock:
                 if not self._pool_opened:
@@ -231,13 +239,14 @@ class Durable:
                     self._pool_opened = True
         stack = ExitStack()
         try:
-            conn = stack.enter_context(self._pool.connection(timeout=self.connect_timeout))
+            conn = stack.enter_context(self._pool.connection(
+                timeout=self.connect_timeout if timeout is None else timeout))
         except PoolTimeout:
-            raise DurableError(
+            raise UnavailableError(
                 f"cannot connect to Postgres at {_redacted(self.conninfo)} within "
                 f"{self.connect_timeout} s (unreachable, or all {self._pool.max_size} "
                 "pooled connections busy)") from None
-        with stack, _translated_errors(self.schema):
+        with stack, _translated_errors(self.schema, conn):
             if not self._owns_pool:  # ours are set up as they connect
                 self._through_pooler(conn)
             yield conn
@@ -346,18 +355,29 @@ class Durable:
                                  dedupe_window=self.dedupe_window, generated=generated))
 
     def _on_own(self, statement: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """One statement on a pooled connection (autocommit); again, up to
-        _SWAPPED_TRIES times, while a `migrate` recreates the functions under
-        it (it wrote nothing then)."""
-        for _ in range(_SWAPPED_TRIES - 1):
+        """One statement on a pooled connection (autocommit), tried again
+        while it may not have run: its connection broke (Postgres restarted,
+        the network failed; UnavailableError once connect_timeout has passed),
+        or a `migrate` recreated the functions under it (up to _SWAPPED_TRIES
+        times). Only for statements safe to repeat: reads, and sends (an
+        event id already stored is skipped, so a send that landed is not
+        repeated)."""
+        deadline = time.monotonic() + self.connect_timeout
+        delay, swapped = 0.01, 0
+        while True:
             try:
-                with self._pooled() as own:
+                with self._pooled(max(0.0, deadline - time.monotonic())) as own:
                     return statement(own)
-            except psycopg.errors.InternalError_ as exc:
-                if not is_transient(exc):
+            except UnavailableError:
+                if time.monotonic() + delay >= deadline:
                     raise
-        with self._pooled() as own:
-            return statement(own)
+            except psycopg.errors.InternalError_ as exc:
+                swapped += 1
+                if not is_transient(exc) or swapped >= _SWAPPED_TRIES:
+                    raise
+                continue  # the new functions are there already
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     @staticmethod
     def _run_spec(index: int, event: PreparedEvent, fdef: FunctionDef) -> list[Any]:
@@ -409,6 +429,7 @@ class Durable:
             poll_interval=poll_interval, eager=eager, lease=self.lease,
             backoff=Backoff(*self.retry_backoff), dedupe_window=self.dedupe_window,
             max_output_bytes=self.max_output_bytes, direct_conninfo=self.direct_conninfo,
+            connect_timeout=self.connect_timeout,
             policies=self._policies(), prune_interval=self.prune_interval)
         worker = Worker(settings, self._store, self._pool, self._functions, rls=self.rls,
                         send=self._send_generated)
@@ -437,8 +458,8 @@ class Durable:
 
     def get_run(self, run_id: str) -> Run | None:
         """The run with this id, or None."""
-        with self._pooled() as conn:
-            return self._store.get_run(conn, _run_id(run_id))
+        run_id = _run_id(run_id)
+        return self._on_own(lambda conn: self._store.get_run(conn, run_id))
 
     def wait_for_run(self, run_id: str, timeout: float = 60.0) -> Run:
         """Return the run once it is terminal; raise TimeoutError if it is not in time."""
@@ -457,8 +478,7 @@ class Durable:
 
     def get_event(self, event_id: str) -> Event | None:
         """The stored event with this id (its data as stored), or None."""
-        with self._pooled() as conn:
-            return self._store.event(conn, event_id)
+        return self._on_own(lambda conn: self._store.event(conn, event_id))
 
     def list_events(
         self, *, name: str | None = None, since: datetime | None = None,
@@ -473,13 +493,11 @@ class Durable:
             "until": _maybe_aware(until, "until"), "limit": _positive(limit, "limit"),
             "after": after,
         }
-        with self._pooled() as conn:
-            return self._store.list_events(conn, query)
+        return self._on_own(lambda conn: self._store.list_events(conn, query))
 
     def runs_for_event(self, event_id: str) -> list[Run]:
         """The runs an event triggered, oldest first."""
-        with self._pooled() as conn:
-            return self._store.runs_for_event(conn, event_id)
+        return self._on_own(lambda conn: self._store.runs_for_event(conn, event_id))
 
     def list_runs(
         self, *, function: str | None = None, status: str | None = None,
@@ -503,32 +521,30 @@ class Durable:
             "parent": None if parent is None else _run_id(parent),
             "fork_of": None if forked_from is None else _run_id(forked_from),
         }
-        with self._pooled() as conn:
-            return self._store.list_runs(conn, query)
+        return self._on_own(lambda conn: self._store.list_runs(conn, query))
 
     def get_steps(self, run_id: str) -> list[StepInfo]:
         """The steps a run has reached, in the order they began (empty for
         an unknown run)."""
-        with self._pooled() as conn:
-            return self._store.run_steps(conn, _run_id(run_id))
+        run_id = _run_id(run_id)
+        return self._on_own(lambda conn: self._store.run_steps(conn, run_id))
 
     def get_waits(self, run_id: str) -> list[WaitInfo]:
         """What a sleeping or waiting run waits for (empty for others)."""
-        with self._pooled() as conn:
-            return self._store.run_waits(conn, _run_id(run_id))
+        run_id = _run_id(run_id)
+        return self._on_own(lambda conn: self._store.run_waits(conn, run_id))
 
     def count_runs(self, since: datetime, *, cap: int = CAP) -> RunCounts:
         """Runs created since `since`, by function and status: of the newest
         `cap` at most (RunCounts.capped says when there were more)."""
-        with self._pooled() as conn:
-            return self._store.count_runs(conn, require_aware(since, what="since"),
-                                          _positive(cap, "cap"))
+        since, cap = require_aware(since, what="since"), _positive(cap, "cap")
+        return self._on_own(lambda conn: self._store.count_runs(conn, since, cap))
 
     def queue_summary(self, *, cap: int = CAP) -> QueueSummary:
         """Unfinished runs by function and status (of `cap` at most), and how
         long the oldest run ready to start has waited."""
-        with self._pooled() as conn:
-            return self._store.queue_summary(conn, _positive(cap, "cap"))
+        cap = _positive(cap, "cap")
+        return self._on_own(lambda conn: self._store.queue_summary(conn, cap))
 
     def doctor(self) -> list[Check]:
         """Check what hurts in production (schema version, durability
@@ -541,14 +557,12 @@ class Durable:
         """The functions workers have served (as the last one to start
         described them), by id: triggers, cron and its next tick, options,
         and when a worker serving it was last seen."""
-        with self._pooled() as conn:
-            return self._store.list_functions(conn)
+        return self._on_own(self._store.list_functions)
 
     def list_workers(self) -> list[WorkerInfo]:
         """Worker processes that are running, or stopped without saying so
         (`live` False: not seen within their lease) in the last day."""
-        with self._pooled() as conn:
-            return self._store.list_workers(conn)
+        return self._on_own(self._store.list_workers)
 
     def iter_runs(self, *, page: int = 500, unfinished: bool = False,
                   **filters: Any) -> Iterator[Run]:
@@ -756,20 +770,28 @@ def _redacted_text(dsn: str) -> str:
 
 
 def _redacted(conninfo: str) -> str:
+    """Where a connection string leads, for messages: no password, no tuning."""
     try:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError:
         return "(unparsable conninfo)"
-    params.pop("password", None)
-    return make_conninfo(**{k: str(v) for k, v in params.items()})
+    return make_conninfo(**{k: str(v) for k, v in params.items() if k in _WHERE})
+
+
+_WHERE = ("host", "hostaddr", "port", "dbname", "user")
 
 
 @contextmanager
-def _translated_errors(schema: str) -> Iterator[None]:
-    """Turn 'relation/function does not exist' into a migration hint."""
+def _translated_errors(schema: str, own: psycopg.Connection[Any] | None = None) -> Iterator[None]:
+    """Turn 'relation/function does not exist' into a migration hint and,
+    on a connection of our `own`, its breaking into UnavailableError."""
     try:
         yield
     except (pg_errors.UndefinedTable, pg_errors.UndefinedFunction, pg_errors.InvalidSchemaName) as exc:
         raise MigrationError(
             f"schema {schema!r} is not migrated ({exc.diag.message_primary}); "
             "call app.migrate() or run `pgdurable migrate`") from exc
+    except psycopg.OperationalError as exc:
+        if own is None or not own.broken:
+            raise
+        raise UnavailableError(f"lost the connection to Postgres: {str(exc).strip()}") from exc

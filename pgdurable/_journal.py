@@ -24,6 +24,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import _serde as serde
+from ._network import Outage
 from ._store import Checkpoint, Finish, StepRecord, Store, is_transient
 
 log = logging.getLogger("pgdurable.worker")
@@ -37,11 +38,12 @@ class Journal:
     """
 
     def __init__(
-        self, pool: ConnectionPool[Any], store: Store,
+        self, pool: ConnectionPool[Any], store: Store, outage: Outage,
         on_written: Callable[[list[str]], None] = lambda run_ids: None,
     ) -> None:
         self._pool = pool
         self._store = store
+        self._outage = outage
         self._on_written = on_written
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
@@ -104,11 +106,16 @@ class Journal:
         while True:
             try:
                 with self._pool.connection() as conn:
-                    return self._store.flush(conn, steps, finishes, probes)
+                    written = self._store.flush(conn, steps, finishes, probes)
+                self._outage.succeeded()
+                return written
             except psycopg.Error as exc:
                 if not is_transient(exc):
                     raise
-                log.warning("cannot write the journal (%s); retrying in %.1fs", exc, delay)
+                if isinstance(exc, psycopg.OperationalError):
+                    self._outage.failed("write the journal", exc)
+                else:  # a migrate swapped the functions under it
+                    log.warning("cannot write the journal (%s); retrying", exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -122,7 +129,7 @@ class Journal:
         for finish in batch.finishes:
             by_run.setdefault(finish.run_id, ([], []))[1].append(finish)
         checkpoint = self._flush([], [], batch.probes)
-        cancelled = set(checkpoint.cancelled)
+        cancelled, lost = set(checkpoint.cancelled), set[str]()
         for run_id, (steps, finishes) in by_run.items():
             try:
                 checkpoint = self._flush(steps, finishes, [])
@@ -132,7 +139,8 @@ class Journal:
                 cancelled.add(run_id)
                 continue
             cancelled |= checkpoint.cancelled
-        return Checkpoint(frozenset(cancelled), checkpoint.clock)
+            lost |= checkpoint.lost
+        return Checkpoint(frozenset(cancelled), frozenset(lost), checkpoint.clock)
 
     def _fail(self, run_id: str, token: int, exc: Exception) -> None:
         error = {"type": "JournalWriteError", "traceback": None,

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import psycopg
 
 from . import _serde as serde
-from ._control import Cancelled, Suspend
+from ._control import Cancelled, Park, Suspend
 from ._events import Event
 from ._parallel import claim_step_id, in_branch
 from ._retries import Backoff, error_json, gives_up, retry_time
@@ -129,6 +129,9 @@ class RunState:
         self.backoff = backoff
         self.attempt = claimed.handler_attempts
         self.cancel_requested = claimed.cancel_requested
+        # Another worker holds it now (this one was cut off past its lease):
+        # it stops at its next step and writes nothing more.
+        self.lost = False
         self.clock: DbTime = claimed.clock  # the latest answer from the database
         self.finished = False  # its outcome is submitted to the journal
         self._seen: Counter[str] = Counter()
@@ -219,7 +222,10 @@ class RunState:
         return self.prober.submit([], [], [self.claimed.id])
 
     def check_cancelled(self) -> None:
-        """Raise Cancelled if the run was asked to stop or is past its deadline."""
+        """Raise Cancelled if the run was asked to stop or is past its
+        deadline; Park (leave it, write nothing) if it was lost."""
+        if self.lost:
+            raise Park()
         if self.cancel_requested:
             raise Cancelled()
         if self.deadline is not None and self.now() >= self.deadline:
@@ -241,6 +247,8 @@ class RunState:
         """Take in a journal write's answer: a cancel request, the clock."""
         if self.claimed.id in checkpoint.cancelled:
             self.cancel_requested = True
+        if self.claimed.id in checkpoint.lost:
+            self.lost = True
         if checkpoint.clock.received > self.clock.received:
             self.clock = checkpoint.clock
 

@@ -27,6 +27,7 @@ from psycopg.rows import RowFactory, namedtuple_row
 
 from ._counts import QueueSummary, RunCounts
 from ._events import Event, PreparedEvent
+from ._network import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, USER_TIMEOUT_MS
 from ._registry import FunctionInfo, WorkerInfo
 from ._runs import Run, StepInfo, WaitInfo
 from .errors import ConfigurationError, NewerSchemaError
@@ -209,9 +210,11 @@ class DbTime:
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """What a journal write learned: the runs among those it wrote or
-    probed that were asked to cancel, and the database's clock."""
+    probed that were asked to cancel, those whose lease it no longer held
+    (`lost`: nothing of theirs was written), and the database's clock."""
 
     cancelled: frozenset[str]
+    lost: frozenset[str]
     clock: DbTime
 
 
@@ -315,6 +318,9 @@ class Store:
         # transaction pooler, where the next transaction may be on another
         # server connection that never saw them.
         self.prepare = True
+        # Whether the app's pooled connections carry pgdurable's statement
+        # limits (`session_settings`), which user code's transactions lift.
+        self.bounded = False
 
     def _render(self, text: str) -> str:
         for placeholder, value in self._substitutions.items():
@@ -476,7 +482,8 @@ class Store:
             list(probes),
         )).fetchone()
         assert row is not None
-        return Checkpoint(frozenset(map(str, row[0])), DbTime(row[1], sent, time.monotonic()))
+        return Checkpoint(frozenset(map(str, row[0])), frozenset(map(str, row[1])),
+                          DbTime(row[2], sent, time.monotonic()))
 
     def hold_run(self, conn: psycopg.Connection[Any], run_id: str, token: int) -> bool | None:
         """In the caller's transaction: keep the run this claim's until it ends.
@@ -502,9 +509,11 @@ class Store:
 
     def heartbeat(
         self, conn: psycopg.Connection[Any], leases: Sequence[tuple[str, int]], lease: timedelta
-    ) -> set[str]:
+    ) -> list[tuple[str, str]]:
+        """Extend these leases: the runs among them asked to cancel
+        (`cancel`) or no longer held (`lost`), as (run id, which) pairs."""
         rows = self._run(conn, "heartbeat", ([r for r, _ in leases], [t for _, t in leases], lease))
-        return {str(r[0]) for r in rows}
+        return [(str(run_id), why) for run_id, why in rows]
 
     def next_due(self, conn: psycopg.Connection[Any], function_ids: Sequence[str]) -> datetime | None:
         row = self._run(conn, "next_due", (list(function_ids),)).fetchone()
@@ -648,6 +657,19 @@ class Store:
         """The port the server behind this connection listens on (None over a socket)."""
         row = conn.execute(self._q["server_port"], prepare=False).fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+    def session_settings(self, conn: psycopg.Connection[Any], *, bounded: bool) -> None:
+        """On a new connection of our own straight to Postgres (autocommit):
+        the server's keepalives and, if `bounded`, our statement limits."""
+        conn.execute(self._q["session_settings"], {
+            "idle": str(KEEPALIVE_IDLE), "interval": str(KEEPALIVE_INTERVAL),
+            "count": str(KEEPALIVE_COUNT), "user_timeout": str(USER_TIMEOUT_MS),
+            "bounded": bounded}, prepare=False)
+
+    def unbounded(self, conn: psycopg.Connection[Any]) -> None:
+        """In a transaction that runs user code: lift our statement limits."""
+        if self.bounded:
+            conn.execute(self._q["unbounded"], prepare=False)
 
     def doctor_facts(self, conn: psycopg.Connection[Any]) -> Any:
         """The facts `doctor` judges, by name (see queries.sql)."""

@@ -41,6 +41,7 @@ from ._events import Event, PreparedEvent
 from ._floor import DueFloor
 from ._functions import FunctionDef, start_options
 from ._journal import Journal
+from ._network import Outage, Watchdog, connect_direct
 from ._registry import describe
 from ._replay import FRESH, RunState
 from ._retention import BACKGROUND_DUTY, Policies, Pruner
@@ -76,6 +77,7 @@ class WorkerSettings:
     # Straight to Postgres, for what needs a session of its own (LISTEN, and
     # pruning's lock and settings); None: there is none (behind a pooler).
     direct_conninfo: str | None
+    connect_timeout: float  # of the connections it opens itself
     policies: Policies  # retention, and how much history a partition holds
     prune_interval: timedelta | None  # None: this worker never prunes
 
@@ -98,10 +100,11 @@ class Worker:
         self._send = send
         self._capacity = settings.threads + settings.prefetch
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._journal = Journal(self._pool, self._store, on_written=self._forget)
+        self._outage = Outage(f"worker {self.id}")
+        self._journal = Journal(self._pool, self._store, self._outage, on_written=self._forget)
         # Probes of cancel requests at step boundaries: read-only batches of
         # their own, so they never wait for a batch of writes to be flushed.
-        self._prober = Journal(self._pool, self._store)
+        self._prober = Journal(self._pool, self._store, self._outage)
         self._ready: queue.SimpleQueue[RunState | None] = queue.SimpleQueue()
         self._held: dict[str, RunState] = {}  # claimed, until their outcome is written
         self._unfinished = 0  # held runs whose handler has not returned yet
@@ -333,53 +336,76 @@ class Worker:
             retry=retry_if_exception(retry),
             wait=wait_random_exponential(multiplier=0.1, max=5.0),
             stop=stop_never,
-            before_sleep=lambda state: self._log_db_error(what, state.outcome),
+            before_sleep=lambda state: self._db_error(what, state.outcome),
         )
         for attempt in retrying:
             with attempt:
                 if until.is_set():
                     return None
-                with self._direct() if direct else self._pool.connection() as conn:
-                    return action(conn)
+                with self._direct() if direct else self._pool.connection(
+                        timeout=self._settings.connect_timeout) as conn:
+                    done = action(conn)
+                self._outage.succeeded()
+                return done
         return None
 
     def _direct(self) -> psycopg.Connection[Any]:
         """A connection of its own, straight to Postgres, in autocommit."""
         assert self._settings.direct_conninfo is not None
-        return psycopg.connect(self._settings.direct_conninfo, autocommit=True)
+        return connect_direct(self._settings.direct_conninfo, self._settings.connect_timeout,
+                              self._store)
 
-    @staticmethod
-    def _log_db_error(what: str, outcome: Any) -> None:
+    def _db_error(self, what: str, outcome: Any) -> None:
         exc = outcome.exception() if outcome is not None else None
         if isinstance(exc, psycopg.OperationalError):
-            log.warning("worker cannot %s: Postgres unreachable (%s); retrying", what, exc)
+            self._outage.failed(what, exc)
         else:  # a bug or a broken schema: say so loudly, but keep the worker alive
             log.error("worker cannot %s: %r; retrying", what, exc)
 
     def _listen_loop(self) -> None:
-        """Hear NOTIFYs: work to claim, and cancels of runs held here. While
-        runs are held (only then), a statement on the LISTEN connection every
-        FRESH / 2 seconds is a barrier: its answer comes after every notification
-        committed before it, so cancels committed before `cancel_barrier`
-        are known here without asking (see RunState.boundary)."""
+        """Hear NOTIFYs (work to claim, and cancels of runs held here) on a
+        connection of its own, replaced when it fails or stops answering."""
+        watchdog = Watchdog("pgdurable-listener-watchdog")
+        try:
+            while not self._draining.is_set():
+                try:
+                    with self._direct() as conn:
+                        self._store.listen(conn)
+                        self._outage.succeeded()
+                        self._wake.set()  # notifications may have been missed while away
+                        self._listen(conn, watchdog)
+                except Exception as exc:  # the poll still claims meanwhile
+                    self.cancel_barrier = float("-inf")
+                    if isinstance(exc, psycopg.OperationalError):
+                        self._outage.failed("LISTEN", exc)
+                    else:
+                        log.error("worker cannot LISTEN: %r; retrying", exc)
+                    self._draining.wait(1.0)
+        finally:
+            watchdog.close()
+
+    def _listen(self, conn: psycopg.Connection[Any], watchdog: Watchdog) -> None:
+        """A statement on the LISTEN connection, every FRESH / 2 seconds
+        while runs are held and every half poll interval otherwise, is a
+        barrier: its answer comes after every notification committed before
+        it, so cancels committed before `cancel_barrier` are known here
+        without asking (see RunState.boundary). It also proves the connection
+        alive: the watchdog cuts it if the answer takes a poll interval (1 s
+        at least), as on a network path that died silently, so a dead
+        listener is replaced within one poll interval rather than when TCP
+        gives up."""
+        poll = self._settings.poll_interval
+        checked = time.monotonic()
         while not self._draining.is_set():
-            try:
-                with self._direct() as conn:
-                    self._store.listen(conn)
-                    self._wake.set()  # notifications may have been missed while away
-                    while not self._draining.is_set():
-                        if not self._held:  # no run needs a barrier: just listen
-                            self._hear(conn.notifies(timeout=0.5))
-                            continue
-                        self._hear(conn.notifies(timeout=FRESH / 2))
-                        sent = time.monotonic()
-                        self._store.barrier(conn)
-                        self._hear(conn.notifies(timeout=0))  # what came with its answer
-                        self.cancel_barrier = sent
-            except Exception as exc:  # the poll still claims meanwhile
-                self.cancel_barrier = float("-inf")
-                log.warning("worker cannot LISTEN (%r); retrying", exc)
-                self._draining.wait(1.0)
+            self._hear(conn.notifies(timeout=FRESH / 2 if self._held else min(0.5, poll / 2)))
+            if not self._held and time.monotonic() - checked < poll / 2:
+                continue
+            checked = time.monotonic()
+            watchdog.arm(conn, max(poll, 1.0))
+            self._store.barrier(conn)
+            watchdog.disarm()
+            self._hear(conn.notifies(timeout=0))  # what came with its answer
+            self.cancel_barrier = checked
 
     def _hear(self, notifications: Iterator[psycopg.Notify]) -> None:
         for notification in notifications:
@@ -418,12 +444,15 @@ class Worker:
                 leases = [(s.claimed.id, s.claimed.token) for s in self._held.values()]
             if not leases:
                 continue
-            cancelled = self._with_db("extend leases", partial(
+            news = self._with_db("extend leases", partial(
                 self._store.heartbeat, leases=leases, lease=self._settings.lease))
+            tokens = dict(leases)
             with self._held_lock:
-                for run_id in cancelled or ():
-                    if (state := self._held.get(run_id)) is not None:
-                        state.cancel_requested = True
+                for run_id, why in news or ():
+                    state = self._held.get(run_id)
+                    if state is not None and state.claimed.token == tokens[run_id]:  # that claim
+                        state.lost |= why == "lost"
+                        state.cancel_requested |= why == "cancel"
 
     def _schedule_loop(self) -> None:
         while not self._outdated.is_set():
@@ -494,6 +523,7 @@ class Worker:
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         with self._pool.connection() as conn, conn.transaction():
+            self._store.unbounded(conn)  # a step's code runs in it
             yield conn
 
     @property
@@ -554,6 +584,9 @@ class Worker:
             if isinstance(outcome, Park):  # parked in the database already: nothing to write
                 self._held.pop(claimed.id, None)
         if isinstance(outcome, Park):
+            if state.lost:
+                log.warning("run %s: another worker took it over (this one was cut off past its "
+                            "lease); it stops here and writes nothing", claimed.id)
             self._wake.set()
             return
         if self._ready.qsize() < self._settings.threads:

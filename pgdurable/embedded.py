@@ -59,9 +59,13 @@ def _free_port() -> int:
 class EmbeddedPostgres:
     """Start (creating if needed) a server whose data lives in `data_dir`."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None,
+                 settings: dict[str, str] | None = None) -> None:
+        """`settings`: server settings (`-c name=value`) for a server started
+        here from the system's binaries."""
         self.data_dir = Path(data_dir).resolve()
         self.port = port  # a free one when None (system binaries only)
+        self.settings = dict(settings or {})
         self._pgserver: Any = None
         self._bindir: Path | None = None
         self.dsn: str | None = None
@@ -85,6 +89,14 @@ class EmbeddedPostgres:
         if self._pgserver is not None:
             self._pgserver.cleanup()
             self._pgserver = None
+
+    def restart(self, *, mode: str = "fast") -> None:
+        """Restart the server this process started; `mode` "immediate" stops
+        it as a crash would (no checkpoint: it recovers from its WAL)."""
+        if self._bindir is None:
+            raise DurableError("restart: this process did not start the server")
+        self._as_owner([str(self._bindir / "pg_ctl"), "-D", str(self.data_dir / "pgdata"),
+                        "-l", str(self.data_dir / "server.log"), "-m", mode, "-w", "restart"])
 
     def __enter__(self) -> str:
         return self.start()
@@ -120,7 +132,9 @@ class EmbeddedPostgres:
                 return f"postgresql://postgres@127.0.0.1:{port}/postgres"
             if port is None:
                 port = self.port or _free_port()
-                options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1"
+                settings = {"listen_addresses": "127.0.0.1", **self.settings}
+                options = f"-p {port} -k {sockets}" + "".join(
+                    f" -c {name}={value}" for name, value in settings.items())
                 self._as_owner([str(bindir / "pg_ctl"), "-D", str(pgdata), "-l",
                                 str(self.data_dir / "server.log"), "-o", options, "-w", "start"])
                 log.info("started PostgreSQL from %s in %s on port %d", bindir, pgdata, port)

@@ -25,6 +25,12 @@ class NotFoundError(DurableError, LookupError):
     """The run, event or step asked for does not exist (or was pruned)."""
 
 
+class UnavailableError(DurableError):
+    """Postgres could not be reached within `connect_timeout` (it is down,
+    restarting, or the network to it failed). A send may be retried with the
+    same event ids: a send that did land is not repeated."""
+
+
 class SerializationError(DurableError, TypeError):
     """A value could not be serialized to JSON (event data, step output)."""
 

@@ -97,6 +97,30 @@ SELECT cancel_requested FROM {schema}.queue
 WHERE run_id = %s AND lease_token = %s AND status = 'running'
 FOR KEY SHARE;
 
+-- name: session_settings
+-- On a connection of pgdurable's own straight to Postgres: the server's end
+-- of the keepalives (see _network.py), so that the session of a client
+-- whose network path died ends in seconds and releases its locks; and where
+-- `bounded`, limits on pgdurable's own statements that none of them comes
+-- near (a transaction that runs user code lifts them: `unbounded`).
+SELECT set_config('tcp_keepalives_idle', %(idle)s, false),
+       set_config('tcp_keepalives_interval', %(interval)s, false),
+       set_config('tcp_keepalives_count', %(count)s, false),
+       set_config('tcp_user_timeout', %(user_timeout)s, false),
+       set_config('statement_timeout', CASE WHEN %(bounded)s THEN '5min'
+                  ELSE current_setting('statement_timeout') END, false),
+       set_config('lock_timeout', CASE WHEN %(bounded)s THEN '1min'
+                  ELSE current_setting('lock_timeout') END, false),
+       set_config('idle_in_transaction_session_timeout', CASE WHEN %(bounded)s THEN '1min'
+                  ELSE current_setting('idle_in_transaction_session_timeout') END, false);
+
+-- name: unbounded
+-- User code runs in this transaction (a transactional step, app.connection()):
+-- it takes as long as it takes, under the limits the database itself sets.
+SET LOCAL statement_timeout TO DEFAULT;
+SET LOCAL lock_timeout TO DEFAULT;
+SET LOCAL idle_in_transaction_session_timeout TO DEFAULT;
+
 -- name: reset_role
 SELECT set_config('role', 'none', true);
 

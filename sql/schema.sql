@@ -1323,7 +1323,7 @@ $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgdurable.flush(p_steps jsonb, p_finishes jsonb, p_probes uuid[])
- RETURNS TABLE(cancelled uuid[], at timestamp with time zone)
+ RETURNS TABLE(cancelled uuid[], lost uuid[], at timestamp with time zone)
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
  SET enable_nestloop TO 'off'
@@ -1335,6 +1335,7 @@ DECLARE
     v_due boolean;
     v_cancelled uuid[];
     v_holders uuid[];
+    v_lost uuid[];
 BEGIN
     IF cardinality(p_probes) > 0 THEN
         v_cancelled := ARRAY(SELECT q.run_id FROM "pgdurable".queue q
@@ -1349,24 +1350,29 @@ BEGIN
             SELECT q.run_id, q.lease_token, q.cancel_requested FROM "pgdurable".queue q
             WHERE q.run_id = ANY(v_step_runs) AND q.status = 'running'
             ORDER BY q.run_id FOR KEY SHARE  -- in run order, as cancel_set locks them
+        ), input AS MATERIALIZED (
+            SELECT (e ->> 0)::uuid AS run_id, (e ->> 1)::bigint AS token, e ->> 2 AS key,
+                   (e ->> 3)::int AS pos, e ->> 4 AS status, e -> 5 AS output,
+                   nullif(e -> 6, 'null') AS error, (e ->> 7)::int AS attempts,
+                   (e ->> 8)::timestamptz AS started
+            FROM jsonb_array_elements(p_steps) e
         ), journaled AS (
             INSERT INTO "pgdurable".steps AS s
                 (run_id, step_key, position, status, output, error, attempts, started_at)
             SELECT i.run_id, i.key, i.pos, i.status, i.output, i.error, i.attempts, i.started
-            FROM (SELECT (e ->> 0)::uuid AS run_id, (e ->> 1)::bigint AS token, e ->> 2 AS key,
-                         (e ->> 3)::int AS pos, e ->> 4 AS status, e -> 5 AS output,
-                         nullif(e -> 6, 'null') AS error, (e ->> 7)::int AS attempts,
-                         (e ->> 8)::timestamptz AS started
-                  FROM jsonb_array_elements(p_steps) e) i
-            JOIN valid v ON v.run_id = i.run_id AND v.lease_token = i.token
+            FROM input i JOIN valid v ON v.run_id = i.run_id AND v.lease_token = i.token
             ON CONFLICT (run_id, step_key) DO UPDATE
                 SET status = excluded.status, output = excluded.output,
                     error = excluded.error, attempts = excluded.attempts,
                     started_at = excluded.started_at, finished_at = now()
                 WHERE s.status = 'retrying'
         )
-        SELECT coalesce(v_cancelled, '{}') || coalesce(array_agg(run_id), '{}') INTO v_cancelled
-        FROM valid WHERE cancel_requested;
+        SELECT coalesce(v_cancelled, '{}')
+                   || coalesce(array_agg(v.run_id) FILTER (WHERE v.cancel_requested), '{}'),
+               ARRAY(SELECT DISTINCT i.run_id FROM input i WHERE NOT EXISTS (
+                   SELECT FROM valid w WHERE w.run_id = i.run_id AND w.lease_token = i.token))
+        INTO v_cancelled, v_lost
+        FROM valid v;
     END IF;
 
     IF cardinality(v_fin_runs) > 0 THEN
@@ -1421,7 +1427,7 @@ BEGIN
         END IF;
     END IF;
 
-    RETURN QUERY SELECT coalesce(v_cancelled, '{}'), clock_timestamp();
+    RETURN QUERY SELECT coalesce(v_cancelled, '{}'), coalesce(v_lost, '{}'), clock_timestamp();
 END
 $function$
 ;
@@ -1531,7 +1537,7 @@ $function$
 ;
 
 CREATE OR REPLACE FUNCTION pgdurable.heartbeat(p_runs uuid[], p_tokens bigint[], p_lease interval)
- RETURNS SETOF uuid
+ RETURNS TABLE(held_run uuid, why text)
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
  SET enable_nestloop TO 'off'
@@ -1553,7 +1559,11 @@ BEGIN
         FROM held WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM held)) AND q.run_id = held.run_id
         RETURNING q.run_id, q.cancel_requested
     )
-    SELECT x.run_id FROM extended x WHERE x.cancel_requested;
+    SELECT x.run_id, 'cancel' FROM extended x WHERE x.cancel_requested
+    UNION ALL  -- no longer this claim's: another worker took it over
+    SELECT h.run_id, 'lost' FROM unnest(p_runs, p_tokens) AS h(run_id, token)
+    WHERE NOT EXISTS (SELECT FROM "pgdurable".queue q WHERE q.run_id = h.run_id
+                      AND q.lease_token = h.token AND q.status = 'running');
 END
 $function$
 ;
@@ -1755,7 +1765,15 @@ BEGIN
         RETURN QUERY SELECT CASE WHEN v_cancel THEN 'cancelled' ELSE 'lost' END, NULL::jsonb;
         RETURN;
     END IF;
-    SELECT s.started_at INTO v_since FROM "pgdurable".steps s
+    -- The step before may have begun in an earlier attempt that a crash cut
+    -- short, its sends stored then (and only deduplicated when it ran again):
+    -- so the window opens when it could first begin, once the entry before
+    -- it was written (or the run was first claimed), if that is earlier.
+    SELECT least(s.started_at, coalesce(
+               (SELECT p.finished_at FROM "pgdurable".steps p
+                WHERE p.run_id = p_run AND p.position < s.position AND p.step_key <> p_key
+                ORDER BY p.position DESC LIMIT 1), v_started))
+    INTO v_since FROM "pgdurable".steps s
     WHERE s.run_id = p_run AND s.step_key <> p_key ORDER BY s.position DESC LIMIT 1;
     v_since := coalesce(v_since, v_started);
 

@@ -12,6 +12,7 @@ from conftest import run_of, status_of
 
 from pgdurable import Cancel, ConfigurationError, Context, Durable, InvalidEventError
 from pgdurable._journal import Journal
+from pgdurable._network import Outage
 from pgdurable._store import Finish, StepRecord, check_schema_name
 from pgdurable.testing import internals
 
@@ -82,7 +83,7 @@ def test_a_refused_journal_entry_fails_its_run_not_the_batch(
     def entry(run_id: str, key: str) -> StepRecord:
         return StepRecord(run_id, claimed[run_id].token, key, 1, "completed", "1", None, 1, now)
 
-    journal = Journal(internals(app).pool, internals(app).store)
+    journal = Journal(internals(app).pool, internals(app).store, Outage("test"))
     journal.start()
     try:
         checkpoint = journal.submit(

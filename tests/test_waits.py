@@ -176,6 +176,34 @@ def test_an_event_sent_while_the_run_gets_to_the_wait_is_delivered(app: Durable)
     assert sent.is_set()
 
 
+def test_an_event_a_crashed_attempt_sent_still_counts(
+    app: Durable, db: psycopg.Connection[Any]
+) -> None:
+    """The step before the wait sent its event in an attempt a crash cut
+    short; run again, its send found the event stored (same id) and kept
+    it, with the time it was first received: before this attempt of the
+    step began. The wait still takes it (found by bench/chaos.py)."""
+    first_done, go_on = threading.Event(), threading.Event()
+
+    @app.function(id="ask-then-wait", event="start")
+    def ask_then_wait(ctx: Context) -> Any:
+        ctx.step.run("first", lambda: None)
+        first_done.set()
+        go_on.wait(20)  # meanwhile the "crashed attempt" of `ask` sends its event
+        ctx.step.send_event("ask", Event("answer", {"k": ctx.event.data["k"]}))
+        event = ctx.step.wait_for_event("answer", event="answer", match="data.k", timeout="30s")
+        return event.data if event else None
+
+    app.start(threads=1)
+    run_id = run_of(app, "start", {"k": "x"})
+    wait_until(lambda: first_done.is_set() and app.get_steps(run_id), 20, "step first")
+    db.execute(f'INSERT INTO "{app.schema}".events (id, name, data, ts, received_at) VALUES '
+               "(%s, 'answer', '{\"k\": \"x\"}', now(), clock_timestamp())",
+               (f"pgdurable:{run_id}/ask/0",))
+    go_on.set()
+    assert app.wait_for_run(run_id, 20).output == {"k": "x"}
+
+
 def test_no_wake_up_is_lost_in_1000_races(app: Durable, db: psycopg.Connection[Any]) -> None:
     """Each run finishes a step, then waits; the test sends the matching event
     the moment that step is committed, racing the run's suspension."""

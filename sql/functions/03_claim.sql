@@ -171,14 +171,16 @@ END
 $$;
 
 -- heartbeat: extend the leases a live worker holds; returns the runs among
--- them that someone asked to cancel. Like a claim, it need not wait for its
+-- them that someone asked to cancel ('cancel') and those it no longer
+-- holds ('lost': it was cut off past their lease, and another worker took
+-- them over), whose handlers must stop. Like a claim, it need not wait for its
 -- WAL flush: a lost extension only lets the lease expire sooner. A row
 -- locked by someone else is skipped, not waited for: that is the journal
 -- writer finishing or requeueing the run, or a cancel, and waiting could
 -- deadlock with either.
 CREATE FUNCTION {schema}.heartbeat(
     p_runs uuid[], p_tokens bigint[], p_lease interval
-) RETURNS SETOF uuid LANGUAGE plpgsql
+) RETURNS TABLE (held_run uuid, why text) LANGUAGE plpgsql
 -- Every access is by key, in sets: index scans and hash joins are right
 -- whatever the (often stale) statistics of the churning queue say.
 SET enable_seqscan = off SET enable_nestloop = off SET jit = off AS $$
@@ -198,7 +200,11 @@ BEGIN
         FROM held WHERE q.run_id = ANY(ARRAY(SELECT run_id FROM held)) AND q.run_id = held.run_id
         RETURNING q.run_id, q.cancel_requested
     )
-    SELECT x.run_id FROM extended x WHERE x.cancel_requested;
+    SELECT x.run_id, 'cancel' FROM extended x WHERE x.cancel_requested
+    UNION ALL  -- no longer this claim's: another worker took it over
+    SELECT h.run_id, 'lost' FROM unnest(p_runs, p_tokens) AS h(run_id, token)
+    WHERE NOT EXISTS (SELECT FROM {schema}.queue q WHERE q.run_id = h.run_id
+                      AND q.lease_token = h.token AND q.status = 'running');
 END
 $$;
 

@@ -10,7 +10,9 @@
 -- p_probes are runs about to start a step that only ask whether they were
 -- asked to cancel (see RunState.boundary).
 -- Returns the runs, among those journaled or probed, that someone asked to
--- cancel, and the database's clock.
+-- cancel; the runs journaled whose lease this worker no longer holds (it
+-- was cut off past it, and another worker took them over): their handlers
+-- must stop; and the database's clock.
 --
 -- Batches come as JSON arrays of arrays (one document each: far cheaper to
 -- send from Python than a dozen typed arrays; positional, as naming the
@@ -19,7 +21,7 @@
 --   p_steps:    [run_id, token, key, position, status, output, error, attempts, started_at]
 --   p_finishes: [run_id, token, status, output, error, available_at, retry, handler_failed]
 CREATE FUNCTION {schema}.flush(p_steps jsonb, p_finishes jsonb, p_probes uuid[])
-RETURNS TABLE (cancelled uuid[], at timestamptz)
+RETURNS TABLE (cancelled uuid[], lost uuid[], at timestamptz)
 LANGUAGE plpgsql
 -- Every access is by key, in sets: index scans and hash joins are right
 -- whatever the (often stale) statistics of the churning queue say.
@@ -30,6 +32,7 @@ DECLARE
     v_due boolean;
     v_cancelled uuid[];
     v_holders uuid[];
+    v_lost uuid[];
 BEGIN
     IF cardinality(p_probes) > 0 THEN
         v_cancelled := ARRAY(SELECT q.run_id FROM {schema}.queue q
@@ -44,24 +47,29 @@ BEGIN
             SELECT q.run_id, q.lease_token, q.cancel_requested FROM {schema}.queue q
             WHERE q.run_id = ANY(v_step_runs) AND q.status = 'running'
             ORDER BY q.run_id FOR KEY SHARE  -- in run order, as cancel_set locks them
+        ), input AS MATERIALIZED (
+            SELECT (e ->> 0)::uuid AS run_id, (e ->> 1)::bigint AS token, e ->> 2 AS key,
+                   (e ->> 3)::int AS pos, e ->> 4 AS status, e -> 5 AS output,
+                   nullif(e -> 6, 'null') AS error, (e ->> 7)::int AS attempts,
+                   (e ->> 8)::timestamptz AS started
+            FROM jsonb_array_elements(p_steps) e
         ), journaled AS (
             INSERT INTO {schema}.steps AS s
                 (run_id, step_key, position, status, output, error, attempts, started_at)
             SELECT i.run_id, i.key, i.pos, i.status, i.output, i.error, i.attempts, i.started
-            FROM (SELECT (e ->> 0)::uuid AS run_id, (e ->> 1)::bigint AS token, e ->> 2 AS key,
-                         (e ->> 3)::int AS pos, e ->> 4 AS status, e -> 5 AS output,
-                         nullif(e -> 6, 'null') AS error, (e ->> 7)::int AS attempts,
-                         (e ->> 8)::timestamptz AS started
-                  FROM jsonb_array_elements(p_steps) e) i
-            JOIN valid v ON v.run_id = i.run_id AND v.lease_token = i.token
+            FROM input i JOIN valid v ON v.run_id = i.run_id AND v.lease_token = i.token
             ON CONFLICT (run_id, step_key) DO UPDATE
                 SET status = excluded.status, output = excluded.output,
                     error = excluded.error, attempts = excluded.attempts,
                     started_at = excluded.started_at, finished_at = now()
                 WHERE s.status = 'retrying'
         )
-        SELECT coalesce(v_cancelled, '{}') || coalesce(array_agg(run_id), '{}') INTO v_cancelled
-        FROM valid WHERE cancel_requested;
+        SELECT coalesce(v_cancelled, '{}')
+                   || coalesce(array_agg(v.run_id) FILTER (WHERE v.cancel_requested), '{}'),
+               ARRAY(SELECT DISTINCT i.run_id FROM input i WHERE NOT EXISTS (
+                   SELECT FROM valid w WHERE w.run_id = i.run_id AND w.lease_token = i.token))
+        INTO v_cancelled, v_lost
+        FROM valid v;
     END IF;
 
     IF cardinality(v_fin_runs) > 0 THEN
@@ -116,6 +124,6 @@ BEGIN
         END IF;
     END IF;
 
-    RETURN QUERY SELECT coalesce(v_cancelled, '{}'), clock_timestamp();
+    RETURN QUERY SELECT coalesce(v_cancelled, '{}'), coalesce(v_lost, '{}'), clock_timestamp();
 END
 $$;

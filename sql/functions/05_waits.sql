@@ -43,7 +43,8 @@ $$;
 -- register_wait: the step p_key of a running run starts waiting for one of
 -- the events p_names. Under the exclusive lock of each name (senders hold it
 -- shared until they commit), it first looks for a matching event received
--- since the step before this one started (or since the run started), that
+-- since the step before this one started, in whichever attempt first began
+-- it (or since the run started), that
 -- no earlier wait of the run consumed: an event sent while the run was
 -- getting here is not missed, and two waits in a row take two events. All
 -- these times are the database's: `received_at` is when the send statement
@@ -78,7 +79,15 @@ BEGIN
         RETURN QUERY SELECT CASE WHEN v_cancel THEN 'cancelled' ELSE 'lost' END, NULL::jsonb;
         RETURN;
     END IF;
-    SELECT s.started_at INTO v_since FROM {schema}.steps s
+    -- The step before may have begun in an earlier attempt that a crash cut
+    -- short, its sends stored then (and only deduplicated when it ran again):
+    -- so the window opens when it could first begin, once the entry before
+    -- it was written (or the run was first claimed), if that is earlier.
+    SELECT least(s.started_at, coalesce(
+               (SELECT p.finished_at FROM {schema}.steps p
+                WHERE p.run_id = p_run AND p.position < s.position AND p.step_key <> p_key
+                ORDER BY p.position DESC LIMIT 1), v_started))
+    INTO v_since FROM {schema}.steps s
     WHERE s.run_id = p_run AND s.step_key <> p_key ORDER BY s.position DESC LIMIT 1;
     v_since := coalesce(v_since, v_started);
 
