@@ -55,10 +55,12 @@ class Journal:
         self._thread.start()
 
     def submit(
-        self, steps: list[StepRecord], finishes: list[Finish], probes: list[str] | None = None
+        self, steps: list[StepRecord], finishes: list[Finish],
+        probes: list[tuple[str, int]] | None = None,
     ) -> Future[Checkpoint]:
-        """Queue writes (and `probes`: runs that only ask whether they were
-        asked to cancel); the future resolves once they are committed."""
+        """Queue writes (and `probes`: runs, with their lease tokens, that only
+        ask whether they were asked to cancel or lost); the future resolves
+        once they are committed."""
         with self._lock:
             self._batch.steps.extend(steps)
             self._batch.finishes.extend(finishes)
@@ -100,7 +102,7 @@ class Journal:
             batch.future.set_exception(exc)
 
     def _flush(
-        self, steps: list[StepRecord], finishes: list[Finish], probes: list[str]
+        self, steps: list[StepRecord], finishes: list[Finish], probes: list[tuple[str, int]]
     ) -> Checkpoint:
         delay = 0.05
         while True:
@@ -160,7 +162,7 @@ class _Batch:
 
     steps: list[StepRecord] = field(default_factory=list)
     finishes: list[Finish] = field(default_factory=list)
-    probes: list[str] = field(default_factory=list)
+    probes: list[tuple[str, int]] = field(default_factory=list)
     future: Future[Checkpoint] = field(default_factory=Future)
 
     @property

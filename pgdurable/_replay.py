@@ -45,7 +45,8 @@ FRESH = 0.1
 
 class JournalWriter(Protocol):
     def submit(
-        self, steps: list[StepRecord], finishes: list[Finish], probes: list[str] | None = None
+        self, steps: list[StepRecord], finishes: list[Finish],
+        probes: list[tuple[str, int]] | None = None,
     ) -> Future[Checkpoint]: ...
 
 
@@ -117,7 +118,8 @@ class RunState:
 
     def __init__(
         self, claimed: ClaimedRow, writer: JournalWriter, prober: JournalWriter, runtime: Runtime, *,
-        max_output_bytes: int, backoff: Backoff, finish_timeout: timedelta | None = None,
+        max_output_bytes: int, backoff: Backoff, lease: timedelta,
+        finish_timeout: timedelta | None = None,
     ) -> None:
         self.claimed = claimed
         self.finish_timeout = finish_timeout
@@ -132,6 +134,9 @@ class RunState:
         # Another worker holds it now (this one was cut off past its lease):
         # it stops at its next step and writes nothing more.
         self.lost = False
+        # Until when (monotonic) its lease surely holds: from the claim, then
+        # from each heartbeat that extended it. Past that, a step boundary asks.
+        self.lease_until = claimed.clock.sent + lease.total_seconds()
         self.clock: DbTime = claimed.clock  # the latest answer from the database
         self.finished = False  # its outcome is submitted to the journal
         self._seen: Counter[str] = Counter()
@@ -217,9 +222,11 @@ class RunState:
             pending = None
         if pending is not None or not ask:
             return pending
-        if time.monotonic() - max(self.clock.sent, self.runtime.cancel_barrier) <= FRESH:
+        now = time.monotonic()
+        if now - max(self.clock.sent, self.runtime.cancel_barrier) <= FRESH \
+                and now < self.lease_until:  # else it may have been taken over meanwhile
             return None
-        return self.prober.submit([], [], [self.claimed.id])
+        return self.prober.submit([], [], [(self.claimed.id, self.claimed.token)])
 
     def check_cancelled(self) -> None:
         """Raise Cancelled if the run was asked to stop or is past its

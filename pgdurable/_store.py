@@ -471,15 +471,16 @@ class Store:
 
     def flush(
         self, conn: psycopg.Connection[Any], steps: Sequence[StepRecord],
-        finishes: Sequence[Finish], probes: Sequence[str] = (),
+        finishes: Sequence[Finish], probes: Sequence[tuple[str, int]] = (),
     ) -> Checkpoint:
         """Write journal entries and run transitions; learn which runs among
-        the journaled and `probes` were asked to cancel."""
+        the journaled and `probes` (run ids and lease tokens) were asked to
+        cancel, or are no longer held."""
         sent = time.monotonic()
         row = self._run(conn, "flush", (
             "[" + ",".join(map(_step_json, steps)) + "]",
             "[" + ",".join(map(_finish_json, finishes)) + "]",
-            list(probes),
+            [run_id for run_id, _ in probes], [token for _, token in probes],
         )).fetchone()
         assert row is not None
         return Checkpoint(frozenset(map(str, row[0])), frozenset(map(str, row[1])),

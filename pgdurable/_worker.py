@@ -444,15 +444,22 @@ class Worker:
                 leases = [(s.claimed.id, s.claimed.token) for s in self._held.values()]
             if not leases:
                 continue
+            sent = time.monotonic()
             news = self._with_db("extend leases", partial(
                 self._store.heartbeat, leases=leases, lease=self._settings.lease))
-            tokens = dict(leases)
+            if news is None:
+                continue
+            tokens, whys = dict(leases), dict(news)
             with self._held_lock:
-                for run_id, why in news or ():
+                for run_id, token in tokens.items():
                     state = self._held.get(run_id)
-                    if state is not None and state.claimed.token == tokens[run_id]:  # that claim
-                        state.lost |= why == "lost"
-                        state.cancel_requested |= why == "cancel"
+                    if state is None or state.claimed.token != token:  # not that claim
+                        continue
+                    why = whys.get(run_id)
+                    state.lost |= why == "lost"
+                    state.cancel_requested |= why == "cancel"
+                    if why != "lost":
+                        state.lease_until = sent + self._settings.lease.total_seconds()
 
     def _schedule_loop(self) -> None:
         while not self._outdated.is_set():
@@ -564,7 +571,7 @@ class Worker:
     def _new_state(self, claimed: ClaimedRow) -> RunState:
         return RunState(claimed, self._journal, self._prober, self,
                         max_output_bytes=self._settings.max_output_bytes,
-                        backoff=self._settings.backoff,
+                        backoff=self._settings.backoff, lease=self._settings.lease,
                         finish_timeout=self._functions[claimed.function_id].finish_timeout)
 
     def _execute(self, state: RunState, loop: asyncio.AbstractEventLoop) -> None:

@@ -84,7 +84,7 @@ SELECT * FROM {schema}.send_and_claim(%s::jsonb, %s::jsonb, %s::interval, %s, %s
 SELECT * FROM {schema}.claim_runs(%s, %s::text[], %s, %s::interval, %s::timestamptz);
 
 -- name: flush
-SELECT * FROM {schema}.flush(%s::jsonb, %s::jsonb, %s::uuid[]);
+SELECT * FROM {schema}.flush(%s::jsonb, %s::jsonb, %s::uuid[], %s::bigint[]);
 
 -- name: hold_run
 -- A transactional step's first statement: whether the run is still this

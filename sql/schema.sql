@@ -1322,7 +1322,7 @@ AS $function$
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.flush(p_steps jsonb, p_finishes jsonb, p_probes uuid[])
+CREATE OR REPLACE FUNCTION pgdurable.flush(p_steps jsonb, p_finishes jsonb, p_probes uuid[], p_probe_tokens bigint[])
  RETURNS TABLE(cancelled uuid[], lost uuid[], at timestamp with time zone)
  LANGUAGE plpgsql
  SET enable_seqscan TO 'off'
@@ -1338,8 +1338,12 @@ DECLARE
     v_lost uuid[];
 BEGIN
     IF cardinality(p_probes) > 0 THEN
-        v_cancelled := ARRAY(SELECT q.run_id FROM "pgdurable".queue q
-                             WHERE q.run_id = ANY(p_probes) AND q.cancel_requested);
+        SELECT array_agg(p.run_id) FILTER (WHERE q.cancel_requested),
+               array_agg(p.run_id) FILTER (WHERE q.run_id IS NULL)
+        INTO v_cancelled, v_lost
+        FROM unnest(p_probes, p_probe_tokens) AS p(run_id, token)
+        LEFT JOIN "pgdurable".queue q
+          ON q.run_id = p.run_id AND q.lease_token = p.token AND q.status = 'running';
     END IF;
     IF cardinality(v_step_runs) > 0 THEN
         -- One pass over the queue both checks the leases and reads the
@@ -1369,8 +1373,9 @@ BEGIN
         )
         SELECT coalesce(v_cancelled, '{}')
                    || coalesce(array_agg(v.run_id) FILTER (WHERE v.cancel_requested), '{}'),
-               ARRAY(SELECT DISTINCT i.run_id FROM input i WHERE NOT EXISTS (
-                   SELECT FROM valid w WHERE w.run_id = i.run_id AND w.lease_token = i.token))
+               coalesce(v_lost, '{}') || ARRAY(
+                   SELECT DISTINCT i.run_id FROM input i WHERE NOT EXISTS (
+                       SELECT FROM valid w WHERE w.run_id = i.run_id AND w.lease_token = i.token))
         INTO v_cancelled, v_lost
         FROM valid v;
     END IF;

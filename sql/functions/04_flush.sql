@@ -8,7 +8,8 @@
 -- that was asked to cancel ends `cancelled` whatever transition it reports:
 -- a cancel that returned true is never undone by the run's own next move.
 -- p_probes are runs about to start a step that only ask whether they were
--- asked to cancel (see RunState.boundary).
+-- asked to cancel, and whether they are still theirs (see RunState.boundary),
+-- with the lease tokens of their claims in p_probe_tokens.
 -- Returns the runs, among those journaled or probed, that someone asked to
 -- cancel; the runs journaled whose lease this worker no longer holds (it
 -- was cut off past it, and another worker took them over): their handlers
@@ -20,7 +21,8 @@
 -- bench/named_or_positional.py):
 --   p_steps:    [run_id, token, key, position, status, output, error, attempts, started_at]
 --   p_finishes: [run_id, token, status, output, error, available_at, retry, handler_failed]
-CREATE FUNCTION {schema}.flush(p_steps jsonb, p_finishes jsonb, p_probes uuid[])
+CREATE FUNCTION {schema}.flush(p_steps jsonb, p_finishes jsonb, p_probes uuid[],
+                               p_probe_tokens bigint[])
 RETURNS TABLE (cancelled uuid[], lost uuid[], at timestamptz)
 LANGUAGE plpgsql
 -- Every access is by key, in sets: index scans and hash joins are right
@@ -35,8 +37,12 @@ DECLARE
     v_lost uuid[];
 BEGIN
     IF cardinality(p_probes) > 0 THEN
-        v_cancelled := ARRAY(SELECT q.run_id FROM {schema}.queue q
-                             WHERE q.run_id = ANY(p_probes) AND q.cancel_requested);
+        SELECT array_agg(p.run_id) FILTER (WHERE q.cancel_requested),
+               array_agg(p.run_id) FILTER (WHERE q.run_id IS NULL)
+        INTO v_cancelled, v_lost
+        FROM unnest(p_probes, p_probe_tokens) AS p(run_id, token)
+        LEFT JOIN {schema}.queue q
+          ON q.run_id = p.run_id AND q.lease_token = p.token AND q.status = 'running';
     END IF;
     IF cardinality(v_step_runs) > 0 THEN
         -- One pass over the queue both checks the leases and reads the
@@ -66,8 +72,9 @@ BEGIN
         )
         SELECT coalesce(v_cancelled, '{}')
                    || coalesce(array_agg(v.run_id) FILTER (WHERE v.cancel_requested), '{}'),
-               ARRAY(SELECT DISTINCT i.run_id FROM input i WHERE NOT EXISTS (
-                   SELECT FROM valid w WHERE w.run_id = i.run_id AND w.lease_token = i.token))
+               coalesce(v_lost, '{}') || ARRAY(
+                   SELECT DISTINCT i.run_id FROM input i WHERE NOT EXISTS (
+                       SELECT FROM valid w WHERE w.run_id = i.run_id AND w.lease_token = i.token))
         INTO v_cancelled, v_lost
         FROM valid v;
     END IF;
