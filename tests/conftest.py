@@ -9,23 +9,19 @@ says which. It is found when the first test asks for it, so the unit tier
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from pgdurable import Context, Durable
-from pgdurable.testing import drop_schema, new_schema_name, test_server
+from pgdurable.testing import drop_schema, new_schema_name, pgbouncer, pgbouncer_binary, test_server
 
 _server = ExitStack()
 
@@ -45,50 +41,13 @@ def dsn(pytestconfig: pytest.Config) -> str:
 
 @pytest.fixture(scope="session")
 def pooler_dsn(dsn: str) -> Iterator[str]:
-    """The test server through Debian's PgBouncer in transaction pooling mode
-    (started here; run as `postgres` when we are root, as it refuses root)."""
-    binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists(
-        "/usr/sbin/pgbouncer") else None)
-    if binary is None:
+    """The test server through Debian's PgBouncer in transaction pooling mode."""
+    if pgbouncer_binary() is None:
         if os.environ.get("PGDURABLE_REQUIRE_POOLER"):
             raise RuntimeError("pgbouncer is needed: apt-get install pgbouncer")
         pytest.skip("no pgbouncer (apt-get install pgbouncer)")
-    server = psycopg.conninfo.conninfo_to_dict(dsn)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    folder = Path(tempfile.mkdtemp(prefix="pgdurable-pgbouncer-"))
-    user = str(server.get("user") or "postgres")
-    (folder / "users.txt").write_text(f'"{user}" ""\n')
-    (folder / "pgbouncer.ini").write_text(
-        f"[databases]\n* = host={server.get('host') or '127.0.0.1'} port={server.get('port') or 5432}\n"
-        f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = trust\n"
-        f"auth_file = {folder}/users.txt\npool_mode = transaction\nmax_client_conn = 500\n"
-        "default_pool_size = 20\nunix_socket_dir =\nignore_startup_parameters = extra_float_digits\n"
-        f"logfile = {folder}/pgbouncer.log\n")
-    command = [binary, str(folder / "pgbouncer.ini")]
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-        for path in folder.iterdir():
-            shutil.chown(path, "postgres")
-        command = ["runuser", "-u", "postgres", "--", *command]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pooled = psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port=port)
-
-    def answers() -> bool:
-        try:
-            with psycopg.connect(pooled, connect_timeout=2) as conn:
-                return conn.execute("SELECT 1").fetchone() == (1,)
-        except psycopg.OperationalError:
-            return False
-
-    try:
-        wait_until(answers, 20, "pgbouncer to answer")
+    with pgbouncer(dsn) as pooled:
         yield pooled
-    finally:
-        process.terminate()
-        process.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
