@@ -63,7 +63,26 @@ def drain_arguments(runs: int, threads: int, prefetch: int) -> argparse.Namespac
     parser.add_argument("--concurrency", type=int, default=0,
                         help="give the function Concurrency(limit=this, key=data.k)")
     parser.add_argument("--keys", type=int, default=100, help="distinct values of data.k")
+    parser.add_argument("--trace", action="store_true",
+                        help="trace with the OpenTelemetry SDK, exporting to nowhere")
     return parser.parse_args()
+
+
+def tracer_provider(args: argparse.Namespace) -> Any:
+    """With --trace: an SDK tracer provider whose spans go (batched) to an
+    exporter that drops them: the cost of making spans, not of shipping them."""
+    if not args.trace:
+        return None
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Nowhere(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Nowhere()))
+    return provider
 
 
 # UUIDv7-shaped ids dated 2005: older than any run the benchmark creates.

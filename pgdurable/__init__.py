@@ -5,6 +5,7 @@ from ._context import AsyncContext, Context
 from ._counts import QueueSummary, RunCounts
 from ._doctor import Check
 from ._events import Event
+from ._health import Health
 from ._options import (
     Batch,
     Cancel,
@@ -55,6 +56,7 @@ __all__ = [
     "Event",
     "FunctionInfo",
     "FunctionOptions",
+    "Health",
     "InvalidEventError",
     "MigrationError",
     "NewerSchemaError",

@@ -36,6 +36,7 @@ from ._functions import (
     run_options,
     start_options,
 )
+from ._health import Health, judge
 from ._network import connect_direct, own_conninfo
 from ._options import FunctionOptions
 from ._registry import FunctionInfo, WorkerInfo
@@ -45,6 +46,7 @@ from ._retries import Backoff
 from ._rls import Rls, check_role
 from ._runs import Run, RunStatus, StepInfo, WaitInfo
 from ._store import PARTITIONS_AHEAD, Store, behind_pooler, is_transient
+from ._telemetry import TraceRuns, Tracing
 from ._worker import Worker, WorkerSettings
 from .errors import (
     ConfigurationError,
@@ -98,6 +100,8 @@ class Durable:
         prune_interval: Duration | None = "20m",
         partition_interval: Duration = "1d",
         listen_dsn: str | None = None,
+        tracer_provider: Any = None,
+        trace_runs: TraceRuns = "link",
     ) -> None:
         if dsn is not None and pool is not None:
             raise ConfigurationError("give either dsn= or pool=, not both")
@@ -128,6 +132,9 @@ class Durable:
             raise ConfigurationError("partition_interval must be from 1 minute to 7 days")
         self._settings_given = (retention is not None
                                 or self.partition_interval != timedelta(days=1))
+        if trace_runs not in ("link", "child"):
+            raise ConfigurationError("trace_runs must be 'link' or 'child'")
+        self._tracing = Tracing(tracer_provider, trace_runs)
         self.rls = Rls(self._store, user_setting=user_setting, bypass_setting=bypass_setting,
                        bypass_role=bypass_role)
         self._owns_pool = pool is None
@@ -331,17 +338,20 @@ class Durable:
     def _send(
         self, events: list[Event], conn: psycopg.Connection[Any] | None, *, generated: bool
     ) -> list[str]:
-        prepared = [prepare(e, self._schemas.get(e.name), max_bytes=self.max_event_bytes,
-                            generated=generated) for e in events]
-        unique = list({p.id: p for p in reversed(prepared)}.values())[::-1]
-        runs = [self._run_spec(index, event, fdef)
-                for index, event in enumerate(unique, start=1)
-                for fdef in self._triggers.get(event.name, ())]
-        if conn is not None:
-            with _translated_errors(self.schema):
-                self._store.send_events(conn, unique, runs, self.dedupe_window)
-        else:
-            self._send_own(unique, runs, generated)
+        with self._tracing.sending([e.name for e in events]) as trace_json:
+            prepared = [prepare(e, self._schemas.get(e.name), max_bytes=self.max_event_bytes,
+                                generated=generated, trace_json=trace_json) for e in events]
+            unique = list({p.id: p for p in reversed(prepared)}.values())[::-1]
+            runs = [self._run_spec(index, event, fdef)
+                    for index, event in enumerate(unique, start=1)
+                    for fdef in self._triggers.get(event.name, ())]
+            if trace_json is not None:
+                self._tracing.sent([p.id for p in unique])
+            if conn is not None:
+                with _translated_errors(self.schema):
+                    self._store.send_events(conn, unique, runs, self.dedupe_window)
+            else:
+                self._send_own(unique, runs, generated)
         return [p.id for p in prepared]
 
     def _send_own(
@@ -429,7 +439,7 @@ class Durable:
             poll_interval=poll_interval, eager=eager, lease=self.lease,
             backoff=Backoff(*self.retry_backoff), dedupe_window=self.dedupe_window,
             max_output_bytes=self.max_output_bytes, direct_conninfo=self.direct_conninfo,
-            connect_timeout=self.connect_timeout,
+            connect_timeout=self.connect_timeout, tracing=self._tracing,
             policies=self._policies(), prune_interval=self.prune_interval)
         worker = Worker(settings, self._store, self._pool, self._functions, rls=self.rls,
                         send=self._send_generated)
@@ -545,6 +555,22 @@ class Durable:
         long the oldest run ready to start has waited."""
         cap = _positive(cap, "cap")
         return self._on_own(lambda conn: self._store.queue_summary(conn, cap))
+
+    def health(self, *, check_database: bool = True) -> Health:
+        """For liveness and readiness probes: whether this process's worker
+        threads are alive, the database answers (within connect_timeout;
+        not asked with `check_database=False`, for a liveness probe that
+        must answer at once), and the worker recorded its heartbeat within
+        its lease."""
+        error = None
+        try:
+            if check_database:
+                self._on_own(self._store.database_now)
+        except (DurableError, psycopg.Error) as exc:
+            error = str(exc)
+        worker = self._worker
+        return judge(error, None if worker is None else worker.facts(),
+                     self.lease.total_seconds())
 
     def doctor(self) -> list[Check]:
         """Check what hurts in production (schema version, durability

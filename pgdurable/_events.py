@@ -53,6 +53,7 @@ class PreparedEvent:
     name: str
     data_json: str
     ts: datetime | None
+    trace_json: str | None = None  # the sending span's context, as JSON (_telemetry)
 
 
 _clock_lock = threading.Lock()
@@ -90,7 +91,8 @@ def check_name(name: object, *, what: str = "event name") -> str:
 
 
 def prepare(
-    event: Event, schema: type[BaseModel] | None, *, max_bytes: int, generated: bool = False
+    event: Event, schema: type[BaseModel] | None, *, max_bytes: int, generated: bool = False,
+    trace_json: str | None = None,
 ) -> PreparedEvent:
     """Validate one event against its schema and limits, and serialize it.
     Only `generated` events (pgdurable's own) may have ids in its namespace."""
@@ -108,7 +110,7 @@ def prepare(
     event_id = new_event_id() if event.id is None else _checked_id(name, event.id, generated)
     ts = None if event.ts is None else require_aware(
         event.ts, what=f"ts of event {name!r}", error=InvalidEventError)
-    return PreparedEvent(event_id, name, data_json, ts)
+    return PreparedEvent(event_id, name, data_json, ts, trace_json)
 
 
 def _validated_data(name: str, data: Any, schema: type[BaseModel] | None) -> Any:

@@ -26,6 +26,7 @@ from ._parallel import AsyncStepGate, StepGate, run_tasks, run_threads
 from ._plans import Plan, deadline, plan_invoke, plan_sleep, plan_wait, wait_spec, with_ids
 from ._replay import RunState, replayed_value
 from ._store import Checkpoint, StepRecord
+from ._telemetry import step_span
 from .errors import SerializationError, StepError
 
 if TYPE_CHECKING:
@@ -81,7 +82,8 @@ def _transact(
     def body(conn: psycopg.Connection[Any]) -> StepRecord:
         step = CURRENT_STEP.set(key)
         try:
-            value = fn(conn, *args, **kwargs)
+            with step_span(key):
+                value = fn(conn, *args, **kwargs)
         finally:
             CURRENT_STEP.reset(step)
         if inspect.isawaitable(value):
@@ -141,7 +143,8 @@ class Step:
         started = self._state.now()
         step = CURRENT_STEP.set(key)
         try:
-            value = fn(*args, **kwargs)
+            with step_span(key):
+                value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
                 raise TypeError(f"step {key!r} returned an awaitable in a sync handler; use `async def`")
         except _PASS_THROUGH:
@@ -274,9 +277,10 @@ class AsyncStep:
         started = self._state.now()
         step = CURRENT_STEP.set(key)
         try:
-            value = fn(*args, **kwargs)
-            if inspect.isawaitable(value):
-                value = await value
+            with step_span(key):
+                value = fn(*args, **kwargs)
+                if inspect.isawaitable(value):
+                    value = await value
         except _PASS_THROUGH:
             raise
         except BaseException as exc:  # a bad step must not take the worker down

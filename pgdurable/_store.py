@@ -106,7 +106,8 @@ def _events(more: list[dict[str, Any]] | None) -> list[Event]:
 
 def _event_json(e: PreparedEvent) -> str:
     ts = "null" if e.ts is None else f'"{e.ts.isoformat()}"'
-    return f"[{json.dumps(e.id)},{json.dumps(e.name)},{e.data_json},{ts}]"
+    trace = "" if e.trace_json is None else f",{e.trace_json}"
+    return f"[{json.dumps(e.id)},{json.dumps(e.name)},{e.data_json},{ts}{trace}]"
 
 
 def behind_pooler(server_port: int | None, client_port: int) -> bool:
@@ -150,6 +151,8 @@ def _claimed(sent: float, rows: psycopg.Cursor[Any]) -> list[ClaimedRow]:
             cancel_requested=r.cancel_requested,
             events=[Event(r.event_name, r.event_data, r.event_id, r.event_ts),
                     *_events(r.more_events)],
+            traces=[t for t in (r.event_trace, *(m.get("trace") for m in r.more_events or ()))
+                    if t],
             journal=r.journal or {}, first_start=not r.resumed, due_at=r.due_at,
             started_at=r.started_at, clock=DbTime(r.now, sent, received))
         for r in rows
@@ -228,6 +231,7 @@ class ClaimedRow:
     retries: int
     cancel_requested: bool
     events: list[Event]
+    traces: list[dict[str, str]]  # the contexts of the spans that sent them, where traced
     journal: dict[str, dict[str, Any]]
     first_start: bool
     due_at: datetime

@@ -40,6 +40,7 @@ from ._control import Cancelled, Park, Suspend
 from ._events import Event, PreparedEvent
 from ._floor import DueFloor
 from ._functions import FunctionDef, start_options
+from ._health import WorkerFacts
 from ._journal import Journal
 from ._network import Outage, Watchdog, connect_direct
 from ._registry import describe
@@ -50,6 +51,7 @@ from ._rls import Rls
 from ._schedules import Scheduler
 from ._steps import AsyncStep, Step
 from ._store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec, is_transient
+from ._telemetry import Tracing
 from ._vacuum import CHECK_EVERY as VACUUM_CHECK
 from ._vacuum import HotVacuum
 from ._version import __version__
@@ -78,6 +80,7 @@ class WorkerSettings:
     # pruning's lock and settings); None: there is none (behind a pooler).
     direct_conninfo: str | None
     connect_timeout: float  # of the connections it opens itself
+    tracing: Tracing
     policies: Policies  # retention, and how much history a partition holds
     prune_interval: timedelta | None  # None: this worker never prunes
 
@@ -123,6 +126,7 @@ class Worker:
         self._outdated = threading.Event()  # a newer pgdurable migrated: claim no more
         self._scheduler = Scheduler(self._store, self._functions, settings.dedupe_window)
         self._workers: list[threading.Thread] = []
+        self._heartbeat_at: float | None = None  # monotonic time of the last one recorded
 
     # -- lifecycle --------------------------------------------------------
 
@@ -136,7 +140,18 @@ class Worker:
         self._scheduler.register(conn, self.function_ids)
         self._settings.policies.record(self._store, conn)
         self._store.register_functions(conn, self.id, [describe(f) for f in self._functions.values()])
-        self._store.worker_seen(conn, self._presence(starting=True))
+        self._record_presence(conn, starting=True)
+
+    def _record_presence(self, conn: psycopg.Connection[Any], *, starting: bool = False) -> None:
+        """The heartbeat's row of `workers`, and when it was last written."""
+        self._store.worker_seen(conn, self._presence(starting=starting))
+        self._heartbeat_at = time.monotonic()
+
+    def facts(self) -> WorkerFacts:
+        """For `app.health()`: threads that died, and the heartbeat's age."""
+        beat = self._heartbeat_at
+        return WorkerFacts([t.name for t in self._workers if not t.is_alive()],
+                           None if beat is None else time.monotonic() - beat)
 
     def _presence(self, *, starting: bool = False) -> dict[str, Any]:
         """This worker's row of `workers`, as its heartbeat writes it."""
@@ -438,8 +453,7 @@ class Worker:
         interval = self._settings.lease.total_seconds() / 3
         while not self._stopping.wait(interval):
             self._check_schema()  # also heard at once by the listener, where there is one
-            self._with_db("record the heartbeat", lambda conn: self._store.worker_seen(
-                conn, self._presence()))
+            self._with_db("record the heartbeat", self._record_presence)
             with self._held_lock:
                 leases = [(s.claimed.id, s.claimed.token) for s in self._held.values()]
             if not leases:
@@ -621,9 +635,12 @@ class Worker:
             ctx = _context(fdef, state)
             current = CURRENT_RUN.set((self._rls, ctx))
             try:
-                result = fdef.handler(ctx)
-                if fdef.is_async:
-                    result = _run_async(loop, result)
+                with self._settings.tracing.running(
+                        claimed.id, claimed.function_id, claimed.attempt,
+                        [e.id for e in claimed.events if e.id], claimed.traces):
+                    result = fdef.handler(ctx)
+                    if fdef.is_async:
+                        result = _run_async(loop, result)
             finally:
                 CURRENT_RUN.reset(current)
             output = serde.dumps(result, what=f"output of function {fdef.id!r}",

@@ -39,6 +39,7 @@ CREATE TABLE pgdurable.events (
     data jsonb NOT NULL,
     ts timestamp with time zone NOT NULL,
     received_at timestamp with time zone NOT NULL DEFAULT now(),
+    trace jsonb,
     CONSTRAINT events_pkey PRIMARY KEY (id)
 );
 
@@ -335,6 +336,7 @@ CREATE TYPE pgdurable.claimed_run AS (
     event_name text,
     event_data jsonb,
     event_ts timestamp with time zone,
+    event_trace jsonb,
     more_events jsonb,
     journal jsonb,
     resumed boolean,
@@ -911,10 +913,11 @@ BEGIN
     )
     SELECT c.run_id, c.lease_token, c.function_id, c.attempt, c.handler_attempts,
            c.retries, c.cancel_requested,
-           e.id, e.name, e.data, e.ts,
+           e.id, e.name, e.data, e.ts, e.trace,
            CASE WHEN c.event_count > 1 THEN
                (SELECT jsonb_agg(jsonb_build_object('id', m.id, 'name', m.name,
-                                                    'data', m.data, 'ts', m.ts)
+                                                    'data', m.data, 'ts', m.ts,
+                                                    'trace', m.trace)
                                  ORDER BY k.ord)
                 FROM "pgdurable".runs r,
                      unnest(r.event_ids[2:]) WITH ORDINALITY AS k(eid, ord)
@@ -2227,17 +2230,17 @@ BEGIN
 
     WITH input AS (
         SELECT x.e ->> 0 AS id, x.e ->> 1 AS name, x.e -> 2 AS data,
-               (x.e ->> 3)::timestamptz AS ts, x.idx
+               (x.e ->> 3)::timestamptz AS ts, x.e -> 4 AS trace, x.idx
         FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x(e, idx)
     ), inserted AS (
         -- received_at: when this statement ran, not when its transaction
         -- began (a sender's transaction may be old): see register_wait.
         -- A stored event is never rewritten (runs, waits and audits refer
         -- to it): an id already stored is a duplicate, however old.
-        INSERT INTO "pgdurable".events AS e (id, name, data, ts, received_at)
-        SELECT id, name, data, coalesce(ts, now()), clock_timestamp() FROM input
+        INSERT INTO "pgdurable".events AS e (id, name, data, ts, received_at, trace)
+        SELECT id, name, data, coalesce(ts, now()), clock_timestamp(), trace FROM input
         ON CONFLICT (id) DO NOTHING
-        RETURNING e.id, e.name, e.data, e.ts
+        RETURNING e.id, e.name, e.data, e.ts, e.trace
     ), planned AS MATERIALIZED (  -- plain runs; those with options: start_runs_with_options
         SELECT "pgdurable".uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
                inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at,
@@ -2265,7 +2268,8 @@ BEGIN
     )
     SELECT coalesce(bool_or(q.available_at <= now()) FILTER (WHERE q.status = 'queued'), false),
            (SELECT array_agg(ROW(l.id, 1, l.fn, 0, 0, l.retries, false,
-                                 e.id, e.name, e.data, e.ts, NULL, NULL, false, now(), now(), now()
+                                 e.id, e.name, e.data, e.ts, e.trace, NULL, NULL, false, now(), now(),
+                                 now()
                                 )::"pgdurable".claimed_run ORDER BY l.idx)
             FROM leased l JOIN inserted e ON e.id = l.event_id),
            (SELECT array_agg(id ORDER BY input.idx) FROM inserted JOIN input USING (id)),

@@ -22,6 +22,7 @@ import fork_fix  # noqa: E402
 import notifications  # noqa: E402
 import onboarding  # noqa: E402
 import receipts  # noqa: E402
+import tracing  # noqa: E402
 
 
 def test_receipts_fan_out_and_retry_ocr(dsn: str, schema: str) -> None:
@@ -155,3 +156,25 @@ def test_fork_fix_goes_on_from_the_failed_step(dsn: str, schema: str) -> None:
     assert "could not convert string to float" in failed.error.message
     assert (forked.status, forked.output) == ("completed", {"total": 12.5})
     assert calls == {"ocr": 1, "total": 2}
+
+
+def test_tracing_dumps_one_runs_trace(dsn: str, schema: str) -> None:
+    """The request, its send, and two attempts linked to the send, each with
+    the steps it executed (the second takes `download` from the journal)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    lines = tracing.trace_one(tracing.build(dsn, provider, schema), provider, exporter)
+    assert lines == [
+        "POST /receipts",
+        "  send receipt/process",
+        "run process-receipt  (attempt 0; linked to 'send receipt/process'; pgdurable.suspend)",
+        "  step download",
+        "  step ocr  (ERROR: ValueError: OCR service busy)",
+        "run process-receipt  (attempt 1; linked to 'send receipt/process')",
+        "  step ocr",
+    ]

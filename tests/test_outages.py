@@ -209,3 +209,26 @@ def test_a_run_taken_over_while_it_waited_for_a_thread_never_starts(
     wait_for_status(app, run_of_first, "completed")
     assert executed == [0]
     assert "took it over" in caplog.text
+
+
+def test_health_says_live_and_ready_and_why_not(private_server: EmbeddedPostgres) -> None:
+    """For probes: a working worker is live and ready; with Postgres down it
+    is still live (no thread died: do not restart it) but not ready, and
+    ready again once Postgres is back."""
+    app = _app(private_server, connect_timeout=2)
+    assert app.health().ready and not app.health().worker  # no worker here yet
+    app.function(id="f", event="e")(lambda ctx: None)
+    app.start(threads=1)
+    health = app.health()
+    assert health.live and health.ready and health.worker
+    assert health.heartbeat_age is not None and health.heartbeat_age < app.lease.total_seconds()
+    private_server.stop()
+    down = app.health()
+    assert down.live and not down.ready and not down.database
+    assert "the database does not answer" in down.problems[0]
+    began = time.monotonic()
+    assert app.health(check_database=False).live
+    assert time.monotonic() - began < 1
+    private_server.start()
+    wait_until(lambda: app.health().ready, 30, "ready again")
+    app.stop()

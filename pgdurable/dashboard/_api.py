@@ -57,12 +57,17 @@ class Api:
             perform, self.board, action, request.path_params["run_id"], body, who(request)))
 
     async def healthz(self, request: Request) -> Response:
-        """The dashboard is up and its database answers (503 if not)."""
+        """Ready, as app.health() says (503 if not), and the live workers."""
+        health = await run_in_threadpool(self.board.durable.health)
+        body: dict[str, Any] = {"ok": health.ready, **health.to_dict()}
         try:
-            workers = await run_in_threadpool(self.board.durable.list_workers)
+            if health.ready:
+                workers = await run_in_threadpool(self.board.durable.list_workers)
+                return JSONResponse({**body, "live_workers": sum(w.live for w in workers)})
         except DurableError as exc:
-            return JSONResponse({"ok": False, "error": str(exc)}, status_code=503)
-        return JSONResponse({"ok": True, "live_workers": sum(w.live for w in workers)})
+            health.problems.append(str(exc))
+        return JSONResponse({**body, "ok": False, "problems": health.problems,
+                             "error": "; ".join(health.problems)}, status_code=503)
 
 
 def perform(board: Dashboard, action: str, run_id: str, body: Mapping[str, Any],

@@ -169,7 +169,8 @@ RETURNS void LANGUAGE sql AS $$
     ON CONFLICT DO NOTHING;
 $$;
 
--- A run as a claim hands it to a worker. The first event comes as columns;
+-- A run as a claim hands it to a worker. The first event comes as columns
+-- (`event_trace`: the trace context of the span that sent it, if traced);
 -- any more (batches) as JSON. `journal` is read only for runs that ran
 -- before (`resumed`). `due_at` is when the run became claimable,
 -- `started_at` when it first started, `now` the database's clock at the
@@ -177,7 +178,7 @@ $$;
 CREATE TYPE {schema}.claimed_run AS (
     id uuid, lease_token bigint, function_id text, attempt int,
     handler_attempts int, retries int, cancel_requested boolean,
-    event_id text, event_name text, event_data jsonb, event_ts timestamptz,
+    event_id text, event_name text, event_data jsonb, event_ts timestamptz, event_trace jsonb,
     more_events jsonb, journal jsonb, resumed boolean, due_at timestamptz, started_at timestamptz,
     now timestamptz
 );

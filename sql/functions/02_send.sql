@@ -3,7 +3,7 @@
 -- send_events: insert events (skipping ids already stored) and the runs
 -- they trigger, in one statement; NOTIFY once if any run is due. p_dedupe
 -- is how long an idempotency key holds.
---   p_events: [[id, name, data, ts or null], ...]
+--   p_events: [[id, name, data, ts or null, trace (optional)], ...]
 --   p_runs:   [[1-based index of the event, function id, retries, options], ...]
 --   Both are positional: a row per event and per run of the hot path, where
 --   names would double the cost of writing and reading them (1.2 to 1.7 us
@@ -73,17 +73,17 @@ BEGIN
 
     WITH input AS (
         SELECT x.e ->> 0 AS id, x.e ->> 1 AS name, x.e -> 2 AS data,
-               (x.e ->> 3)::timestamptz AS ts, x.idx
+               (x.e ->> 3)::timestamptz AS ts, x.e -> 4 AS trace, x.idx
         FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x(e, idx)
     ), inserted AS (
         -- received_at: when this statement ran, not when its transaction
         -- began (a sender's transaction may be old): see register_wait.
         -- A stored event is never rewritten (runs, waits and audits refer
         -- to it): an id already stored is a duplicate, however old.
-        INSERT INTO {schema}.events AS e (id, name, data, ts, received_at)
-        SELECT id, name, data, coalesce(ts, now()), clock_timestamp() FROM input
+        INSERT INTO {schema}.events AS e (id, name, data, ts, received_at, trace)
+        SELECT id, name, data, coalesce(ts, now()), clock_timestamp(), trace FROM input
         ON CONFLICT (id) DO NOTHING
-        RETURNING e.id, e.name, e.data, e.ts
+        RETURNING e.id, e.name, e.data, e.ts, e.trace
     ), planned AS MATERIALIZED (  -- plain runs; those with options: start_runs_with_options
         SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
                inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at,
@@ -111,7 +111,8 @@ BEGIN
     )
     SELECT coalesce(bool_or(q.available_at <= now()) FILTER (WHERE q.status = 'queued'), false),
            (SELECT array_agg(ROW(l.id, 1, l.fn, 0, 0, l.retries, false,
-                                 e.id, e.name, e.data, e.ts, NULL, NULL, false, now(), now(), now()
+                                 e.id, e.name, e.data, e.ts, e.trace, NULL, NULL, false, now(), now(),
+                                 now()
                                 )::{schema}.claimed_run ORDER BY l.idx)
             FROM leased l JOIN inserted e ON e.id = l.event_id),
            (SELECT array_agg(id ORDER BY input.idx) FROM inserted JOIN input USING (id)),

@@ -81,10 +81,11 @@ BEGIN
     )
     SELECT c.run_id, c.lease_token, c.function_id, c.attempt, c.handler_attempts,
            c.retries, c.cancel_requested,
-           e.id, e.name, e.data, e.ts,
+           e.id, e.name, e.data, e.ts, e.trace,
            CASE WHEN c.event_count > 1 THEN
                (SELECT jsonb_agg(jsonb_build_object('id', m.id, 'name', m.name,
-                                                    'data', m.data, 'ts', m.ts)
+                                                    'data', m.data, 'ts', m.ts,
+                                                    'trace', m.trace)
                                  ORDER BY k.ord)
                 FROM {schema}.runs r,
                      unnest(r.event_ids[2:]) WITH ORDINALITY AS k(eid, ord)
