@@ -151,12 +151,19 @@ def _claimed(sent: float, rows: psycopg.Cursor[Any]) -> list[ClaimedRow]:
             cancel_requested=r.cancel_requested,
             events=[Event(r.event_name, r.event_data, r.event_id, r.event_ts),
                     *_events(r.more_events)],
-            traces=[t for t in (r.event_trace, *(m.get("trace") for m in r.more_events or ()))
-                    if t],
+            traces=_traces(r.event_trace, r.more_events),
             journal=r.journal or {}, first_start=not r.resumed, due_at=r.due_at,
             started_at=r.started_at, clock=DbTime(r.now, sent, received))
         for r in rows
     ]
+
+
+def _traces(first: dict[str, str] | None, more: list[dict[str, Any]] | None
+            ) -> tuple[dict[str, str], ...]:
+    """The trace contexts stored with a run's events (most runs: none)."""
+    if more is None:
+        return () if first is None else (first,)
+    return tuple(t for t in (first, *(m.get("trace") for m in more)) if t)
 
 
 def _step_json(s: StepRecord) -> str:
@@ -231,7 +238,7 @@ class ClaimedRow:
     retries: int
     cancel_requested: bool
     events: list[Event]
-    traces: list[dict[str, str]]  # the contexts of the spans that sent them, where traced
+    traces: tuple[dict[str, str], ...]  # the contexts of the spans that sent them, if traced
     journal: dict[str, dict[str, Any]]
     first_start: bool
     due_at: datetime

@@ -12,12 +12,12 @@ per run.
 
 from __future__ import annotations
 
-import functools
 import json
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._control import Cancelled, Park, Suspend
 from ._version import __version__
@@ -35,7 +35,13 @@ try:
 except ImportError:  # the extra is not installed: nothing to emit
     trace = None  # type: ignore[assignment]
 
+if TYPE_CHECKING:
+    from ._store import ClaimedRow
+
 TraceRuns = Literal["link", "child"]
+# What the spans' context managers are when nothing is traced: no generator,
+# no span, for the price of a check (W1 stays within noise of untraced).
+_UNTRACED: AbstractContextManager[Any] = nullcontext()
 
 # The tracer of the run this context executes, for its steps' spans.
 _RUN_TRACER: ContextVar[Any] = ContextVar("pgdurable_run_tracer", default=None)
@@ -49,24 +55,34 @@ class Tracing:
     def __init__(self, provider: Any = None, runs: TraceRuns = "link") -> None:
         self._provider = provider
         self._runs = runs
+        self._found: Any = None  # the tracer, once there is one
+        self._look_again = 0.0  # monotonic time to look for a global provider again
 
     def _tracer(self) -> Any:
-        """The tracer to use, or None when no SDK is configured."""
-        if trace is None:
+        """The tracer to use, or None when no SDK is configured. A global
+        provider can be set only once: once found it is kept; until then it
+        is looked for once a second, so a run or a send costs one clock read."""
+        if self._found is not None or trace is None:
+            return self._found
+        now = time.monotonic()
+        if now < self._look_again:
             return None
         provider = self._provider or trace.get_tracer_provider()
         if isinstance(provider, ProxyTracerProvider | NoOpTracerProvider):
+            self._look_again = now + 1.0
             return None
-        return _tracer_of(provider)
+        self._found = provider.get_tracer("pgdurable", __version__)
+        return self._found
 
-    @contextmanager
-    def sending(self, names: Sequence[str]) -> Iterator[str | None]:
-        """A `send` span, current while the block sends; yields the context
-        to store with the events (JSON), or None when not tracing."""
+    def sending(self, names: Sequence[str]) -> AbstractContextManager[str | None]:
+        """A `send` span, current while the block sends; its `as` is the
+        context to store with the events (JSON), or None when not tracing."""
         tracer = self._tracer()
-        if tracer is None:
-            yield None
-            return
+        return _UNTRACED if tracer is None else self._sending(tracer, names)
+
+    @staticmethod
+    @contextmanager
+    def _sending(tracer: Any, names: Sequence[str]) -> Iterator[str | None]:
         distinct = sorted(set(names))
         with tracer.start_as_current_span(
                 f"send {distinct[0] if len(distinct) == 1 else 'events'}", kind=SpanKind.PRODUCER,
@@ -82,26 +98,25 @@ class Tracing:
         if trace is not None:
             trace.get_current_span().set_attribute("pgdurable.event_ids", list(event_ids))
 
-    @contextmanager
-    def running(
-        self, run_id: str, function_id: str, attempt: int, event_ids: Sequence[str],
-        traces: Sequence[dict[str, str]],
-    ) -> Iterator[None]:
+    def running(self, claimed: ClaimedRow) -> AbstractContextManager[Any]:
         """A `run` span, current while the handler runs: linked to the spans
-        that sent the run's events (`traces`), or the child of the first."""
+        that sent the run's events, or the child of the first."""
         tracer = self._tracer()
-        if tracer is None:
-            yield
-            return
+        return _UNTRACED if tracer is None else self._running(tracer, claimed)
+
+    @contextmanager
+    def _running(self, tracer: Any, claimed: ClaimedRow) -> Iterator[None]:
+        traces = claimed.traces
         senders = [trace.get_current_span(propagate.extract(t)).get_span_context() for t in traces]
         senders = [s for s in senders if s.is_valid]
         parent = None
         if self._runs == "child" and senders:
             parent = trace.set_span_in_context(trace.NonRecordingSpan(senders[0]))
-        attributes = {"pgdurable.run_id": run_id, "pgdurable.function_id": function_id,
-                      "pgdurable.attempt": attempt, "pgdurable.event_ids": list(event_ids)}
+        attributes = {"pgdurable.run_id": claimed.id, "pgdurable.function_id": claimed.function_id,
+                      "pgdurable.attempt": claimed.attempt,
+                      "pgdurable.event_ids": [e.id for e in claimed.events if e.id]}
         with tracer.start_as_current_span(
-                f"run {function_id}", context=parent, kind=SpanKind.CONSUMER,
+                f"run {claimed.function_id}", context=parent, kind=SpanKind.CONSUMER,
                 links=[Link(s) for s in senders] if parent is None else None,
                 attributes=attributes, record_exception=False,
                 set_status_on_exception=False) as span:
@@ -115,14 +130,15 @@ class Tracing:
                 _RUN_TRACER.reset(token)
 
 
-@contextmanager
-def step_span(key: str) -> Iterator[None]:
+def step_span(key: str) -> AbstractContextManager[Any]:
     """A `step <key>` span under the current run's, while the step's own
     code runs (nothing when the run is not traced)."""
     tracer = _RUN_TRACER.get()
-    if tracer is None:
-        yield
-        return
+    return _UNTRACED if tracer is None else _step_span(tracer, key)
+
+
+@contextmanager
+def _step_span(tracer: Any, key: str) -> Iterator[None]:
     with tracer.start_as_current_span(
             f"step {key}", attributes={"pgdurable.step": key}, record_exception=False,
             set_status_on_exception=False) as span:
@@ -142,7 +158,3 @@ def _ended(span: Any, exc: BaseException) -> None:
     span.record_exception(exc)
     span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
-
-@functools.lru_cache(maxsize=8)
-def _tracer_of(provider: Any) -> Any:
-    return provider.get_tracer("pgdurable", __version__)

@@ -635,9 +635,7 @@ class Worker:
             ctx = _context(fdef, state)
             current = CURRENT_RUN.set((self._rls, ctx))
             try:
-                with self._settings.tracing.running(
-                        claimed.id, claimed.function_id, claimed.attempt,
-                        [e.id for e in claimed.events if e.id], claimed.traces):
+                with self._settings.tracing.running(claimed):
                     result = fdef.handler(ctx)
                     if fdef.is_async:
                         result = _run_async(loop, result)

@@ -29,7 +29,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def row(due: datetime, claimed_at: datetime = T) -> ClaimedRow:
-    return ClaimedRow(id="r", token=1, function_id="f", attempt=0, handler_attempts=0, retries=3, traces=[],
+    return ClaimedRow(id="r", token=1, function_id="f", attempt=0, handler_attempts=0, retries=3, traces=(),
                       cancel_requested=False, events=[], journal={}, first_start=True, due_at=due,
                       started_at=claimed_at, clock=DbTime(claimed_at, 0.0, 0.0))
 
