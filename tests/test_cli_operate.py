@@ -216,7 +216,8 @@ def test_dashboard_serves_the_pages_alone(dsn: str, schema: str, app: Durable) -
             except OSError:
                 return None
 
-        assert wait_until(answer, 30, "the dashboard to answer") == {"ok": True, "live_workers": 0}
+        health = wait_until(answer, 30, "the dashboard to answer")
+        assert (health["ok"], health["ready"], health["live_workers"]) == (True, True, 0)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/runs", timeout=5) as page:
             text = page.read().decode()
         assert "read-only" in text and f"http://127.0.0.1:{port}/ops/static/style.css" in text
