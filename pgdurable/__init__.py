@@ -6,6 +6,7 @@ from ._counts import QueueSummary, RunCounts
 from ._doctor import Check
 from ._events import Event
 from ._health import Health
+from ._logs import RunLogFilter
 from ._options import (
     Batch,
     Cancel,
@@ -72,6 +73,7 @@ __all__ = [
     "Run",
     "RunCounts",
     "RunError",
+    "RunLogFilter",
     "RunStatus",
     "SerializationError",
     "Singleton",

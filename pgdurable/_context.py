@@ -5,7 +5,7 @@ that execute."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from ._events import Event
+from ._telemetry import trace_ids
 
 if TYPE_CHECKING:
     from ._replay import RunState
@@ -27,6 +28,17 @@ logger = logging.getLogger("pgdurable.run")
 # plain set/reset, as they are on the hot path. RLS audit rows read them.
 CURRENT_RUN: ContextVar[tuple[Rls, BaseContext] | None] = ContextVar("pgdurable_run", default=None)
 CURRENT_STEP: ContextVar[str | None] = ContextVar("pgdurable_step", default=None)
+
+
+class RunLogger(logging.LoggerAdapter[logging.Logger]):
+    """`ctx.logger`: its records carry `run_id`, `function_id`, `step` (the
+    step executing, or None) and, when the run is traced, `trace_id` and
+    `span_id` (hex), as attributes of the record."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), "step": CURRENT_STEP.get(), **trace_ids(),
+                           **kwargs.get("extra", {})}
+        return msg, kwargs
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +80,8 @@ class BaseContext:
         self.event: Event = self.events[0]
         self.run_id: str = claimed.id
         self.function_id: str = claimed.function_id
-        self.logger = logging.LoggerAdapter(
-            logger, {"run_id": claimed.id, "function_id": claimed.function_id}
-        )
+        self.logger = RunLogger(logger, {"run_id": claimed.id,
+                                         "function_id": claimed.function_id})
 
     @contextmanager
     def as_user(self, user_id: object, *, tag: str | None = None) -> Iterator[psycopg.Connection[Any]]:

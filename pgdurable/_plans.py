@@ -20,6 +20,7 @@ from ._events import GENERATED_ID_PREFIX, Event, check_name
 from ._expressions import event_filter
 from ._replay import RunState
 from ._store import StepRecord, WaitSpec
+from ._telemetry import annotate
 from .errors import StepError
 
 
@@ -50,6 +51,7 @@ def plan_sleep(state: RunState, step_id: str, until: datetime) -> Plan:
         if status == "completed":  # nothing left to sleep
             state.checkpoint(record)
             return
+        annotate("pgdurable.sleep", {"pgdurable.step": key, "pgdurable.until": until.isoformat()})
         raise Park(record, state.bounded(until))
 
     return Plan(then=park)
@@ -100,6 +102,9 @@ def plan_wait(state: RunState, step_id: str, wait: WaitSpec) -> Plan:
 
     def register() -> Event | None:
         outcome, doc = state.runtime.register_wait(state, key, position, wait)
+        annotate("pgdurable.wait", {
+            "pgdurable.step": key, "pgdurable.events": wait.names, "pgdurable.outcome": outcome,
+            "pgdurable.until": wait.expires.isoformat() if wait.expires else "never"})
         if outcome == "matched":
             return _event_of(doc)
         if outcome == "cancelled":
@@ -121,6 +126,7 @@ def plan_invoke(
     position = state.position(key)
 
     def start() -> None:
+        annotate("pgdurable.invoke", {"pgdurable.step": key, "pgdurable.function_id": function_id})
         if state.runtime.invoke(state, key, position, function_id, retries, data_json,
                                 expires) == "cancelled":
             raise Cancelled()

@@ -548,13 +548,14 @@ class Store:
     def invoke_child(
         self, conn: psycopg.Connection[Any], run_id: str, token: int, key: str, position: int,
         function_id: str, retries: int, data_json: str, expires: datetime | None,
-        options: dict[str, Any],
+        options: dict[str, Any], trace_json: str | None = None,
     ) -> str:
         """Start a child run and park the parent until it ends: 'started', or
-        'lost' (the lease) or 'cancelled' (the parent was asked to), starting nothing."""
+        'lost' (the lease) or 'cancelled' (the parent was asked to), starting
+        nothing. `trace_json`: the parent's span context, for the child to link to."""
         row = self._run(conn, "invoke_child", (
             run_id, token, key, position, function_id, retries, data_json, expires,
-            json.dumps(options),
+            json.dumps(options), trace_json,
         )).fetchone()
         assert row is not None
         return str(row[0])

@@ -149,6 +149,32 @@ def _step_span(tracer: Any, key: str) -> Iterator[None]:
             raise
 
 
+def annotate(name: str, attributes: dict[str, str | list[str]]) -> None:
+    """An event on the current run's span (a sleep, a wait, an invoke, with
+    what it waits for); nothing when the run is not traced."""
+    if _RUN_TRACER.get() is not None:
+        trace.get_current_span().add_event(name, attributes)
+
+
+def trace_ids() -> dict[str, str]:
+    """The ids of the current span of a traced run, as log records carry
+    them (hex, as OpenTelemetry prints them); none when it is not traced."""
+    if _RUN_TRACER.get() is None:
+        return {}
+    context = trace.get_current_span().get_span_context()
+    return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+
+
+def context_json() -> str | None:
+    """The current span's context as JSON (what a sent event stores), when
+    the current run is traced."""
+    if _RUN_TRACER.get() is None:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return json.dumps(carrier)
+
+
 def _ended(span: Any, exc: BaseException) -> None:
     """Mark the span with how its block ended: a failure is an error; a
     park, a suspension for a retry or a cancel only an event."""

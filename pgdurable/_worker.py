@@ -42,6 +42,7 @@ from ._floor import DueFloor
 from ._functions import FunctionDef, start_options
 from ._health import WorkerFacts
 from ._journal import Journal
+from ._logs import run_fields
 from ._network import Outage, Watchdog, connect_direct
 from ._registry import describe
 from ._replay import FRESH, RunState
@@ -51,7 +52,7 @@ from ._rls import Rls
 from ._schedules import Scheduler
 from ._steps import AsyncStep, Step
 from ._store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec, is_transient
-from ._telemetry import Tracing
+from ._telemetry import Tracing, context_json
 from ._vacuum import CHECK_EVERY as VACUUM_CHECK
 from ._vacuum import HotVacuum
 from ._version import __version__
@@ -535,7 +536,8 @@ class Worker:
         outcome = self._with_db("invoke a function", partial(
             self._store.invoke_child, run_id=claimed.id, token=claimed.token, key=key,
             position=position, function_id=function_id, retries=retries,
-            data_json=data_json, expires=expires, options=options), retry=is_transient)
+            data_json=data_json, expires=expires, options=options, trace_json=context_json()),
+            retry=is_transient)
         return str(outcome or "lost")
 
     def send(self, events: list[Event]) -> list[str]:
@@ -578,7 +580,8 @@ class Worker:
                 try:
                     self._execute(state, loop)
                 except Exception:  # a bug of ours: the run's lease lapses, the thread lives
-                    log.exception("run %s: cannot record its outcome", state.claimed.id)
+                    log.exception("run %s: cannot record its outcome", state.claimed.id,
+                                  extra=run_fields(state.claimed.id, state.claimed.function_id))
         finally:
             loop.close()
 
@@ -607,7 +610,8 @@ class Worker:
         if isinstance(outcome, Park):
             if state.lost:
                 log.warning("run %s: another worker took it over (this one was cut off past its "
-                            "lease); it stops here and writes nothing", claimed.id)
+                            "lease); it stops here and writes nothing", claimed.id,
+                            extra=run_fields(claimed.id, claimed.function_id))
             self._wake.set()
             return
         if self._ready.qsize() < self._settings.threads:
@@ -650,7 +654,8 @@ class Worker:
             return Finish(claimed.id, claimed.token, "cancelled",
                           error_json=serde.dumps(cancelled.error, what="an error"))
         except (KeyboardInterrupt, SystemExit):
-            log.warning("run %s: handler asked the process to stop; releasing the run", claimed.id)
+            log.warning("run %s: handler asked the process to stop; releasing the run", claimed.id,
+                        extra=run_fields(claimed.id, claimed.function_id))
             return Finish(claimed.id, claimed.token, "queued", available_at=state.now())
         except BaseException as exc:  # anything a handler raises is the run's failure
             return self._handler_failure(state, exc)
@@ -661,12 +666,13 @@ class Worker:
         # A StepError escaping the handler is final: replay would raise it again.
         if isinstance(exc, StepError) or gives_up(exc, failures, claimed.retries):
             log.warning("run %s of %s failed: %s: %s", claimed.id, claimed.function_id,
-                        type(exc).__name__, exc)
+                        type(exc).__name__, exc, extra=run_fields(claimed.id, claimed.function_id))
             return Finish(claimed.id, claimed.token, "failed", error_json=error_json(exc))
         retry_at = retry_time(exc, failures, self._settings.backoff, state.after)
         if not isinstance(exc, RetryAfterError):
             log.info("run %s: handler raised %s; retry %d at %s", claimed.id,
-                     type(exc).__name__, failures, retry_at)
+                     type(exc).__name__, failures, retry_at,
+                     extra=run_fields(claimed.id, claimed.function_id))
         return Finish(claimed.id, claimed.token, "queued", error_json=error_json(exc),
                       available_at=retry_at, retry=True, handler_failed=True)
 

@@ -145,7 +145,7 @@ SELECT * FROM {schema}.register_wait(%s::uuid, %s, %s, %s, %s::text[], %s::text[
                                      %s::jsonpath, %s::jsonb, %s);
 
 -- name: invoke_child
-SELECT {schema}.invoke_child(%s::uuid, %s, %s, %s, %s, %s, %s::jsonb, %s, %s);
+SELECT {schema}.invoke_child(%s::uuid, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s::jsonb);
 
 -- name: next_due
 SELECT {schema}.next_due(%s::text[]);

@@ -1576,7 +1576,7 @@ END
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.invoke_child(p_run uuid, p_token bigint, p_key text, p_position integer, p_function text, p_retries integer, p_data jsonb, p_expires timestamp with time zone, p_options jsonb)
+CREATE OR REPLACE FUNCTION pgdurable.invoke_child(p_run uuid, p_token bigint, p_key text, p_position integer, p_function text, p_retries integer, p_data jsonb, p_expires timestamp with time zone, p_options jsonb, p_trace jsonb DEFAULT NULL::jsonb)
  RETURNS text
  LANGUAGE plpgsql
 AS $function$
@@ -1592,8 +1592,8 @@ BEGIN
         RETURN CASE WHEN v_cancel THEN 'cancelled' ELSE 'lost' END;
     END IF;
     PERFORM "pgdurable".release_slots(ARRAY[p_run]);  -- a parked run holds no slot
-    INSERT INTO "pgdurable".events (id, name, data, ts)
-    VALUES (v_event, 'pgdurable/invoked', p_data, now());
+    INSERT INTO "pgdurable".events (id, name, data, ts, trace)
+    VALUES (v_event, 'pgdurable/invoked', p_data, now(), p_trace);
     v_child := "pgdurable".start_run(p_function, ARRAY[v_event], p_retries, p_run, p_options);
 
     INSERT INTO "pgdurable".steps (run_id, step_key, position, status, started_at)

@@ -3,13 +3,14 @@ steps, a retry, a run claimed by another process, and nothing without an SDK."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
-from pgdurable import ConfigurationError, Context, Durable
+from pgdurable import ConfigurationError, Context, Durable, RunLogFilter
 
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
@@ -137,3 +138,79 @@ def test_without_an_sdk_nothing_is_traced_or_stored(
 def test_trace_runs_must_be_link_or_child(make_app: Callable[..., Durable]) -> None:
     with pytest.raises(ConfigurationError, match="trace_runs"):
         make_app(trace_runs="parent")
+
+
+def test_sleeps_waits_and_invokes_say_what_they_wait_for(
+    make_app: Callable[..., Durable], tracing: tuple[Any, InMemorySpanExporter]
+) -> None:
+    """Each parking step is an event on its attempt's span, with what it
+    waits for; the child run of an invoke links to the attempt that started it."""
+    provider, exporter = tracing
+    app = make_app(tracer_provider=provider)
+    app.migrate()
+
+    @app.function(id="child", event="child/unused")
+    def child(ctx: Context) -> int:
+        return 7
+
+    @app.function(id="parent", event="parent/start")
+    def parent(ctx: Context) -> int:
+        ctx.step.sleep("nap", "10ms")
+        reply = ctx.step.wait_for_event("reply", event="reply", timeout="50ms")
+        return int(ctx.step.invoke("ask-child", function=child)) + (reply is None)
+
+    app.start(threads=2, poll_interval=0.2)
+    [event_id] = app.send("parent/start", {})
+    assert app.wait_for_run(app.runs_for_event(event_id)[0].id, 20).output == 8
+    spans = _by_name(exporter)
+    events = {e.name: (attempt, dict(e.attributes or {}))
+              for attempt in spans["run parent"] for e in attempt.events}
+    assert events["pgdurable.sleep"][1]["pgdurable.step"] == "nap"
+    wait = events["pgdurable.wait"][1]
+    assert (wait["pgdurable.step"], wait["pgdurable.events"], wait["pgdurable.outcome"]) == (
+        "reply", ("reply",), "parked")
+    invoking, invoke = events["pgdurable.invoke"]
+    assert invoke["pgdurable.function_id"] == "child"
+    [child_attempt] = spans["run child"]
+    assert [link.context.span_id for link in child_attempt.links] == [invoking.context.span_id]
+
+
+def test_log_records_say_which_run_and_span_they_are_about(
+    make_app: Callable[..., Durable], tracing: tuple[Any, InMemorySpanExporter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ctx.logger's records, and the app's own through RunLogFilter, carry
+    the run, function, step and, traced, the step span's ids; the worker's
+    records about a run carry its ids."""
+    provider, exporter = tracing
+    app = make_app(tracer_provider=provider)
+    app.migrate()
+    own = logging.getLogger("myapp.ocr")
+    own.addFilter(RunLogFilter())
+    failures = [ValueError("busy")]
+
+    @app.function(id="logged", event="logged", retries=1)
+    def logged(ctx: Context) -> None:
+        def ocr() -> None:
+            ctx.logger.info("reading")
+            own.info("calling the OCR service")
+
+        ctx.step.run("ocr", ocr)
+        if failures:  # the handler fails once, outside any step: the worker says so
+            raise failures.pop()
+
+    caplog.set_level(logging.INFO)
+    app.start(threads=1)
+    [event_id] = app.send("logged", {})
+    run_id = app.runs_for_event(event_id)[0].id
+    assert app.wait_for_run(run_id, 20).status == "completed"
+    [done] = _by_name(exporter)["step ocr"]
+    for message in ("reading", "calling the OCR service"):
+        record = [r for r in caplog.records if r.getMessage() == message][-1]
+        assert (record.run_id, record.function_id, record.step) == (run_id, "logged", "ocr")
+        assert record.trace_id == f"{done.context.trace_id:032x}"
+        assert record.span_id == f"{done.context.span_id:016x}"
+    [retried] = [r for r in caplog.records if "handler raised" in r.getMessage()]
+    assert (retried.run_id, retried.function_id) == (run_id, "logged")  # type: ignore[attr-defined]
+    outside = logging.LogRecord("myapp", logging.INFO, __file__, 1, "outside", None, None)
+    assert RunLogFilter().filter(outside) and outside.run_id is None  # type: ignore[attr-defined]

@@ -135,12 +135,13 @@ $$;
 -- the event ('pgdurable/invoked', p_data) and parks until the child ends or
 -- p_expires passes. The child's event gets a fresh id, so no event sent
 -- before can stand in for it. The child cannot end before this commits, so
--- no lock is needed against the wake. Returns 'started', 'lost' if the
--- caller no longer holds the run's lease, or 'cancelled' if the run was
--- asked to cancel (then no child starts).
+-- no lock is needed against the wake. p_trace is the parent's span context
+-- (when traced), stored with the child's event for its run to link to.
+-- Returns 'started', 'lost' if the caller no longer holds the run's lease,
+-- or 'cancelled' if the run was asked to cancel (then no child starts).
 CREATE FUNCTION {schema}.invoke_child(
     p_run uuid, p_token bigint, p_key text, p_position int, p_function text, p_retries int,
-    p_data jsonb, p_expires timestamptz, p_options jsonb
+    p_data jsonb, p_expires timestamptz, p_options jsonb, p_trace jsonb DEFAULT NULL
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_cancel boolean;
@@ -154,8 +155,8 @@ BEGIN
         RETURN CASE WHEN v_cancel THEN 'cancelled' ELSE 'lost' END;
     END IF;
     PERFORM {schema}.release_slots(ARRAY[p_run]);  -- a parked run holds no slot
-    INSERT INTO {schema}.events (id, name, data, ts)
-    VALUES (v_event, 'pgdurable/invoked', p_data, now());
+    INSERT INTO {schema}.events (id, name, data, ts, trace)
+    VALUES (v_event, 'pgdurable/invoked', p_data, now(), p_trace);
     v_child := {schema}.start_run(p_function, ARRAY[v_event], p_retries, p_run, p_options);
 
     INSERT INTO {schema}.steps (run_id, step_key, position, status, started_at)
