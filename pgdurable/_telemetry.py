@@ -88,9 +88,7 @@ class Tracing:
                 f"send {distinct[0] if len(distinct) == 1 else 'events'}", kind=SpanKind.PRODUCER,
                 attributes={"pgdurable.event_names": distinct,
                             "messaging.batch.message_count": len(names)}):
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
-            yield json.dumps(carrier)
+            yield _current_context_json()
 
     @staticmethod
     def sent(event_ids: Sequence[str]) -> None:
@@ -168,8 +166,11 @@ def trace_ids() -> dict[str, str]:
 def context_json() -> str | None:
     """The current span's context as JSON (what a sent event stores), when
     the current run is traced."""
-    if _RUN_TRACER.get() is None:
-        return None
+    return None if _RUN_TRACER.get() is None else _current_context_json()
+
+
+def _current_context_json() -> str:
+    """The current span's context (W3C traceparent, tracestate) as JSON."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return json.dumps(carrier)

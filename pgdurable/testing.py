@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import psycopg
 from psycopg import sql
 
-from .embedded import EmbeddedPostgres
+from .embedded import EmbeddedPostgres, _free_port
 from .errors import DurableError
 
 if TYPE_CHECKING:
@@ -78,9 +77,7 @@ def pgbouncer(dsn: str, *, pool_size: int = 20) -> Iterator[str]:
     if binary is None:
         raise DurableError("pgbouncer is not installed: apt-get install pgbouncer")
     server = psycopg.conninfo.conninfo_to_dict(dsn)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     folder = tempfile.mkdtemp(prefix="pgdurable-pgbouncer-")
     user = str(server.get("user") or "postgres")
     with open(os.path.join(folder, "users.txt"), "w") as users:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -19,7 +18,7 @@ from conftest import wait_for_status, wait_until
 
 from pgdurable import Context, Durable, UnavailableError
 from pgdurable._network import Watchdog
-from pgdurable.embedded import EmbeddedPostgres, _system_bindir
+from pgdurable.embedded import EmbeddedPostgres, _free_port, _system_bindir
 from pgdurable.testing import internals
 
 
@@ -30,10 +29,7 @@ def private_server() -> Iterator[EmbeddedPostgres]:
         pytest.skip("needs the system's PostgreSQL binaries (initdb, pg_ctl)")
     folder = tempfile.mkdtemp(prefix="pgdurable-private-")
     os.chmod(folder, 0o755)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = EmbeddedPostgres(folder, port=port)
+    server = EmbeddedPostgres(folder, port=_free_port())
     server.start()
     try:
         yield server

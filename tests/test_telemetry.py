@@ -23,10 +23,7 @@ from opentelemetry.trace import StatusCode  # noqa: E402
 @pytest.fixture
 def tracing() -> tuple[Any, InMemorySpanExporter]:
     """A tracer provider of the test's own, exporting to memory."""
-    exporter = InMemorySpanExporter()
-    provider = sdk_trace.TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return provider, exporter
+    return _memory_tracing()
 
 
 def _by_name(exporter: InMemorySpanExporter) -> dict[str, list[Any]]:
@@ -102,7 +99,7 @@ def test_a_run_claimed_in_another_process_links_to_the_send(
     stored = db.execute(f'SELECT trace FROM "{sender.schema}".events WHERE id = %s',
                         (event_id,)).fetchone()
     assert stored is not None and stored[0]["traceparent"].startswith("00-")
-    other_provider, other_exporter = _other_tracing()
+    other_provider, other_exporter = _memory_tracing()
     worker = make_app(tracer_provider=other_provider, trace_runs="child")
     _receipt(worker, fails=[])
     worker.start(threads=1)
@@ -113,7 +110,7 @@ def test_a_run_claimed_in_another_process_links_to_the_send(
     assert attempt.context.trace_id == send.context.trace_id
 
 
-def _other_tracing() -> tuple[Any, InMemorySpanExporter]:
+def _memory_tracing() -> tuple[Any, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = sdk_trace.TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
