@@ -17,12 +17,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._control import Cancelled, Park, Suspend
 from ._version import __version__
 
 try:
+    from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
     from opentelemetry.trace import (
         Link,
@@ -102,49 +104,56 @@ class Tracing:
         tracer = self._tracer()
         return _UNTRACED if tracer is None else self._running(tracer, claimed)
 
-    @contextmanager
-    def _running(self, tracer: Any, claimed: ClaimedRow) -> Iterator[None]:
-        traces = claimed.traces
-        senders = [trace.get_current_span(propagate.extract(t)).get_span_context() for t in traces]
-        senders = [s for s in senders if s.is_valid]
+    def _running(self, tracer: Any, claimed: ClaimedRow) -> _Current:
+        senders = [s for t in claimed.traces if (s := _sender(tuple(t.items()))) is not None]
         parent = None
         if self._runs == "child" and senders:
             parent = trace.set_span_in_context(trace.NonRecordingSpan(senders[0]))
         attributes = {"pgdurable.run_id": claimed.id, "pgdurable.function_id": claimed.function_id,
                       "pgdurable.attempt": claimed.attempt,
                       "pgdurable.event_ids": [e.id for e in claimed.events if e.id]}
-        with tracer.start_as_current_span(
-                f"run {claimed.function_id}", context=parent, kind=SpanKind.CONSUMER,
-                links=[Link(s) for s in senders] if parent is None else None,
-                attributes=attributes, record_exception=False,
-                set_status_on_exception=False) as span:
-            token = _RUN_TRACER.set(tracer)
-            try:
-                yield
-            except BaseException as exc:
-                _ended(span, exc)
-                raise
-            finally:
-                _RUN_TRACER.reset(token)
+        return _Current(tracer.start_span(
+            f"run {claimed.function_id}", context=parent, kind=SpanKind.CONSUMER,
+            links=[Link(s) for s in senders] if parent is None else None,
+            attributes=attributes, record_exception=False, set_status_on_exception=False),
+            run_tracer=tracer)
+
+
+class _Current:
+    """A started span, current while a block runs (and, for a run's span,
+    its tracer the steps'), then ended with how the block ended. A class,
+    not a generator: a span's own overhead is most of what tracing costs."""
+
+    __slots__ = ("_run_tracer", "_span", "_tokens")
+
+    def __init__(self, span: Any, run_tracer: Any = None) -> None:
+        self._span = span
+        self._run_tracer = run_tracer
+        self._tokens: tuple[Any, Any] = (None, None)
+
+    def __enter__(self) -> Any:
+        run = None if self._run_tracer is None else _RUN_TRACER.set(self._run_tracer)
+        self._tokens = (otel_context.attach(trace.set_span_in_context(self._span)), run)
+        return self._span
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        attached, run = self._tokens
+        if exc is not None:
+            _ended(self._span, exc)
+        otel_context.detach(attached)
+        if run is not None:
+            _RUN_TRACER.reset(run)
+        self._span.end()
 
 
 def step_span(key: str) -> AbstractContextManager[Any]:
     """A `step <key>` span under the current run's, while the step's own
     code runs (nothing when the run is not traced)."""
     tracer = _RUN_TRACER.get()
-    return _UNTRACED if tracer is None else _step_span(tracer, key)
-
-
-@contextmanager
-def _step_span(tracer: Any, key: str) -> Iterator[None]:
-    with tracer.start_as_current_span(
-            f"step {key}", attributes={"pgdurable.step": key}, record_exception=False,
-            set_status_on_exception=False) as span:
-        try:
-            yield
-        except BaseException as exc:
-            _ended(span, exc)
-            raise
+    if tracer is None:
+        return _UNTRACED
+    return _Current(tracer.start_span(f"step {key}", attributes={"pgdurable.step": key},
+                                      record_exception=False, set_status_on_exception=False))
 
 
 def annotate(name: str, attributes: dict[str, str | list[str]]) -> None:
@@ -167,6 +176,16 @@ def context_json() -> str | None:
     """The current span's context as JSON (what a sent event stores), when
     the current run is traced."""
     return None if _RUN_TRACER.get() is None else _current_context_json()
+
+
+@lru_cache(maxsize=1024)
+def _sender(carrier: tuple[tuple[str, str], ...]) -> Any:
+    """The context of the span that sent an event, from what the event
+    stores (the propagator's fields); cached, as the runs of one send (a
+    batch, or one run's attempts) share it and extracting costs a third of
+    what a span does."""
+    context = trace.get_current_span(propagate.extract(dict(carrier))).get_span_context()
+    return context if context.is_valid else None
 
 
 def _current_context_json() -> str:
