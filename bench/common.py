@@ -65,24 +65,37 @@ def drain_arguments(runs: int, threads: int, prefetch: int) -> argparse.Namespac
     parser.add_argument("--keys", type=int, default=100, help="distinct values of data.k")
     parser.add_argument("--trace", action="store_true",
                         help="trace with the OpenTelemetry SDK, exporting to nowhere")
+    parser.add_argument("--metrics", action="store_true",
+                        help="record OpenTelemetry metrics with the SDK")
     return parser.parse_args()
 
 
-def tracer_provider(args: argparse.Namespace) -> Any:
-    """With --trace: an SDK tracer provider whose spans go (batched) to an
-    exporter that drops them: the cost of making spans, not of shipping them."""
-    if not args.trace:
-        return None
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+def telemetry(args: argparse.Namespace) -> dict[str, Any]:
+    """The app's OpenTelemetry options. With --trace: an SDK tracer
+    provider whose spans go (batched) to an exporter that drops them: the
+    cost of making spans, not of shipping them. With --metrics: an SDK
+    meter provider whose reader aggregates and is never collected."""
+    options: dict[str, Any] = {}
+    if args.trace:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
 
-    class Nowhere(SpanExporter):
-        def export(self, spans: Any) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
+        class Nowhere(SpanExporter):
+            def export(self, spans: Any) -> SpanExportResult:
+                return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(Nowhere()))
-    return provider
+        options["tracer_provider"] = TracerProvider()
+        options["tracer_provider"].add_span_processor(BatchSpanProcessor(Nowhere()))
+    if args.metrics:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        options["meter_provider"] = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return options
 
 
 # UUIDv7-shaped ids dated 2005: older than any run the benchmark creates.

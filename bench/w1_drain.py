@@ -10,14 +10,14 @@ runs at once per key, over `--keys` keys: the cost of flow control.
 
 from __future__ import annotations
 
-from common import bench_app, describe, drain, drain_arguments, tracer_provider
+from common import bench_app, describe, drain, drain_arguments, telemetry
 
 from pgdurable import Concurrency, Context
 
 
 def main() -> None:
     args = drain_arguments(runs=20_000, threads=8, prefetch=1000)
-    with bench_app(pool_size=4, tracer_provider=tracer_provider(args)) as (app, schema):
+    with bench_app(pool_size=4, **telemetry(args)) as (app, schema):
         limit = Concurrency(args.concurrency, key="data.k") if args.concurrency else None
 
         @app.function(id="one-step", event="bench/w1", concurrency=limit)
@@ -28,7 +28,7 @@ def main() -> None:
     print(f"W1 drain: {args.runs} runs in {elapsed:.2f} s = {args.runs / elapsed:,.0f} runs/s "
           f"(threads={args.threads}, prefetch={args.prefetch}, finished runs loaded={args.finished:,}, "
           f"concurrency={args.concurrency or 'none'} over {args.keys} keys; "
-          f"{'traced; ' if args.trace else ''}"
+          f"{'traced; ' if args.trace else ''}{'metrics; ' if args.metrics else ''}"
           f"{describe()})")
 
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import psycopg
-from common import DSN, bench_app, describe, drain, drain_arguments, tracer_provider
+from common import DSN, bench_app, describe, drain, drain_arguments, telemetry
 
 from pgdurable import Context
 
@@ -15,7 +15,7 @@ STEPS = 5
 
 def main() -> None:
     args = drain_arguments(runs=5000, threads=64, prefetch=1000)
-    with bench_app(pool_size=4, tracer_provider=tracer_provider(args)) as (app, schema):
+    with bench_app(pool_size=4, **telemetry(args)) as (app, schema):
         @app.function(id="five-steps", event="bench/w3")
         def five_steps(ctx: Context) -> int:
             return sum(ctx.step.run(f"step-{n}", lambda n=n: n) for n in range(STEPS))
@@ -29,7 +29,8 @@ def main() -> None:
     steps -= args.finished
     print(f"W3: {args.runs} runs x {STEPS} steps = {steps} steps in {elapsed:.2f} s = "
           f"{steps / elapsed:,.0f} steps/s ({args.runs / elapsed:,.0f} runs/s; threads={args.threads}, "
-          f"prefetch={args.prefetch}; {'traced; ' if args.trace else ''}{describe()})")
+          f"prefetch={args.prefetch}; {'traced; ' if args.trace else ''}{'metrics; ' if args.metrics else ''}"
+          f"{describe()})")
 
 
 if __name__ == "__main__":

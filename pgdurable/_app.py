@@ -46,7 +46,7 @@ from ._retries import Backoff
 from ._rls import Rls, check_role
 from ._runs import Run, RunStatus, StepInfo, WaitInfo
 from ._store import PARTITIONS_AHEAD, Store, behind_pooler, is_transient
-from ._telemetry import TraceRuns, Tracing
+from ._telemetry import Telemetry, TraceRuns
 from ._worker import Worker, WorkerSettings
 from .errors import (
     ConfigurationError,
@@ -102,6 +102,7 @@ class Durable:
         listen_dsn: str | None = None,
         tracer_provider: Any = None,
         trace_runs: TraceRuns = "link",
+        meter_provider: Any = None,
     ) -> None:
         if dsn is not None and pool is not None:
             raise ConfigurationError("give either dsn= or pool=, not both")
@@ -134,7 +135,9 @@ class Durable:
                                 or self.partition_interval != timedelta(days=1))
         if trace_runs not in ("link", "child"):
             raise ConfigurationError("trace_runs must be 'link' or 'child'")
-        self._tracing = Tracing(tracer_provider, trace_runs)
+        self._telemetry = Telemetry(
+            tracer_provider=tracer_provider, runs=trace_runs, meter_provider=meter_provider,
+            queue=lambda: self.queue_summary(), threads=self._threads_busy)
         self.rls = Rls(self._store, user_setting=user_setting, bypass_setting=bypass_setting,
                        bypass_role=bypass_role)
         self._owns_pool = pool is None
@@ -338,7 +341,7 @@ class Durable:
     def _send(
         self, events: list[Event], conn: psycopg.Connection[Any] | None, *, generated: bool
     ) -> list[str]:
-        with self._tracing.sending([e.name for e in events]) as trace_json:
+        with self._telemetry.sending([e.name for e in events]) as trace_json:
             prepared = [prepare(e, self._schemas.get(e.name), max_bytes=self.max_event_bytes,
                                 generated=generated, trace_json=trace_json) for e in events]
             unique = list({p.id: p for p in reversed(prepared)}.values())[::-1]
@@ -346,7 +349,7 @@ class Durable:
                     for index, event in enumerate(unique, start=1)
                     for fdef in self._triggers.get(event.name, ())]
             if trace_json is not None:
-                self._tracing.sent([p.id for p in unique])
+                self._telemetry.sent([p.id for p in unique])
             if conn is not None:
                 with _translated_errors(self.schema):
                     self._store.send_events(conn, unique, runs, self.dedupe_window)
@@ -439,7 +442,7 @@ class Durable:
             poll_interval=poll_interval, eager=eager, lease=self.lease,
             backoff=Backoff(*self.retry_backoff), dedupe_window=self.dedupe_window,
             max_output_bytes=self.max_output_bytes, direct_conninfo=self.direct_conninfo,
-            connect_timeout=self.connect_timeout, tracing=self._tracing,
+            connect_timeout=self.connect_timeout, telemetry=self._telemetry,
             policies=self._policies(), prune_interval=self.prune_interval)
         worker = Worker(settings, self._store, self._pool, self._functions, rls=self.rls,
                         send=self._send_generated)
@@ -451,6 +454,7 @@ class Durable:
             worker.register(conn)
         self._worker = worker
         worker.start()
+        self._telemetry.look()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Drain the worker (running handlers get `timeout` seconds), then close
@@ -549,6 +553,11 @@ class Durable:
         `cap` at most (RunCounts.capped says when there were more)."""
         since, cap = require_aware(since, what="since"), _positive(cap, "cap")
         return self._on_own(lambda conn: self._store.count_runs(conn, since, cap))
+
+    def _threads_busy(self) -> tuple[int, int] | None:
+        """For the metrics: this process's worker's executors (busy, all)."""
+        worker = self._worker
+        return None if worker is None else worker.threads_busy()
 
     def queue_summary(self, *, cap: int = CAP) -> QueueSummary:
         """Unfinished runs by function and status (of `cap` at most), and how

@@ -34,17 +34,21 @@ class Journal:
     """Batches writes from many threads into single transactions.
 
     `on_written` is called from the writer thread with the run ids of every
-    batch's transitions once the batch has been written (or has failed).
+    batch's transitions once the batch has been written (or has failed);
+    `observe` with the size of each batch written in one commit, and the
+    seconds that took.
     """
 
     def __init__(
         self, pool: ConnectionPool[Any], store: Store, outage: Outage,
         on_written: Callable[[list[str]], None] = lambda run_ids: None,
+        observe: Callable[[int, float], None] = lambda entries, seconds: None,
     ) -> None:
         self._pool = pool
         self._store = store
         self._outage = outage
         self._on_written = on_written
+        self._observe = observe
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._batch = _Batch()
@@ -90,11 +94,16 @@ class Journal:
         """Write a batch, retrying while Postgres is unreachable. Any other
         error is one run's bad entry: the batch is written run by run, and
         a run whose entries cannot be written fails (or is stopped), alone."""
+        began = time.perf_counter()
         try:
-            batch.future.set_result(self._flush(batch.steps, batch.finishes, batch.probes))
-            return
+            written = self._flush(batch.steps, batch.finishes, batch.probes)
         except Exception as exc:
             log.warning("journal batch refused (%r); writing it run by run", exc)
+        else:
+            batch.future.set_result(written)
+            if entries := len(batch.steps) + len(batch.finishes):
+                self._observe(entries, time.perf_counter() - began)
+            return
         try:
             batch.future.set_result(self._write_apart(batch))
         except Exception as exc:  # keep the thread: its waiters see the error

@@ -32,6 +32,7 @@ from croniter import croniter
 from ._events import GENERATED_ID_PREFIX, Event, PreparedEvent
 from ._functions import FunctionDef, Schedule, run_options
 from ._store import Store
+from ._telemetry import Telemetry
 
 CRON_EVENT = "pgdurable/cron"
 MISSED_AFTER = timedelta(seconds=60)
@@ -64,8 +65,10 @@ def ticks_to_run(schedule: Schedule, due: datetime, now: datetime) -> tuple[list
 class Scheduler:
     """Starts the timed runs of `functions`: cron ticks, batches, debounces."""
 
-    def __init__(self, store: Store, functions: dict[str, FunctionDef], dedupe: timedelta) -> None:
+    def __init__(self, store: Store, functions: dict[str, FunctionDef], dedupe: timedelta,
+                 telemetry: Telemetry) -> None:
         self._store = store
+        self._telemetry = telemetry
         self._scheduled = {f.id: f for f in functions.values() if f.schedule is not None}
         self._batched = sorted(f.id for f in functions.values() if f.batch is not None)
         self._debounced = sorted(f.id for f in functions.values() if f.debounce is not None)
@@ -108,20 +111,28 @@ class Scheduler:
                 assert fdef.schedule is not None
                 ticks, following = ticks_to_run(fdef.schedule, due, now)
                 if ticks:
-                    events = [self._tick_event(fdef, tick) for tick in ticks]
-                    runs = [_tick_run(n, fdef, e) for n, e in enumerate(events, start=1)]
-                    self._store.send_events(conn, events, runs, self._dedupe, generated=True)
+                    self._start_ticks(conn, fdef, ticks)
                 self._store.set_next_tick(conn, function_id, following)
         return self._store.next_tick(conn, self.function_ids)
 
+    def _start_ticks(
+        self, conn: psycopg.Connection[Any], fdef: FunctionDef, ticks: list[datetime]
+    ) -> None:
+        """Send the ticks' events with their runs, under a `cron <function
+        id>` span when tracing, which the runs then link to."""
+        with self._telemetry.sending([CRON_EVENT], span=f"cron {fdef.id}") as trace_json:
+            events = [self._tick_event(fdef, tick, trace_json) for tick in ticks]
+            runs = [_tick_run(n, fdef, e) for n, e in enumerate(events, start=1)]
+            self._store.send_events(conn, events, runs, self._dedupe, generated=True)
+
     @staticmethod
-    def _tick_event(fdef: FunctionDef, tick: datetime) -> PreparedEvent:
+    def _tick_event(fdef: FunctionDef, tick: datetime, trace_json: str | None) -> PreparedEvent:
         assert fdef.schedule is not None
         data = {"function_id": fdef.id, "cron": fdef.schedule.cron,
                 "timezone": fdef.schedule.timezone, "tick": tick.isoformat()}
         # In the reserved namespace: no sender can take a tick's id first.
         return PreparedEvent(f"{GENERATED_ID_PREFIX}cron/{fdef.id}/{tick.isoformat()}",
-                             CRON_EVENT, json.dumps(data), tick)
+                             CRON_EVENT, json.dumps(data), tick, trace_json)
 
 
 def _tick_run(index: int, fdef: FunctionDef, event: PreparedEvent) -> list[Any]:

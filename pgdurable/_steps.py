@@ -26,7 +26,7 @@ from ._parallel import AsyncStepGate, StepGate, run_tasks, run_threads
 from ._plans import Plan, deadline, plan_invoke, plan_sleep, plan_wait, wait_spec, with_ids
 from ._replay import RunState, replayed_value
 from ._store import Checkpoint, StepRecord
-from ._telemetry import step_span
+from ._telemetry import observing_step
 from .errors import SerializationError, StepError
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def _transact(
     def body(conn: psycopg.Connection[Any]) -> StepRecord:
         step = CURRENT_STEP.set(key)
         try:
-            with step_span(key):
+            with observing_step(key):
                 value = fn(conn, *args, **kwargs)
         finally:
             CURRENT_STEP.reset(step)
@@ -143,7 +143,7 @@ class Step:
         started = self._state.now()
         step = CURRENT_STEP.set(key)
         try:
-            with step_span(key):
+            with observing_step(key):
                 value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
                 raise TypeError(f"step {key!r} returned an awaitable in a sync handler; use `async def`")
@@ -277,7 +277,7 @@ class AsyncStep:
         started = self._state.now()
         step = CURRENT_STEP.set(key)
         try:
-            with step_span(key):
+            with observing_step(key):
                 value = fn(*args, **kwargs)
                 if inspect.isawaitable(value):
                     value = await value

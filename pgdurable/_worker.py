@@ -52,7 +52,7 @@ from ._rls import Rls
 from ._schedules import Scheduler
 from ._steps import AsyncStep, Step
 from ._store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec, is_transient
-from ._telemetry import Tracing, context_json
+from ._telemetry import Telemetry, context_json
 from ._vacuum import CHECK_EVERY as VACUUM_CHECK
 from ._vacuum import HotVacuum
 from ._version import __version__
@@ -81,7 +81,7 @@ class WorkerSettings:
     # pruning's lock and settings); None: there is none (behind a pooler).
     direct_conninfo: str | None
     connect_timeout: float  # of the connections it opens itself
-    tracing: Tracing
+    telemetry: Telemetry
     policies: Policies  # retention, and how much history a partition holds
     prune_interval: timedelta | None  # None: this worker never prunes
 
@@ -105,7 +105,8 @@ class Worker:
         self._capacity = settings.threads + settings.prefetch
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._outage = Outage(f"worker {self.id}")
-        self._journal = Journal(self._pool, self._store, self._outage, on_written=self._forget)
+        self._journal = Journal(self._pool, self._store, self._outage, on_written=self._forget,
+                                observe=settings.telemetry.journal_written)
         # Probes of cancel requests at step boundaries: read-only batches of
         # their own, so they never wait for a batch of writes to be flushed.
         self._prober = Journal(self._pool, self._store, self._outage)
@@ -125,9 +126,11 @@ class Worker:
         self._stopping = threading.Event()
         self._draining = threading.Event()
         self._outdated = threading.Event()  # a newer pgdurable migrated: claim no more
-        self._scheduler = Scheduler(self._store, self._functions, settings.dedupe_window)
+        self._scheduler = Scheduler(self._store, self._functions, settings.dedupe_window,
+                                    settings.telemetry)
         self._workers: list[threading.Thread] = []
         self._heartbeat_at: float | None = None  # monotonic time of the last one recorded
+        self._executing = [False] * settings.threads  # by executor: whether it runs a handler
 
     # -- lifecycle --------------------------------------------------------
 
@@ -147,6 +150,10 @@ class Worker:
         """The heartbeat's row of `workers`, and when it was last written."""
         self._store.worker_seen(conn, self._presence(starting=starting))
         self._heartbeat_at = time.monotonic()
+
+    def threads_busy(self) -> tuple[int, int]:
+        """Executor threads running a handler now, and how many there are."""
+        return sum(self._executing), len(self._executing)
 
     def facts(self) -> WorkerFacts:
         """For `app.health()`: threads that died, and the heartbeat's age."""
@@ -178,7 +185,8 @@ class Worker:
                         self._settings.poll_interval)
         if self._scheduler.has_timers:
             loops.append(("scheduler", self._schedule_loop))
-        loops += [(f"executor-{n}", self._execute_loop) for n in range(self._settings.threads)]
+        loops += [(f"executor-{n}", partial(self._execute_loop, n))
+                  for n in range(self._settings.threads)]
         for name, target in loops:
             thread = threading.Thread(target=target, name=f"pgdurable-{name}", daemon=True)
             thread.start()
@@ -454,6 +462,7 @@ class Worker:
         interval = self._settings.lease.total_seconds() / 3
         while not self._stopping.wait(interval):
             self._check_schema()  # also heard at once by the listener, where there is one
+            self._settings.telemetry.look()  # a meter provider set since: observe the gauges
             self._with_db("record the heartbeat", self._record_presence)
             with self._held_lock:
                 leases = [(s.claimed.id, s.claimed.token) for s in self._held.values()]
@@ -571,17 +580,21 @@ class Worker:
 
     # -- executing --------------------------------------------------------
 
-    def _execute_loop(self) -> None:
+    def _execute_loop(self, n: int) -> None:
+        """Executor `n`: run handlers, one run at a time."""
         loop = asyncio.new_event_loop()
         try:
             while (state := self._ready.get()) is not None:
                 if self._draining.is_set():
                     continue  # released by stop()
+                self._executing[n] = True
                 try:
                     self._execute(state, loop)
                 except Exception:  # a bug of ours: the run's lease lapses, the thread lives
                     log.exception("run %s: cannot record its outcome", state.claimed.id,
                                   extra=run_fields(state.claimed.id, state.claimed.function_id))
+                finally:
+                    self._executing[n] = False
         finally:
             loop.close()
 
@@ -614,6 +627,7 @@ class Worker:
                             extra=run_fields(claimed.id, claimed.function_id))
             self._wake.set()
             return
+        self._settings.telemetry.ended(claimed.function_id, outcome)
         if self._ready.qsize() < self._settings.threads:
             self._wake.set()  # room to claim more
         if outcome.available_at is not None:
@@ -639,7 +653,8 @@ class Worker:
             ctx = _context(fdef, state)
             current = CURRENT_RUN.set((self._rls, ctx))
             try:
-                with self._settings.tracing.running(claimed):
+                lag = (state.now() - claimed.due_at).total_seconds()
+                with self._settings.telemetry.running(claimed, lag):
                     result = fdef.handler(ctx)
                     if fdef.is_async:
                         result = _run_async(loop, result)

@@ -1915,14 +1915,15 @@ BEGIN
                jsonb_build_object(
                    'run_id', x.run_id, 'function_id', r.function_id, 'error', x.error,
                    'event', (SELECT "pgdurable".event_doc(e) FROM "pgdurable".events e
-                             WHERE e.id = r.event_ids[1])) AS data
+                             WHERE e.id = r.event_ids[1])) AS data,
+               (SELECT e.trace FROM "pgdurable".events e WHERE e.id = r.event_ids[1]) AS trace
         FROM ended x
         JOIN "pgdurable".runs r ON r.id = x.run_id
         JOIN "pgdurable".failure_handlers h ON h.function_id = r.function_id
         WHERE x.status = 'failed'
     ), announced AS (
-        INSERT INTO "pgdurable".events (id, name, data, ts)
-        SELECT event_id, 'pgdurable/function.failed', data, now() FROM failed
+        INSERT INTO "pgdurable".events (id, name, data, ts, trace)
+        SELECT event_id, 'pgdurable/function.failed', data, now(), trace FROM failed
     )
     SELECT count("pgdurable".start_run(f.handler_id, ARRAY[f.event_id], f.retries)) INTO v_handlers
     FROM failed f;

@@ -146,6 +146,19 @@ def send_from_threads(count: int, send: Callable[[int], object]) -> None:
         thread.join(60)
 
 
+def memory_tracing() -> tuple[Any, Any]:
+    """A tracer provider of the test's own, and the in-memory exporter its
+    spans go to as they end (needs the OpenTelemetry SDK)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
 class WorkerProcess:
     """A `pgdurable worker` subprocess running tests/procapp.py."""
 

@@ -25,6 +25,25 @@ from pgdurable import (
     Throttle,
 )
 
+if os.environ.get("PGDURABLE_TEST_TRACE_FILE"):  # only in the test of traces through a crash
+    from collections.abc import Sequence
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    class SpansToFile(SpanExporter):
+        """Each span as a JSON line, written as it ends (a SIGKILL loses none ended)."""
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            with open(os.environ["PGDURABLE_TEST_TRACE_FILE"], "a") as out:
+                out.writelines(span.to_json(indent=None) + "\n" for span in spans)
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(SpansToFile()))
+    trace.set_tracer_provider(provider)
+
 app = Durable(os.environ["PGDURABLE_DSN"], schema=os.environ["PGDURABLE_SCHEMA"],
               listen_dsn=os.environ.get("PGDURABLE_LISTEN_DSN"),
               lease="2s", retry_backoff=("20ms", "200ms"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from conftest import wait_until
 
 from pgdurable import Event
+from pgdurable.embedded import _free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -19,6 +21,7 @@ sys.path.insert(0, str(EXAMPLES))
 import clips  # noqa: E402
 import context_files  # noqa: E402
 import fork_fix  # noqa: E402
+import metrics  # noqa: E402
 import notifications  # noqa: E402
 import onboarding  # noqa: E402
 import receipts  # noqa: E402
@@ -178,3 +181,26 @@ def test_tracing_dumps_one_runs_trace(dsn: str, schema: str) -> None:
         "run process-receipt  (attempt 1; linked to 'send receipt/process')",
         "  step ocr",
     ]
+
+
+def test_metrics_are_served_to_prometheus(dsn: str, schema: str) -> None:
+    """Four receipts, one failing after a retry: the counters Prometheus
+    scrapes say so, and the queue and threads gauges are there."""
+    port = _free_port()
+    lines = metrics.scrape(metrics.build(dsn, metrics.serve(port), schema), port)
+    samples = {}
+    for line in lines:
+        name, _, value = line.rpartition(" ")
+        labels = dict(re.findall(r'(pgdurable_\w+)="([^"]*)"', name))
+        samples[(name.partition("{")[0], *sorted(labels.values()))] = float(value)
+    receipt = "process-receipt"
+    assert samples[("pgdurable_runs_started_total", receipt)] == 5
+    assert samples[("pgdurable_runs_finished_total", "completed", receipt)] == 3
+    assert samples[("pgdurable_runs_finished_total", "failed", receipt)] == 1
+    assert samples[("pgdurable_runs_retries_total", receipt)] == 1
+    assert samples[("pgdurable_steps_duration_seconds_count", receipt)] == 9
+    assert samples[("pgdurable_runs_start_lag_seconds_count", receipt)] == 5
+    assert samples[("pgdurable_journal_batch_size_sum",)] >= 14
+    assert samples[("pgdurable_queue_oldest_ready_age_seconds",)] == 0
+    assert samples[("pgdurable_worker_threads", "busy")] + samples[
+        ("pgdurable_worker_threads", "idle")] == 2

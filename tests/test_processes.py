@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import WorkerProcess, wait_until
+from conftest import WorkerProcess, memory_tracing, wait_until
 
 from pgdurable import Batch, Durable, Event
 from pgdurable.embedded import EmbeddedPostgres, _free_port, _system_bindir
@@ -37,12 +40,12 @@ def effects(db: psycopg.Connection[Any], schema: str, run_id: str | None = None)
 
 
 def start_in_step_two(
-    app: Durable, db: psycopg.Connection[Any], worker_process: Any
+    app: Durable, db: psycopg.Connection[Any], worker_process: Any, **env: str
 ) -> tuple[Any, Any]:
     """A worker process running a two-step run, blocked inside step two."""
     [event_id] = app.send("test/two-steps", {})
     [run] = app.runs_for_event(event_id)
-    worker = worker_process()
+    worker = worker_process(**env)
     wait_until(lambda: effects(db, app.schema, run.id).get("two-start"), what="step two to start")
     return run, worker
 
@@ -62,6 +65,43 @@ def test_run_survives_sigkill_mid_step(
     assert counts["one"] == 1  # completed before the kill: never again
     assert counts["two-start"] == 2  # interrupted: executed again
     assert counts["two-end"] == 1
+
+
+def test_the_trace_survives_a_crash(
+    tables: Durable, db: psycopg.Connection[Any], worker_process: Any,
+    make_app: Callable[..., Durable], tmp_path: Path,
+) -> None:
+    """The worker that resumes a run killed mid-step links its attempt to
+    the same send span, from the context stored with the event; the step
+    done before the kill emits no span again."""
+    pytest.importorskip("opentelemetry.sdk.trace")
+    provider, exporter = memory_tracing()
+    sender = make_app(tracer_provider=provider)
+    sender.function(id="two-steps", event="test/two-steps")(lambda ctx: None)
+    run, doomed = start_in_step_two(sender, db, worker_process,
+                                    PGDURABLE_TEST_TRACE_FILE=str(tmp_path / "doomed.jsonl"))
+    doomed.proc.send_signal(signal.SIGKILL)
+    doomed.proc.wait(10)
+    db.execute(f"INSERT INTO {tables.schema}.flags VALUES ('release')")
+    worker_process(PGDURABLE_TEST_TRACE_FILE=str(tmp_path / "heir.jsonl"))
+    assert sender.wait_for_run(run.id, timeout=60).status == "completed"
+    [send] = exporter.get_finished_spans()
+    send_id = f"0x{send.context.span_id:016x}"
+
+    def spans(name: str) -> dict[str, list[dict[str, Any]]]:
+        found: dict[str, list[dict[str, Any]]] = {}
+        for line in (tmp_path / name).read_text().splitlines():
+            span = json.loads(line)
+            found.setdefault(span["name"], []).append(span)
+        return found
+
+    doomed_spans, heir = spans("doomed.jsonl"), spans("heir.jsonl")
+    assert set(doomed_spans) == {"step one"}  # its run span never ended: killed
+    [resumed] = heir["run two-steps"]
+    assert [link["context"]["span_id"] for link in resumed["links"]] == [send_id]
+    assert resumed["context"]["span_id"] != doomed_spans["step one"][0]["parent_id"]
+    assert set(heir) == {"run two-steps", "step two"}  # step one came from the journal
+    assert heir["step two"][0]["parent_id"] == resumed["context"]["span_id"]
 
 
 def test_a_cancel_requested_before_its_worker_dies_ends_cancelled(

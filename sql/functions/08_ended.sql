@@ -8,9 +8,10 @@
 --   'pgdurable/run.finished' document (one probe of `waits_match` per run);
 -- - if it failed and its function has an on_failure handler, that handler's
 --   run starts, with a 'pgdurable/function.failed' event carrying the run
---   id, the error and the run's event. A run's result is inserted once, so
---   its handler starts once; the event's id is fresh, so no event sent
---   before can stand in for it or suppress it.
+--   id, the error and the run's event (and that event's trace context, so
+--   the handler's run links to what started the failed one). A run's
+--   result is inserted once, so its handler starts once; the event's id is
+--   fresh, so no event sent before can stand in for it or suppress it.
 CREATE FUNCTION {schema}.runs_ended() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     v_runs uuid[];
@@ -43,14 +44,15 @@ BEGIN
                jsonb_build_object(
                    'run_id', x.run_id, 'function_id', r.function_id, 'error', x.error,
                    'event', (SELECT {schema}.event_doc(e) FROM {schema}.events e
-                             WHERE e.id = r.event_ids[1])) AS data
+                             WHERE e.id = r.event_ids[1])) AS data,
+               (SELECT e.trace FROM {schema}.events e WHERE e.id = r.event_ids[1]) AS trace
         FROM ended x
         JOIN {schema}.runs r ON r.id = x.run_id
         JOIN {schema}.failure_handlers h ON h.function_id = r.function_id
         WHERE x.status = 'failed'
     ), announced AS (
-        INSERT INTO {schema}.events (id, name, data, ts)
-        SELECT event_id, 'pgdurable/function.failed', data, now() FROM failed
+        INSERT INTO {schema}.events (id, name, data, ts, trace)
+        SELECT event_id, 'pgdurable/function.failed', data, now(), trace FROM failed
     )
     SELECT count({schema}.start_run(f.handler_id, ARRAY[f.event_id], f.retries)) INTO v_handlers
     FROM failed f;
