@@ -50,7 +50,7 @@ def main() -> None:
     claimed = _claimed(stored)
 
     def through_pgdurable() -> None:
-        with observed.running(claimed, 0.0), observing_step("work"):
+        with observed.running(claimed), observing_step("work"):
             pass
 
     sender = trace.get_current_span(propagate.extract(claimed.traces[0])).get_span_context()

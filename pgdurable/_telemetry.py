@@ -150,16 +150,17 @@ class Telemetry:
         if trace is not None:
             trace.get_current_span().set_attribute("pgdurable.event_ids", list(event_ids))
 
-    def running(self, claimed: ClaimedRow, lag: float) -> AbstractContextManager[Any]:
-        """Observe an attempt of a run, begun `lag` seconds after it was due:
-        count it, and make a `run` span current while the handler runs,
-        linked to the spans that sent the run's events (or the child of the
-        first)."""
+    def running(self, claimed: ClaimedRow) -> AbstractContextManager[Any]:
+        """Observe an attempt of a run, as its handler begins: count it and
+        its lag behind its due time (on the database's clock), and make a
+        `run` span current while the handler runs, linked to the spans that
+        sent the run's events (or the child of the first)."""
         tracer, instruments = self._tracer.get(), self._instruments.get()
         if tracer is None and instruments is None:
             return _UNTRACED
         attributes = (("pgdurable.function_id", claimed.function_id),)
         if instruments is not None:
+            lag = (claimed.clock.now() - claimed.due_at).total_seconds()
             instruments.record(RUNS_STARTED, 1, attributes)
             instruments.record(START_LAG, max(0.0, lag), attributes)
         run = _Run(tracer, instruments, attributes)

@@ -653,8 +653,7 @@ class Worker:
             ctx = _context(fdef, state)
             current = CURRENT_RUN.set((self._rls, ctx))
             try:
-                lag = (state.now() - claimed.due_at).total_seconds()
-                with self._settings.telemetry.running(claimed, lag):
+                with self._settings.telemetry.running(claimed):
                     result = fdef.handler(ctx)
                     if fdef.is_async:
                         result = _run_async(loop, result)
