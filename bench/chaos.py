@@ -437,13 +437,19 @@ def _inject(
 
 def _cut_while_holding(db: Database, partition: Partition, worker: Worker) -> list[str]:
     """Cut the worker off once it holds runs (waiting up to 10 s for some);
-    the runs it holds once its last writes have landed."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not _held_by(db, worker):
-        time.sleep(0.05)
-    partition.cut()
-    time.sleep(0.5)  # a commit it had sent just before the cut
-    return _held_by(db, worker)
+    the runs it holds once its last writes have landed. If those writes
+    finished every run it held (a loaded machine sees the runs late), the
+    link comes back at once and the cut is tried again, up to 5 times."""
+    for _ in range(5):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _held_by(db, worker):
+            time.sleep(0.05)
+        partition.cut()
+        time.sleep(0.5)  # a commit it had sent just before the cut
+        if held := _held_by(db, worker):
+            return held
+        partition.heal()
+    return []
 
 
 def _held_by(db: Database, worker: Worker) -> list[str]:
