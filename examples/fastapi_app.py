@@ -1,5 +1,6 @@
-"""FastAPI: worker threads in the app's lifespan, an endpoint that sends an
-event, and one that reports a run's status.
+"""FastAPI: worker threads in the app's lifespan, an async endpoint that
+sends an event in its own transaction, and one that reports a run's status,
+neither blocking the event loop.
 
     pip install 'pgdurable[fastapi,embedded]' httpx
     python examples/fastapi_app.py         # a demo through FastAPI's test client
@@ -29,15 +30,15 @@ def create_api(durable: Durable, threads: int = 2) -> FastAPI:
     api = FastAPI(lifespan=lifespan(durable, threads=threads))
 
     @api.post("/videos", status_code=202)
-    def upload(video: VideoIn) -> dict[str, str]:
-        with durable.connection() as conn:  # the row and the event: one transaction
-            event_id = web_jobs.add_video(durable, conn, video.title, video.url)
-        [run] = durable.runs_for_event(event_id)
+    async def upload(video: VideoIn) -> dict[str, str]:
+        async with durable.connection_async() as conn:  # the row and the event: one transaction
+            event_id = await web_jobs.add_video_async(durable, conn, video.title, video.url)
+        [run] = await durable.runs_for_event_async(event_id)
         return {"run_id": run.id, "status_url": f"/runs/{run.id}"}
 
     @api.get("/runs/{run_id}")
-    def run_status(run_id: str) -> dict[str, Any]:
-        status = web_jobs.run_status(durable, run_id)
+    async def run_status(run_id: str) -> dict[str, Any]:
+        status = await web_jobs.run_status_async(durable, run_id)
         if status is None:
             raise HTTPException(404, f"no run {run_id}")
         return status

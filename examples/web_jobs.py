@@ -1,6 +1,7 @@
 """The jobs behind the web examples (fastapi_app.py, flask_app.py,
 django_app.py): an uploaded video is transcribed and summarised in the
 background while the page polls its run (the polling pattern of seed 003).
+The async variants serve FastAPI's `async def` endpoints.
 """
 
 from __future__ import annotations
@@ -56,11 +57,28 @@ def set_up(app: Durable) -> Durable:
 def add_video(app: Durable, conn: psycopg.Connection[Any], title: str, url: str) -> str:
     """In the caller's transaction: the video's row and its event, which
     exist together or not at all. Returns the event id."""
-    video_id = f"vid_{uuid.uuid4().hex[:8]}"
-    conn.execute(sql.SQL("INSERT INTO {} (id, title, url) VALUES (%s, %s, %s)").format(
-        sql.Identifier(app.schema, "videos")), (video_id, title, url))
-    [event_id] = app.send("video/uploaded", {"video_id": video_id, "url": url}, conn=conn)
+    insert, row = _new_video(app, title, url)
+    conn.execute(insert, row)
+    [event_id] = app.send("video/uploaded", {"video_id": row[0], "url": url}, conn=conn)
     return event_id
+
+
+async def add_video_async(
+    app: Durable, conn: psycopg.AsyncConnection[Any], title: str, url: str
+) -> str:
+    """`add_video`, in the caller's async transaction."""
+    insert, row = _new_video(app, title, url)
+    await conn.execute(insert, row)
+    [event_id] = await app.send_async("video/uploaded", {"video_id": row[0], "url": url},
+                                      conn=conn)
+    return event_id
+
+
+def _new_video(app: Durable, title: str, url: str) -> tuple[sql.Composed, tuple[str, str, str]]:
+    """A new video's INSERT and its row (a fresh id first)."""
+    insert = sql.SQL("INSERT INTO {} (id, title, url) VALUES (%s, %s, %s)").format(
+        sql.Identifier(app.schema, "videos"))
+    return insert, (f"vid_{uuid.uuid4().hex[:8]}", title, url)
 
 
 def run_status(app: Durable, run_id: str) -> dict[str, Any] | None:
@@ -68,6 +86,15 @@ def run_status(app: Durable, run_id: str) -> dict[str, Any] | None:
     try:
         run = app.get_run(run_id)
     except ValueError:  # not a run id at all
+        return None
+    return None if run is None else run.to_dict()
+
+
+async def run_status_async(app: Durable, run_id: str) -> dict[str, Any] | None:
+    """`run_status`, for an async endpoint."""
+    try:
+        run = await app.get_run_async(run_id)
+    except ValueError:
         return None
     return None if run is None else run.to_dict()
 

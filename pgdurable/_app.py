@@ -2,74 +2,44 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import os
 import re
-import threading
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from functools import partial
-from typing import Any, TypeVar, Unpack, get_args
+from typing import Any, TypeVar, Unpack
 
 import psycopg
-from psycopg import errors as pg_errors
-from psycopg.conninfo import make_conninfo
-from psycopg.types.json import set_json_loads
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from pydantic import BaseModel
 
-from . import _serde as serde
 from ._context import AsyncContext, Context
 from ._counts import CAP, QueueSummary, RunCounts
+from ._database import Database
 from ._doctor import Check, diagnose
-from ._durations import Duration, parse_duration, require_aware
-from ._events import Event, PreparedEvent, check_name, prepare
-from ._functions import (
-    DEFAULT_RETRIES,
-    FunctionDef,
-    define,
-    failure_handler,
-    run_options,
-    start_options,
-)
+from ._durations import Duration, parse_duration
+from ._events import Event, check_name
+from ._functions import DEFAULT_RETRIES, FunctionDef, define, failure_handler
 from ._health import Health, judge
-from ._network import connect_direct, own_conninfo
+from ._manage import Management, aware, events_of, positive
 from ._options import FunctionOptions
 from ._registry import FunctionInfo, WorkerInfo
-from ._replay import FRESH
 from ._retention import Policies, Progress, Pruner, Retention
 from ._retries import Backoff
 from ._rls import Rls, check_role
-from ._runs import Run, RunStatus, StepInfo, WaitInfo
-from ._store import PARTITIONS_AHEAD, Store, behind_pooler, is_transient
+from ._runs import Run, StepInfo, WaitInfo
+from ._store import PARTITIONS_AHEAD, Store
 from ._telemetry import Telemetry, TraceRuns
 from ._worker import Worker, WorkerSettings
-from .errors import (
-    ConfigurationError,
-    DurableError,
-    InvalidEventError,
-    MigrationError,
-    NotFoundError,
-    UnavailableError,
-)
+from .errors import ConfigurationError, DurableError, MigrationError
 
 log = logging.getLogger("pgdurable")
 
 H = TypeVar("H", bound=Callable[[Context], Any] | Callable[[AsyncContext], Awaitable[Any]])
-T = TypeVar("T")
 
 MiB = 1024 * 1024
-
-# Keyword arguments of psycopg.connect() that are not libpq parameters.
-_PSYCOPG_CONNECT_ARGS = frozenset({"autocommit", "prepare_threshold", "context", "row_factory",
-                                   "cursor_factory"})
-
-
-_SWAPPED_TRIES = 5  # a send's tries while migrates swap the functions under it, back to back
 
 
 class Durable:
@@ -77,7 +47,9 @@ class Durable:
 
     Give it a DSN, or a psycopg_pool.ConnectionPool (which it never closes),
     or neither to read `PGDURABLE_DSN` then `DATABASE_URL` from the
-    environment. Nothing connects until first use.
+    environment. Nothing connects until first use. The `_async` calls use
+    an AsyncConnectionPool of `async_pool_size` connections, opened on the
+    first of them, or the one given as `async_pool` (never closed by the app).
     """
 
     def __init__(
@@ -100,6 +72,8 @@ class Durable:
         prune_interval: Duration | None = "20m",
         partition_interval: Duration = "1d",
         listen_dsn: str | None = None,
+        async_pool: AsyncConnectionPool[Any] | None = None,
+        async_pool_size: int = 10,
         tracer_provider: Any = None,
         trace_runs: TraceRuns = "link",
         meter_provider: Any = None,
@@ -112,8 +86,8 @@ class Durable:
         if self.lease < timedelta(seconds=1):
             raise ConfigurationError("lease must be at least 1 second")
         self.dedupe_window = parse_duration(dedupe_window, what="dedupe_window")
-        self.max_event_bytes = _positive(max_event_bytes, "max_event_bytes")
-        self.max_output_bytes = _positive(max_output_bytes, "max_output_bytes")
+        self.max_event_bytes = positive(max_event_bytes, "max_event_bytes")
+        self.max_output_bytes = positive(max_output_bytes, "max_output_bytes")
         if not isinstance(retry_backoff, tuple | list) or len(retry_backoff) != 2:
             raise ConfigurationError("retry_backoff must be (base, cap), e.g. ('1s', '10m')")
         base, cap = (parse_duration(v, what="retry_backoff").total_seconds() for v in retry_backoff)
@@ -140,126 +114,48 @@ class Durable:
             queue=lambda: self.queue_summary(), threads=self._threads_busy)
         self.rls = Rls(self._store, user_setting=user_setting, bypass_setting=bypass_setting,
                        bypass_role=bypass_role)
-        self._owns_pool = pool is None
-        self._dsn = None if pool is not None else _dsn_from_env(dsn)
-        self._listen_dsn = None if listen_dsn is None else _dsn_from_env(listen_dsn)
-        # Whether `dsn` goes through a transaction pooler (PgBouncer): said by
-        # listen_dsn, else found on the first connection (None until then).
-        self._pooler: bool | None = True if listen_dsn is not None else None
-        self._store.prepare = listen_dsn is None
-        self._pool_size = _positive(pool_size, "pool_size")
-        self._pool: ConnectionPool[Any] = pool or self._new_pool()
-        self._pool_opened = False
+        self._db = Database(
+            self._store, dsn=None if pool is not None else _dsn_from_env(dsn), pool=pool,
+            async_pool=async_pool, pool_size=positive(pool_size, "pool_size"),
+            async_pool_size=positive(async_pool_size, "async_pool_size"),
+            listen_dsn=None if listen_dsn is None else _dsn_from_env(listen_dsn),
+            connect_timeout=connect_timeout, dedupe_window=self.dedupe_window)
         self._functions: dict[str, FunctionDef] = {}
         self._triggers: dict[str, list[FunctionDef]] = {}
         self._schemas: dict[str, type[BaseModel]] = {}
+        self._ops = Management(self._store, self._functions, self._triggers, self._schemas,
+                               self._telemetry, max_event_bytes=self.max_event_bytes)
         self._worker: Worker | None = None
-        self._open_lock = threading.Lock()
 
-    def _new_pool(self) -> ConnectionPool[Any]:
-        assert self._dsn is not None
-        return ConnectionPool(own_conninfo(self._dsn, self.connect_timeout), open=False,
-                              min_size=1, max_size=self._pool_size,
-                              kwargs={"autocommit": True}, configure=self._configure,
-                              name=f"pgdurable-{self.schema}")
-
-    def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        """Setup of the connections of pools pgdurable creates: fast jsonb
-        parsing, and no prepared statements through a pooler."""
-        set_json_loads(serde.loads, conn)
-        self._through_pooler(conn)
-        if not self._pooler:  # a pooler keeps no session settings
-            self._store.session_settings(conn, bounded=True)
-            self._store.bounded = True
-
-    def _through_pooler(self, conn: psycopg.Connection[Any]) -> None:
-        """Find out, on the first connection, whether it goes through a
-        transaction pooler: one that hands each transaction a server
-        connection of its own, where a statement prepared in one is unknown
-        in the next, a session's LISTEN hears nothing, and a session's lock
-        or setting stays behind for the next client. Then prepare nothing."""
-        if self._pooler is None:
-            server_port = self._store.server_port(conn)
-            self._pooler = behind_pooler(server_port, conn.info.port)
-            self._store.prepare = not self._pooler
-            if self._pooler:
-                log.warning("Postgres is reached through a pooler (server port %s, ours %s): no "
-                            "prepared statements; workers poll for work instead of LISTEN and "
-                            "do not prune, unless Durable(listen_dsn=...) names a direct "
-                            "connection for that", server_port, conn.info.port)
-        if self._pooler:
-            conn.prepare_threshold = None
+    # -- connections --------------------------------------------------------
 
     @property
     def conninfo(self) -> str:
         """The connection string of the pool, for connections of our own (LISTEN)."""
-        conninfo = self._pool.conninfo() if callable(self._pool.conninfo) else self._pool.conninfo
-        kwargs = self._pool.kwargs() if callable(self._pool.kwargs) else self._pool.kwargs
-        extra = {k: v for k, v in (kwargs or {}).items()  # libpq parameters only
-                 if isinstance(v, str | int) and not isinstance(v, bool)
-                 and k not in _PSYCOPG_CONNECT_ARGS}
-        return make_conninfo(conninfo, **extra)
+        return self._db.conninfo
 
     @property
     def direct_conninfo(self) -> str | None:
         """Where session-scoped work goes (LISTEN, pruning's lock and VACUUM
         settings): `listen_dsn` if given, else the pool's connection string
         unless that goes through a pooler (None: that work is not done)."""
-        if self._listen_dsn is not None:
-            return self._listen_dsn
-        if self._pooler is None:
-            with self._pooled():
-                pass  # the first connection finds out
-        return None if self._pooler else self.conninfo
+        return self._db.direct_conninfo
 
-    @contextmanager
-    def _direct(self, why: str) -> Iterator[psycopg.Connection[Any]]:
-        """A connection of its own straight to Postgres (autocommit), for
-        work that needs a session: `why`, said if there is none."""
-        direct = self.direct_conninfo
-        if direct is None:
-            raise ConfigurationError(f"{why}, which a pooler does not keep: give "
-                                     "Durable(listen_dsn=...) a direct DSN")
-        try:
-            conn = connect_direct(direct, self.connect_timeout, self._store)
-        except psycopg.OperationalError as exc:
-            raise UnavailableError(f"cannot connect to Postgres at {_redacted(direct)}: "
-                                   f"{str(exc).strip()}") from None
-        with conn, _translated_errors(self.schema):
-            yield conn
-
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
         """A pooled connection in a transaction that commits when the block exits
         (and rolls back if it raises)."""
-        with self._pooled() as conn, conn.transaction():
-            self._store.unbounded(conn)  # the caller's code runs in it
-            yield conn
+        return self._db.connection()
 
-    @contextmanager
-    def _pooled(self, timeout: float | None = None) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection as it is: in autocommit if the pool is ours, so a
-        single statement (all pgdurable needs, mostly) is one round trip.
-        UnavailableError if none comes within `timeout` (default:
-        connect_timeout) or the connection breaks."""
-        if self._owns_pool and not self._pool_opened:
-            with self._open_lock:
-                if not self._pool_opened:
-                    self._pool.open(wait=False)  # connects in the background, retrying
-                    self._pool_opened = True
-        stack = ExitStack()
-        try:
-            conn = stack.enter_context(self._pool.connection(
-                timeout=self.connect_timeout if timeout is None else timeout))
-        except PoolTimeout:
-            raise UnavailableError(
-                f"cannot connect to Postgres at {_redacted(self.conninfo)} within "
-                f"{self.connect_timeout} s (unreachable, or all {self._pool.max_size} "
-                "pooled connections busy)") from None
-        with stack, _translated_errors(self.schema, conn):
-            if not self._owns_pool:  # ours are set up as they connect
-                self._through_pooler(conn)
-            yield conn
+    def connection_async(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        """`connection`, from the async pool: `async with app.connection_async()
+        as conn:` commits when the block exits (and rolls back if it raises)."""
+        return self._db.connection_async()
+
+    async def aclose(self) -> None:
+        """Close the async pool, if this app opened one (call it on the
+        event loop that used it; a new one opens if the app is used again).
+        `stop()` closes it too, if its loop still runs."""
+        await self._db.aclose()
 
     # -- schema -----------------------------------------------------------
 
@@ -331,96 +227,32 @@ class Durable:
         and only if it commits. Returns the event ids, in order; an id already
         seen within the dedupe window is returned and nothing more is done.
         """
-        return self._send(self._events_of(name_or_events, data, id, ts), conn, generated=False)
+        if conn is not None and not isinstance(conn, psycopg.Connection):
+            raise ConfigurationError(f"send: conn= takes a psycopg Connection, not "
+                                     f"{type(conn).__name__} (an AsyncConnection goes to send_async)")
+        return self._db.run(self._ops.send(events_of(name_or_events, data, id, ts)), conn)
+
+    async def send_async(
+        self,
+        name_or_events: str | Event | Sequence[Event],
+        data: dict[str, Any] | BaseModel | None = None,
+        *,
+        id: str | None = None,
+        ts: datetime | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> list[str]:
+        """`send`, without blocking the event loop; `conn=` takes a psycopg
+        AsyncConnection in a transaction."""
+        if conn is not None and not isinstance(conn, psycopg.AsyncConnection):
+            raise ConfigurationError(f"send_async: conn= takes a psycopg AsyncConnection, not "
+                                     f"{type(conn).__name__} (a Connection goes to send)")
+        return await self._db.run_async(
+            self._ops.send(events_of(name_or_events, data, id, ts)), conn)
 
     def _send_generated(self, events: list[Event]) -> list[str]:
         """`send` for events from `step.send_event`, whose ids may be in the
         namespace reserved for the ids pgdurable generates."""
-        return self._send(events, None, generated=True)
-
-    def _send(
-        self, events: list[Event], conn: psycopg.Connection[Any] | None, *, generated: bool
-    ) -> list[str]:
-        with self._telemetry.sending([e.name for e in events]) as trace_json:
-            prepared = [prepare(e, self._schemas.get(e.name), max_bytes=self.max_event_bytes,
-                                generated=generated, trace_json=trace_json) for e in events]
-            unique = list({p.id: p for p in reversed(prepared)}.values())[::-1]
-            runs = [self._run_spec(index, event, fdef)
-                    for index, event in enumerate(unique, start=1)
-                    for fdef in self._triggers.get(event.name, ())]
-            if trace_json is not None:
-                self._telemetry.sent([p.id for p in unique])
-            if conn is not None:
-                with _translated_errors(self.schema):
-                    self._store.send_events(conn, unique, runs, self.dedupe_window)
-            else:
-                self._send_own(unique, runs, generated)
-        return [p.id for p in prepared]
-
-    def _send_own(
-        self, events: list[PreparedEvent], runs: list[list[Any]], generated: bool
-    ) -> None:
-        """Send on a pooled connection; this process's worker, if any, starts
-        what it can of the new runs at once (Worker.send_and_start)."""
-        worker = self._worker
-        if worker is None or not worker.send_and_start(events, runs, self._on_own):
-            self._on_own(partial(self._store.send_events, events=events, runs=runs,
-                                 dedupe_window=self.dedupe_window, generated=generated))
-
-    def _on_own(self, statement: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """One statement on a pooled connection (autocommit), tried again
-        while it may not have run: its connection broke (Postgres restarted,
-        the network failed; UnavailableError once connect_timeout has passed),
-        or a `migrate` recreated the functions under it (up to _SWAPPED_TRIES
-        times). Only for statements safe to repeat: reads, and sends (an
-        event id already stored is skipped, so a send that landed is not
-        repeated)."""
-        deadline = time.monotonic() + self.connect_timeout
-        delay, swapped = 0.01, 0
-        while True:
-            try:
-                with self._pooled(max(0.0, deadline - time.monotonic())) as own:
-                    return statement(own)
-            except UnavailableError:
-                if time.monotonic() + delay >= deadline:
-                    raise
-            except psycopg.errors.InternalError_ as exc:
-                swapped += 1
-                if not is_transient(exc) or swapped >= _SWAPPED_TRIES:
-                    raise
-                continue  # the new functions are there already
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-    @staticmethod
-    def _run_spec(index: int, event: PreparedEvent, fdef: FunctionDef) -> list[Any]:
-        """What `send_events` needs to create a run of `fdef` for an event
-        (or to put the event in one of its batches)."""
-        if not fdef.has_run_options:
-            return [index, fdef.id, fdef.retries]
-        try:
-            options = run_options(fdef, Event(event.name, json.loads(event.data_json), event.id,
-                                              event.ts))
-        except ConfigurationError as exc:
-            raise InvalidEventError(f"event {event.name!r} (id {event.id}): {exc}") from None
-        return [index, fdef.id, fdef.retries, options]
-
-    @staticmethod
-    def _events_of(
-        name_or_events: str | Event | Sequence[Event], data: Any, id: str | None,
-        ts: datetime | None,
-    ) -> list[Event]:
-        if isinstance(name_or_events, str):
-            return [Event(name=name_or_events, data={} if data is None else data, id=id, ts=ts)]
-        if data is not None or id is not None or ts is not None:
-            if not isinstance(name_or_events, Event | list | tuple):
-                check_name(name_or_events)  # says what the name should be
-            raise InvalidEventError("data=, id= and ts= go with an event name, not with Event objects")
-        events = [name_or_events] if isinstance(name_or_events, Event) else list(name_or_events)
-        for event in events:
-            if not isinstance(event, Event):
-                raise InvalidEventError(f"expected Event objects, got {type(event).__name__}")
-        return events
+        return self._db.run(self._ops.send(events, generated=True))
 
     # -- workers ----------------------------------------------------------
 
@@ -435,7 +267,7 @@ class Durable:
         """
         if self._worker is not None:
             raise DurableError("this app's worker is already started")
-        if not 1 <= _positive(threads, "threads") <= 256:
+        if not 1 <= positive(threads, "threads") <= 256:
             raise ConfigurationError("threads must be from 1 to 256")
         settings = WorkerSettings(
             threads=threads, prefetch=4 * threads if prefetch is None else prefetch,
@@ -444,7 +276,7 @@ class Durable:
             max_output_bytes=self.max_output_bytes, direct_conninfo=self.direct_conninfo,
             connect_timeout=self.connect_timeout, telemetry=self._telemetry,
             policies=self._policies(), prune_interval=self.prune_interval)
-        worker = Worker(settings, self._store, self._pool, self._functions, rls=self.rls,
+        worker = Worker(settings, self._store, self._db.pool, self._functions, rls=self.rls,
                         send=self._send_generated)
         with self.connection() as conn:
             if not self._store.is_migrated(conn):
@@ -452,47 +284,46 @@ class Durable:
                     f"schema {self.schema!r} is not migrated; call app.migrate() "
                     "or run `pgdurable migrate`")
             worker.register(conn)
-        self._worker = worker
+        self._worker = self._db.worker = worker
         worker.start()
         self._telemetry.look()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Drain the worker (running handlers get `timeout` seconds), then close
-        the pool if this app created it (a new one opens if the app is used again)."""
+        the pools this app created (new ones open if the app is used again)."""
         if self._worker is not None:
             self._worker.stop(timeout)
-            self._worker = None
-        if self._owns_pool and self._pool_opened:
-            with self._open_lock:
-                self._pool.close()
-                self._pool = self._new_pool()  # the app stays usable: it reopens on demand
-                self._pool_opened = False
+            self._worker = self._db.worker = None
+        self._db.close()
 
     # -- management -------------------------------------------------------
+    # Each call is an operation of _manage.py, driven on sync connections or,
+    # by its `_async` twin, on async ones: same arguments, results and errors.
 
     def get_run(self, run_id: str) -> Run | None:
         """The run with this id, or None."""
-        run_id = _run_id(run_id)
-        return self._on_own(lambda conn: self._store.get_run(conn, run_id))
+        return self._db.run(self._ops.get_run(run_id))
+
+    async def get_run_async(self, run_id: str) -> Run | None:
+        """`get_run`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.get_run(run_id))
 
     def wait_for_run(self, run_id: str, timeout: float = 60.0) -> Run:
-        """Return the run once it is terminal; raise TimeoutError if it is not in time."""
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            run = self.get_run(run_id)
-            if run is None:
-                raise NotFoundError(f"no run with id {run_id!r}")
-            if run.is_terminal:
-                return run
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"run {run_id} is still {run.status} after {timeout} s")
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.2)
+        """Return the run once it is terminal; raise TimeoutError if it is not
+        in time. It reads the run with a backoff (5 ms, doubling, to 200 ms)."""
+        return self._db.run(self._ops.wait_for_run(run_id, timeout))
+
+    async def wait_for_run_async(self, run_id: str, timeout: float = 60.0) -> Run:
+        """`wait_for_run`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.wait_for_run(run_id, timeout))
 
     def get_event(self, event_id: str) -> Event | None:
         """The stored event with this id (its data as stored), or None."""
-        return self._on_own(lambda conn: self._store.event(conn, event_id))
+        return self._db.run(self._ops.get_event(event_id))
+
+    async def get_event_async(self, event_id: str) -> Event | None:
+        """`get_event`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.get_event(event_id))
 
     def list_events(
         self, *, name: str | None = None, since: datetime | None = None,
@@ -502,16 +333,24 @@ class Durable:
         pass the id of the last event of this one as `after`. Filters: `name`,
         and `since`/`until` (received in [since, until)). Needs a role that
         may read the events (not the sender role)."""
-        query = {
-            "name": name, "since": _maybe_aware(since, "since"),
-            "until": _maybe_aware(until, "until"), "limit": _positive(limit, "limit"),
-            "after": after,
-        }
-        return self._on_own(lambda conn: self._store.list_events(conn, query))
+        return self._db.run(self._ops.list_events(
+            name=name, since=since, until=until, limit=limit, after=after))
+
+    async def list_events_async(
+        self, *, name: str | None = None, since: datetime | None = None,
+        until: datetime | None = None, limit: int = 100, after: str | None = None,
+    ) -> list[Event]:
+        """`list_events`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.list_events(
+            name=name, since=since, until=until, limit=limit, after=after))
 
     def runs_for_event(self, event_id: str) -> list[Run]:
         """The runs an event triggered, oldest first."""
-        return self._on_own(lambda conn: self._store.runs_for_event(conn, event_id))
+        return self._db.run(self._ops.runs_for_event(event_id))
+
+    async def runs_for_event_async(self, event_id: str) -> list[Run]:
+        """`runs_for_event`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.runs_for_event(event_id))
 
     def list_runs(
         self, *, function: str | None = None, status: str | None = None,
@@ -525,79 +364,20 @@ class Durable:
         `since`/`until` (created in [since, until), by the time in the run's
         id, to the millisecond), `parent` (the runs it invoked) and
         `forked_from` (its forks)."""
-        if status is not None and status not in get_args(RunStatus):
-            raise ConfigurationError(
-                f"list_runs: status {status!r} is not one of {', '.join(get_args(RunStatus))}")
-        query = {
-            "function": function, "status": status, "event": event,
-            "since": _maybe_aware(since, "since"), "until": _maybe_aware(until, "until"),
-            "limit": _positive(limit, "limit"), "after": None if after is None else _run_id(after),
-            "parent": None if parent is None else _run_id(parent),
-            "fork_of": None if forked_from is None else _run_id(forked_from),
-        }
-        return self._on_own(lambda conn: self._store.list_runs(conn, query))
+        return self._db.run(self._ops.list_runs(
+            function=function, status=status, event=event, since=since, until=until,
+            limit=limit, after=after, parent=parent, forked_from=forked_from))
 
-    def get_steps(self, run_id: str) -> list[StepInfo]:
-        """The steps a run has reached, in the order they began (empty for
-        an unknown run)."""
-        run_id = _run_id(run_id)
-        return self._on_own(lambda conn: self._store.run_steps(conn, run_id))
-
-    def get_waits(self, run_id: str) -> list[WaitInfo]:
-        """What a sleeping or waiting run waits for (empty for others)."""
-        run_id = _run_id(run_id)
-        return self._on_own(lambda conn: self._store.run_waits(conn, run_id))
-
-    def count_runs(self, since: datetime, *, cap: int = CAP) -> RunCounts:
-        """Runs created since `since`, by function and status: of the newest
-        `cap` at most (RunCounts.capped says when there were more)."""
-        since, cap = require_aware(since, what="since"), _positive(cap, "cap")
-        return self._on_own(lambda conn: self._store.count_runs(conn, since, cap))
-
-    def _threads_busy(self) -> tuple[int, int] | None:
-        """For the metrics: this process's worker's executors (busy, all)."""
-        worker = self._worker
-        return None if worker is None else worker.threads_busy()
-
-    def queue_summary(self, *, cap: int = CAP) -> QueueSummary:
-        """Unfinished runs by function and status (of `cap` at most), and how
-        long the oldest run ready to start has waited."""
-        cap = _positive(cap, "cap")
-        return self._on_own(lambda conn: self._store.queue_summary(conn, cap))
-
-    def health(self, *, check_database: bool = True) -> Health:
-        """For liveness and readiness probes: whether this process's worker
-        threads are alive, the database answers (within connect_timeout;
-        not asked with `check_database=False`, for a liveness probe that
-        must answer at once), and the worker recorded its heartbeat within
-        its lease."""
-        error = None
-        try:
-            if check_database:
-                self._on_own(self._store.database_now)
-        except (DurableError, psycopg.Error) as exc:
-            error = str(exc)
-        worker = self._worker
-        return judge(error, None if worker is None else worker.facts(),
-                     self.lease.total_seconds())
-
-    def doctor(self) -> list[Check]:
-        """Check what hurts in production (schema version, durability
-        settings, pooler, autovacuum, backlog, functions no worker serves,
-        pruning), each with what to do."""
-        with self._pooled() as conn:
-            return diagnose(self._store, conn)
-
-    def list_functions(self) -> list[FunctionInfo]:
-        """The functions workers have served (as the last one to start
-        described them), by id: triggers, cron and its next tick, options,
-        and when a worker serving it was last seen."""
-        return self._on_own(self._store.list_functions)
-
-    def list_workers(self) -> list[WorkerInfo]:
-        """Worker processes that are running, or stopped without saying so
-        (`live` False: not seen within their lease) in the last day."""
-        return self._on_own(self._store.list_workers)
+    async def list_runs_async(
+        self, *, function: str | None = None, status: str | None = None,
+        event: str | None = None, since: datetime | None = None, until: datetime | None = None,
+        limit: int = 100, after: str | None = None, parent: str | None = None,
+        forked_from: str | None = None,
+    ) -> list[Run]:
+        """`list_runs`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.list_runs(
+            function=function, status=status, event=event, since=since, until=until,
+            limit=limit, after=after, parent=parent, forked_from=forked_from))
 
     def iter_runs(self, *, page: int = 500, unfinished: bool = False,
                   **filters: Any) -> Iterator[Run]:
@@ -612,20 +392,71 @@ class Durable:
                 return
             after = runs[-1].id
 
+    def get_steps(self, run_id: str) -> list[StepInfo]:
+        """The steps a run has reached, in the order they began (empty for
+        an unknown run)."""
+        return self._db.run(self._ops.get_steps(run_id))
+
+    async def get_steps_async(self, run_id: str) -> list[StepInfo]:
+        """`get_steps`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.get_steps(run_id))
+
+    def get_waits(self, run_id: str) -> list[WaitInfo]:
+        """What a sleeping or waiting run waits for (empty for others)."""
+        return self._db.run(self._ops.get_waits(run_id))
+
+    async def get_waits_async(self, run_id: str) -> list[WaitInfo]:
+        """`get_waits`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.get_waits(run_id))
+
+    def count_runs(self, since: datetime, *, cap: int = CAP) -> RunCounts:
+        """Runs created since `since`, by function and status: of the newest
+        `cap` at most (RunCounts.capped says when there were more)."""
+        return self._db.run(self._ops.count_runs(since, cap))
+
+    async def count_runs_async(self, since: datetime, *, cap: int = CAP) -> RunCounts:
+        """`count_runs`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.count_runs(since, cap))
+
+    def queue_summary(self, *, cap: int = CAP) -> QueueSummary:
+        """Unfinished runs by function and status (of `cap` at most), and how
+        long the oldest run ready to start has waited."""
+        return self._db.run(self._ops.queue_summary(cap))
+
+    async def queue_summary_async(self, *, cap: int = CAP) -> QueueSummary:
+        """`queue_summary`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.queue_summary(cap))
+
+    def list_functions(self) -> list[FunctionInfo]:
+        """The functions workers have served (as the last one to start
+        described them), by id: triggers, cron and its next tick, options,
+        and when a worker serving it was last seen."""
+        return self._db.run(self._ops.list_functions())
+
+    async def list_functions_async(self) -> list[FunctionInfo]:
+        """`list_functions`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.list_functions())
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Worker processes that are running, or stopped without saying so
+        (`live` False: not seen within their lease) in the last day."""
+        return self._db.run(self._ops.list_workers())
+
+    async def list_workers_async(self) -> list[WorkerInfo]:
+        """`list_workers`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.list_workers())
+
     def cancel(self, run_id: str, *, actor: str | None = None) -> bool:
         """Cancel a run: at once if it is not running, else at its next step
         boundary. False if it is unknown or already finished. Once it has
         returned True, the run ends `cancelled` and starts no other step.
         Logged in `operator_audit` as done by `actor` (default: the database
         user)."""
-        run_id = _run_id(run_id)
-        with self.connection() as conn:
-            cancelled = self._store.cancel_run(conn, run_id)
-            if cancelled:
-                self._store.audit(conn, "cancel", [run_id], actor)
-        if cancelled:
-            time.sleep(FRESH)  # until no worker can start a step unaware of it
-        return cancelled
+        return self._db.run(self._ops.cancel(run_id, actor))
+
+    async def cancel_async(self, run_id: str, *, actor: str | None = None) -> bool:
+        """`cancel`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.cancel(run_id, actor))
 
     def cancel_runs(
         self, function: str | None = None, *, created_after: datetime | None = None,
@@ -636,30 +467,27 @@ class Durable:
         [created_after, created_before) (open-ended where omitted), or those
         among `run_ids`, as `cancel` does each. Returns how many were
         cancelled or will be."""
-        if (function is None) == (run_ids is None):
-            raise ConfigurationError("cancel_runs: give a function or run_ids, not both")
-        if function is not None and function not in self._functions:
-            raise ConfigurationError(f"cancel_runs: no function {function!r} is registered")
-        query = {
-            "function": function, "since": _aware(created_after, "created_after", datetime.min),
-            "until": _aware(created_before, "created_before", datetime.max),
-            "runs": None if run_ids is None else [_run_id(r) for r in run_ids], "who": actor,
-        }
-        with self.connection() as conn:
-            cancelled = self._store.cancel_runs(conn, query)
-        if cancelled:
-            time.sleep(FRESH)  # until no worker can start a step unaware of them
-        return cancelled
+        return self._db.run(self._ops.cancel_runs(
+            function, created_after=created_after, created_before=created_before,
+            run_ids=run_ids, actor=actor))
+
+    async def cancel_runs_async(
+        self, function: str | None = None, *, created_after: datetime | None = None,
+        created_before: datetime | None = None, run_ids: Sequence[str] | None = None,
+        actor: str | None = None,
+    ) -> int:
+        """`cancel_runs`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.cancel_runs(
+            function, created_after=created_after, created_before=created_before,
+            run_ids=run_ids, actor=actor))
 
     def replay(self, run_id: str, *, actor: str | None = None) -> str:
         """Start a new run of the same function with the same event(s); return its id."""
-        with self.connection() as conn:
-            run = self._existing_run(conn, run_id)
-            retries, options = self._restart(conn, run, self._store.event(conn, run.event_ids[0]))
-            new_id = self._store.replay_run(conn, run.id, retries, options)
-            assert new_id is not None
-            self._store.audit(conn, "replay", [run.id], actor, [{"new_run_id": new_id}])
-        return new_id
+        return self._db.run(self._ops.replay(run_id, actor))
+
+    async def replay_async(self, run_id: str, *, actor: str | None = None) -> str:
+        """`replay`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.replay(run_id, actor))
 
     def fork(
         self, run_id: str, from_step: str, data: dict[str, Any] | BaseModel | None = None, *,
@@ -673,48 +501,44 @@ class Durable:
         is stored, not sent (it triggers nothing else). Returns the new run's
         id; its `forked_from` is `run_id`. Raises NotFoundError, writing
         nothing, if the run or its step is unknown."""
-        if not isinstance(from_step, str):
-            raise ConfigurationError(f"fork: from_step must be a step key (str), not {from_step!r}")
-        with self.connection() as conn:
-            run = self._existing_run(conn, run_id)
-            event = self._store.event(conn, run.event_ids[0])
-            replacement = None
-            if data is not None:
-                if event is None:
-                    raise NotFoundError(f"run {run.id}: its event {run.event_ids[0]} was pruned")
-                prepared = prepare(Event(event.name, data), self._schemas.get(event.name),
-                                   max_bytes=self.max_event_bytes)
-                event = Event(event.name, json.loads(prepared.data_json), prepared.id)
-                replacement = {"id": event.id, "name": event.name, "data": event.data}
-            retries, options = self._restart(conn, run, event)
-            try:
-                new_id = self._store.fork_run(conn, run.id, from_step, retries, options,
-                                              replacement)
-            except pg_errors.NoDataFound as exc:
-                hint = exc.diag.message_hint
-                raise NotFoundError(f"fork: {exc.diag.message_primary}"
-                                    + (f" ({hint})" if hint else "")) from None
-            self._store.audit(conn, "fork", [run.id], actor, [{
-                "new_run_id": new_id, "from_step": from_step, "data": replacement is not None}])
-        return new_id
+        return self._db.run(self._ops.fork(run_id, from_step, data, actor))
 
-    def _existing_run(self, conn: psycopg.Connection[Any], run_id: str) -> Run:
-        run = self._store.get_run(conn, _run_id(run_id))
-        if run is None:
-            raise NotFoundError(f"no run with id {run_id!r}")
-        return run
+    async def fork_async(
+        self, run_id: str, from_step: str, data: dict[str, Any] | BaseModel | None = None, *,
+        actor: str | None = None,
+    ) -> str:
+        """`fork`, without blocking the event loop."""
+        return await self._db.run_async(self._ops.fork(run_id, from_step, data, actor))
 
-    def _restart(
-        self, conn: psycopg.Connection[Any], run: Run, event: Event | None
-    ) -> tuple[int, dict[str, Any] | None]:
-        """The retries and start options of a replay or fork of `run` for
-        `event`: from the function's definition where this app has it; else
-        the retries its workers recorded and the options the run had (None)."""
-        fdef = self._functions.get(run.function_id)
-        if fdef is None:
-            retries = self._store.registered_retries(conn, run.function_id)
-            return DEFAULT_RETRIES if retries is None else retries, None
-        return fdef.retries, start_options(fdef, event) if event is not None else None
+    # -- health -------------------------------------------------------------
+
+    def _threads_busy(self) -> tuple[int, int] | None:
+        """For the metrics: this process's worker's executors (busy, all)."""
+        worker = self._worker
+        return None if worker is None else worker.threads_busy()
+
+    def health(self, *, check_database: bool = True) -> Health:
+        """For liveness and readiness probes: whether this process's worker
+        threads are alive, the database answers (within connect_timeout;
+        not asked with `check_database=False`, for a liveness probe that
+        must answer at once), and the worker recorded its heartbeat within
+        its lease."""
+        error = None
+        try:
+            if check_database:
+                self._db.on_own(self._store.database_now)
+        except (DurableError, psycopg.Error) as exc:
+            error = str(exc)
+        worker = self._worker
+        return judge(error, None if worker is None else worker.facts(),
+                     self.lease.total_seconds())
+
+    def doctor(self) -> list[Check]:
+        """Check what hurts in production (schema version, durability
+        settings, pooler, autovacuum, backlog, functions no worker serves,
+        pruning), each with what to do."""
+        with self._db.pooled() as conn:
+            return diagnose(self._store, conn)
 
     def prune(
         self, as_of: datetime | None = None, *, dry_run: bool = False,
@@ -730,15 +554,23 @@ class Durable:
         removes nothing if nothing was. `dry_run` removes
         nothing and counts the expired runs and the events that could go
         now. `progress(kind, count so far)` follows long work."""
-        at = _aware(as_of, "as_of", datetime.now(UTC)) if as_of is not None else None
+        at = aware(as_of, "as_of", datetime.now(UTC)) if as_of is not None else None
         pruner = Pruner(self._store, self.dedupe_window)
         if not dry_run:
             with self.connection() as conn:
                 self._record_policies(conn)
-        with self._direct("prune holds a lock for its session") as conn:
+        with self._db.direct("prune holds a lock for its session") as conn:
             counts = pruner.prune(conn, at, dry_run=dry_run, progress=progress, wait=True)
         assert counts is not None
         return counts
+
+    async def prune_async(
+        self, as_of: datetime | None = None, *, dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> dict[str, int]:
+        """`prune`, in a thread of its own (it holds a session and a lock for
+        as long as it works, on a connection of its own): the event loop goes on."""
+        return await asyncio.to_thread(self.prune, as_of, dry_run=dry_run, progress=progress)
 
     def _record_policies(self, conn: psycopg.Connection[Any]) -> None:
         """Record this app's retention and partition_interval as the ones every
@@ -758,27 +590,6 @@ class Durable:
         self.stop()
 
 
-
-
-def _positive(value: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{what} must be a positive int, not {value!r}")
-    return value
-
-
-def _aware(value: datetime | None, what: str, default: datetime) -> datetime:
-    return _maybe_aware(value, what) or default.replace(tzinfo=UTC)
-
-
-def _maybe_aware(value: datetime | None, what: str) -> datetime | None:
-    return None if value is None else require_aware(value, what=what)
-
-
-def _run_id(run_id: str) -> str:
-    try:
-        return str(uuid.UUID(str(run_id)))
-    except ValueError:
-        raise ConfigurationError(f"{run_id!r} is not a run id (a UUID)") from None
 
 
 def env_dsn() -> str | None:
@@ -804,29 +615,3 @@ def _redacted_text(dsn: str) -> str:
     return re.sub(r"(password\s*=\s*)\S+", r"\1***", re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn))
 
 
-def _redacted(conninfo: str) -> str:
-    """Where a connection string leads, for messages: no password, no tuning."""
-    try:
-        params = psycopg.conninfo.conninfo_to_dict(conninfo)
-    except psycopg.ProgrammingError:
-        return "(unparsable conninfo)"
-    return make_conninfo(**{k: str(v) for k, v in params.items() if k in _WHERE})
-
-
-_WHERE = ("host", "hostaddr", "port", "dbname", "user")
-
-
-@contextmanager
-def _translated_errors(schema: str, own: psycopg.Connection[Any] | None = None) -> Iterator[None]:
-    """Turn 'relation/function does not exist' into a migration hint and,
-    on a connection of our `own`, its breaking into UnavailableError."""
-    try:
-        yield
-    except (pg_errors.UndefinedTable, pg_errors.UndefinedFunction, pg_errors.InvalidSchemaName) as exc:
-        raise MigrationError(
-            f"schema {schema!r} is not migrated ({exc.diag.message_primary}); "
-            "call app.migrate() or run `pgdurable migrate`") from exc
-    except psycopg.OperationalError as exc:
-        if own is None or not own.broken:
-            raise
-        raise UnavailableError(f"lost the connection to Postgres: {str(exc).strip()}") from exc

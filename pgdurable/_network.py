@@ -56,7 +56,7 @@ def connect_direct(conninfo: str, connect_timeout: float, store: Store) -> psyco
     settings on both ends."""
     conn = psycopg.connect(own_conninfo(conninfo, connect_timeout), autocommit=True)
     try:
-        store.session_settings(conn, bounded=False)
+        store.execute(conn, store.session_settings(bounded=False))
     except BaseException:
         conn.close()
         raise

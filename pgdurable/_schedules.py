@@ -123,7 +123,8 @@ class Scheduler:
         with self._telemetry.sending([CRON_EVENT], span=f"cron {fdef.id}") as trace_json:
             events = [self._tick_event(fdef, tick, trace_json) for tick in ticks]
             runs = [_tick_run(n, fdef, e) for n, e in enumerate(events, start=1)]
-            self._store.send_events(conn, events, runs, self._dedupe, generated=True)
+            self._store.execute(conn, self._store.send_events(events, runs, self._dedupe,
+                                                              generated=True))
 
     @staticmethod
     def _tick_event(fdef: FunctionDef, tick: datetime, trace_json: str | None) -> PreparedEvent:

@@ -13,13 +13,13 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -31,6 +31,8 @@ from ._network import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, USER_
 from ._registry import FunctionInfo, WorkerInfo
 from ._runs import Run, StepInfo, WaitInfo
 from .errors import ConfigurationError, NewerSchemaError
+
+T = TypeVar("T")
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
@@ -312,6 +314,32 @@ def fresh_schema_ddl(conn: psycopg.Connection[Any]) -> str:
             + ddl)
 
 
+@dataclass(frozen=True, slots=True)
+class Query(Generic[T]):
+    """A statement of queries.sql with its parameters, and how to read its
+    rows: data, so that a sync and an async connection run it alike
+    (`Store.execute`, `Store.execute_async`) and each call of the
+    management API is written once for both (_manage.py)."""
+
+    name: str
+    params: Any
+    read: Callable[[list[Any]], T]
+    prepare: bool = True  # False: never prepared (session setup, once per connection)
+
+
+def _nothing(rows: list[Any]) -> None:
+    return None
+
+
+def _first(make: Callable[[Any], T]) -> Callable[[list[Any]], T | None]:
+    """The first row, made into a T; None without rows."""
+    return lambda rows: make(rows[0]) if rows else None
+
+
+def _each(make: Callable[[Any], T]) -> Callable[[list[Any]], list[T]]:
+    return lambda rows: [make(row) for row in rows]
+
+
 class Store:
     """Statements bound to one schema."""
 
@@ -346,6 +374,18 @@ class Store:
         if rows is None:
             return conn.execute(self._q[name], params, prepare=self.prepare)
         return conn.cursor(row_factory=rows).execute(self._q[name], params, prepare=self.prepare)
+
+    def execute(self, conn: psycopg.Connection[Any], query: Query[T]) -> T:
+        """Run `query` on a sync connection, and read its rows."""
+        cursor = conn.execute(self._q[query.name], query.params,
+                              prepare=self.prepare and query.prepare)
+        return query.read(cursor.fetchall() if cursor.description is not None else [])
+
+    async def execute_async(self, conn: psycopg.AsyncConnection[Any], query: Query[T]) -> T:
+        """Run `query` on an async connection, and read its rows."""
+        cursor = await conn.execute(self._q[query.name], query.params,
+                                    prepare=self.prepare and query.prepare)
+        return query.read(await cursor.fetchall() if cursor.description is not None else [])
 
     # -- migrations -------------------------------------------------------
 
@@ -434,17 +474,16 @@ class Store:
 
     def send_events(
         self,
-        conn: psycopg.Connection[Any],
         events: Sequence[PreparedEvent],
         runs: Sequence[Sequence[Any]],
         dedupe_window: timedelta,
         generated: bool = False,
-    ) -> None:
+    ) -> Query[None]:
         """Insert events and the runs they trigger; `runs` holds [1-based
         event index, function id, retries, cancel_on listeners (optional)].
         `generated` events (pgdurable's own) may use its reserved id namespace."""
-        self._run(conn, "send_generated" if generated else "send_events",
-                  _send_params(events, runs, dedupe_window))
+        return Query("send_generated" if generated else "send_events",
+                     _send_params(events, runs, dedupe_window), _nothing)
 
     def send_and_claim(
         self,
@@ -586,11 +625,11 @@ class Store:
     def worker_stopped(self, conn: psycopg.Connection[Any], worker_id: str) -> None:
         self._run(conn, "worker_stopped", (worker_id,))
 
-    def list_functions(self, conn: psycopg.Connection[Any]) -> list[FunctionInfo]:
-        return [FunctionInfo.from_row(r) for r in self._run(conn, "list_functions")]
+    def list_functions(self) -> Query[list[FunctionInfo]]:
+        return Query("list_functions", None, _each(FunctionInfo.from_row))
 
-    def list_workers(self, conn: psycopg.Connection[Any]) -> list[WorkerInfo]:
-        return [WorkerInfo.from_row(r) for r in self._run(conn, "list_workers")]
+    def list_workers(self) -> Query[list[WorkerInfo]]:
+        return Query("list_workers", None, _each(WorkerInfo.from_row))
 
     def register_schedules(
         self, conn: psycopg.Connection[Any], functions: Sequence[str],
@@ -633,99 +672,100 @@ class Store:
 
     # -- management -------------------------------------------------------
 
-    def cancel_run(self, conn: psycopg.Connection[Any], run_id: str) -> bool:
-        row = self._run(conn, "cancel_run", (run_id,)).fetchone()
-        return bool(row and row[0])
+    def cancel_run(self, run_id: str) -> Query[bool]:
+        return Query("cancel_run", (run_id,), lambda rows: bool(rows and rows[0][0]))
 
-    def cancel_runs(self, conn: psycopg.Connection[Any], query: dict[str, Any]) -> int:
+    def cancel_runs(self, query: dict[str, Any]) -> Query[int]:
         """Cancel as `query` (function, since, until; or runs; and who) selects."""
-        return int(self._one(conn, "cancel_runs", query))
+        return Query("cancel_runs", query, lambda rows: int(rows[0][0]))
 
-    def get_run(self, conn: psycopg.Connection[Any], run_id: str) -> Run | None:
-        row = self._run(conn, "get_run", (run_id,)).fetchone()
-        return None if row is None else Run.from_row(row)
+    def get_run(self, run_id: str) -> Query[Run | None]:
+        return Query("get_run", (run_id,), _first(Run.from_row))
 
-    def runs_for_event(self, conn: psycopg.Connection[Any], event_id: str) -> list[Run]:
-        return [Run.from_row(r) for r in self._run(conn, "runs_for_event", {"event": event_id})]
+    def runs_for_event(self, event_id: str) -> Query[list[Run]]:
+        return Query("runs_for_event", {"event": event_id}, _each(Run.from_row))
 
-    def list_runs(self, conn: psycopg.Connection[Any], query: dict[str, Any]) -> list[Run]:
+    def list_runs(self, query: dict[str, Any]) -> Query[list[Run]]:
         """Runs as `query` (the parameters of list_runs, by name) selects them."""
-        return [Run.from_row(r) for r in self._run(conn, "list_runs", query)]
+        return Query("list_runs", query, _each(Run.from_row))
 
-    def run_steps(self, conn: psycopg.Connection[Any], run_id: str) -> list[StepInfo]:
-        return [StepInfo.from_row(r) for r in self._run(conn, "run_steps", (run_id,))]
+    def run_steps(self, run_id: str) -> Query[list[StepInfo]]:
+        return Query("run_steps", (run_id,), _each(StepInfo.from_row))
 
-    def run_waits(self, conn: psycopg.Connection[Any], run_id: str) -> list[WaitInfo]:
-        return [WaitInfo.from_row(r) for r in self._run(conn, "run_waits", (run_id,))]
+    def run_waits(self, run_id: str) -> Query[list[WaitInfo]]:
+        return Query("run_waits", (run_id,), _each(WaitInfo.from_row))
 
-    def count_runs(self, conn: psycopg.Connection[Any], since: datetime, cap: int) -> RunCounts:
-        rows = self._run(conn, "count_runs", {"since": since, "cap": cap})
-        return RunCounts.from_rows(rows, cap)
+    def count_runs(self, since: datetime, cap: int) -> Query[RunCounts]:
+        return Query("count_runs", {"since": since, "cap": cap},
+                     lambda rows: RunCounts.from_rows(rows, cap))
 
-    def queue_summary(self, conn: psycopg.Connection[Any], cap: int) -> QueueSummary:
-        rows = self._run(conn, "queue_summary", {"cap": cap}).fetchall()
-        return QueueSummary(RunCounts.from_rows(rows, cap), rows[0][3] if rows else None)
+    def queue_summary(self, cap: int) -> Query[QueueSummary]:
+        return Query("queue_summary", {"cap": cap}, lambda rows: QueueSummary(
+            RunCounts.from_rows(rows, cap), rows[0][3] if rows else None))
 
-    def server_port(self, conn: psycopg.Connection[Any]) -> int | None:
+    def server_port(self) -> Query[int | None]:
         """The port the server behind this connection listens on (None over a socket)."""
-        row = conn.execute(self._q["server_port"], prepare=False).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+        return Query("server_port", None,
+                     lambda rows: None if not rows or rows[0][0] is None else int(rows[0][0]),
+                     prepare=False)
 
-    def session_settings(self, conn: psycopg.Connection[Any], *, bounded: bool) -> None:
+    def session_settings(self, *, bounded: bool) -> Query[None]:
         """On a new connection of our own straight to Postgres (autocommit):
         the server's keepalives and, if `bounded`, our statement limits."""
-        conn.execute(self._q["session_settings"], {
+        return Query("session_settings", {
             "idle": str(KEEPALIVE_IDLE), "interval": str(KEEPALIVE_INTERVAL),
             "count": str(KEEPALIVE_COUNT), "user_timeout": str(USER_TIMEOUT_MS),
-            "bounded": bounded}, prepare=False)
+            "bounded": bounded}, _nothing, prepare=False)
 
     def unbounded(self, conn: psycopg.Connection[Any]) -> None:
         """In a transaction that runs user code: lift our statement limits."""
-        if self.bounded:
-            conn.execute(self._q["unbounded"], prepare=False)
+        if (lift := self.lift_limits()) is not None:
+            self.execute(conn, lift)
+
+    def lift_limits(self) -> Query[None] | None:
+        """What `unbounded` runs, if there are limits to lift."""
+        return Query("unbounded", None, _nothing, prepare=False) if self.bounded else None
 
     def doctor_facts(self, conn: psycopg.Connection[Any]) -> Any:
         """The facts `doctor` judges, by name (see queries.sql)."""
         return self._run(conn, "doctor_facts", rows=namedtuple_row).fetchone()
 
     def replay_run(
-        self, conn: psycopg.Connection[Any], run_id: str, retries: int,
-        options: dict[str, Any] | None,
-    ) -> str | None:
-        row = self._run(conn, "replay_run", {
-            "run": run_id, "retries": retries, "options": _json_or_null(options)}).fetchone()
-        return None if row is None else str(row[0])
+        self, run_id: str, retries: int, options: dict[str, Any] | None,
+    ) -> Query[str | None]:
+        return Query("replay_run", {
+            "run": run_id, "retries": retries, "options": _json_or_null(options)},
+            _first(lambda row: str(row[0])))
 
     def fork_run(
-        self, conn: psycopg.Connection[Any], run_id: str, from_step: str, retries: int,
+        self, run_id: str, from_step: str, retries: int,
         options: dict[str, Any] | None, event: dict[str, Any] | None,
-    ) -> str:
+    ) -> Query[str]:
         """Raises psycopg.errors.NoDataFound for an unknown run or step."""
-        return str(self._one(conn, "fork_run", {
+        return Query("fork_run", {
             "run": run_id, "from_step": from_step, "retries": retries,
-            "options": _json_or_null(options), "event": _json_or_null(event)}))
+            "options": _json_or_null(options), "event": _json_or_null(event)},
+            lambda rows: str(rows[0][0]))
 
     def audit(
-        self, conn: psycopg.Connection[Any], action: str, run_ids: Sequence[str], who: str | None,
+        self, action: str, run_ids: Sequence[str], who: str | None,
         details: Sequence[dict[str, Any] | None] | None = None,
-    ) -> None:
+    ) -> Query[None]:
         """Log operator actions; `who` None: the database user."""
         details = details or [None] * len(run_ids)
-        self._run(conn, "audit", {"action": action, "runs": list(run_ids), "who": who,
-                                  "details": [_json_or_null(d) for d in details]})
+        return Query("audit", {"action": action, "runs": list(run_ids), "who": who,
+                               "details": [_json_or_null(d) for d in details]}, _nothing)
 
-    def registered_retries(self, conn: psycopg.Connection[Any], function_id: str) -> int | None:
+    def registered_retries(self, function_id: str) -> Query[int | None]:
         """The retries of a function as the last worker serving it recorded them."""
-        row = self._run(conn, "registered_retries", (function_id,)).fetchone()
-        return None if row is None else int(row[0])
+        return Query("registered_retries", (function_id,), _first(lambda row: int(row[0])))
 
-    def event(self, conn: psycopg.Connection[Any], event_id: str) -> Event | None:
-        row = self._run(conn, "event", (event_id,)).fetchone()
-        return None if row is None else Event.from_doc(row[0])
+    def event(self, event_id: str) -> Query[Event | None]:
+        return Query("event", (event_id,), _first(lambda row: Event.from_doc(row[0])))
 
-    def list_events(self, conn: psycopg.Connection[Any], query: dict[str, Any]) -> list[Event]:
+    def list_events(self, query: dict[str, Any]) -> Query[list[Event]]:
         """Events as `query` (the parameters of list_events, by name) selects them."""
-        return [Event.from_doc(doc) for doc, in self._run(conn, "list_events", query)]
+        return Query("list_events", query, _each(lambda row: Event.from_doc(row[0])))
 
     # -- retention (sql/functions/13_retention.sql) --------------------------
 

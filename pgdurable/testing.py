@@ -134,4 +134,4 @@ class Internals(NamedTuple):
 
 def internals(app: Durable) -> Internals:
     """`app`'s internals (see Internals)."""
-    return Internals(app._store, app._pool, app._functions)
+    return Internals(app._store, app._db.pool, app._functions)

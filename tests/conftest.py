@@ -59,7 +59,7 @@ def schema(dsn: str) -> Iterator[str]:
 
 # The integration subset that runs twice: straight to Postgres, and through
 # PgBouncer in transaction mode with a direct listen_dsn (issue 17, s3).
-THROUGH_POOLER = {"test_events", "test_steps", "test_waits", "test_flow", "test_rls",
+THROUGH_POOLER = {"test_async", "test_events", "test_steps", "test_waits", "test_flow", "test_rls",
                   "test_transactions"}
 
 

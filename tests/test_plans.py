@@ -112,10 +112,11 @@ def test_a_page_of_runs_walks_the_index_of_its_filter(
     value = {"PARENT": "00000000-0000-7000-8000-000000000001", "EVENT": "ev"}
     query = {k: value.get(v, v) for k, v in filters.items()}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        plans = plans_of(conn, lambda: internals(app).store.list_runs(conn, {
+        store = internals(app).store
+        plans = plans_of(conn, lambda: store.execute(conn, store.list_runs({
             "function": None, "status": None, "event": None, "parent": None, "fork_of": None,
             "since": None, "until": None, "after": None, "limit": 3,
-            **{("fork_of" if k == "forked_from" else k): v for k, v in query.items()}}))
+            **{("fork_of" if k == "forked_from" else k): v for k, v in query.items()}})))
     assert len(app.list_runs(**query, limit=10)) == 5  # type: ignore[arg-type]
     walk = next(plan for plan in plans.split("Query Text:") if "ORDER BY w.id DESC" in plan)
     assert index in walk, walk

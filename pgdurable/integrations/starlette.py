@@ -18,7 +18,8 @@ def lifespan(
     durable: Durable, *, threads: int = 4, migrate: bool = False, stop_timeout: float = 30.0,
 ) -> Callable[[Any], AbstractAsyncContextManager[None]]:
     """A lifespan that starts `threads` worker threads when the app starts
-    (after `migrate()` if asked) and drains them when it shuts down."""
+    (after `migrate()` if asked) and, when it shuts down, closes the async
+    pool its endpoints used and drains the workers."""
 
     @asynccontextmanager
     async def run_workers(_app: Any) -> AsyncIterator[None]:
@@ -28,6 +29,7 @@ def lifespan(
         try:
             yield
         finally:
+            await durable.aclose()
             await run_in_threadpool(durable.stop, stop_timeout)
 
     return run_workers
