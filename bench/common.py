@@ -65,6 +65,8 @@ def drain_arguments(runs: int, threads: int, prefetch: int) -> argparse.Namespac
     parser.add_argument("--keys", type=int, default=100, help="distinct values of data.k")
     parser.add_argument("--trace", action="store_true",
                         help="trace with the OpenTelemetry SDK, exporting to nowhere")
+    parser.add_argument("--asyncio-sleep", type=float, default=None, metavar="S",
+                        help="W3: an async handler whose steps await asyncio.sleep(S)")
     parser.add_argument("--metrics", action="store_true",
                         help="record OpenTelemetry metrics with the SDK")
     return parser.parse_args()
