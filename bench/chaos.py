@@ -411,17 +411,18 @@ def _inject(
     passed and the cut is healed; returns the monotonic time they ended."""
     begin = time.monotonic()
     restarts = sorted(rng.uniform(0.2, 0.8) * config.faults for _ in range(2))
-    cut_at: float | None = rng.uniform(0.05, 0.3) * config.faults if cut_worker else None
+    cut_at = rng.uniform(0.05, 0.3) * config.faults
+    cut = _Cut(db, partition, cut_worker, report) if partition and cut_worker else None
     next_kill, next_terminate = 2.0, 1.0
     while (now := time.monotonic() - begin) < config.faults or (partition and partition.cut_at):
         if restarts and now >= restarts[0]:
             restarts.pop(0)
             server.restart(mode="immediate")
             report.restarts += 1
-        if partition and cut_worker and cut_at is not None and now >= cut_at:
-            cut_at = None
-            report.held_when_cut = _cut_while_holding(db, partition, cut_worker)
-        if partition and partition.cut_at and time.monotonic() - partition.cut_at >= config.cut:
+        if cut and now >= cut_at:
+            cut.step()
+        if cut and cut.settled and partition and partition.cut_at \
+                and time.monotonic() - partition.cut_at >= config.cut:
             report.cut_seconds = partition.heal()
         if next_kill <= now < config.faults:
             workers.kill_one(rng)
@@ -435,21 +436,37 @@ def _inject(
     return time.monotonic()
 
 
-def _cut_while_holding(db: Database, partition: Partition, worker: Worker) -> list[str]:
-    """Cut the worker off once it holds runs (waiting up to 10 s for some);
-    the runs it holds once its last writes have landed. If those writes
-    finished every run it held (a loaded machine sees the runs late), the
-    link comes back at once and the cut is tried again, up to 5 times."""
-    for _ in range(5):
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not _held_by(db, worker):
-            time.sleep(0.05)
-        partition.cut()
-        time.sleep(0.5)  # a commit it had sent just before the cut
-        if held := _held_by(db, worker):
-            return held
-        partition.heal()
-    return []
+class _Cut:
+    """The cut of one worker, stepped by the fault loop without holding it up
+    (kills and terminations go on meanwhile): once the worker holds runs,
+    cut it off; half a second later, once a commit it had sent has landed,
+    record the runs it still holds. If it holds none (its last commits
+    finished them all: a loaded machine sees runs late), heal and cut again
+    when it next holds some, up to 5 times."""
+
+    def __init__(self, db: Database, partition: Partition, worker: Worker, report: Report) -> None:
+        self._db, self._partition, self._worker, self._report = db, partition, worker, report
+        self._tries = 0
+        self._check_at: float | None = None  # when to look at what the cut worker holds
+        self.settled = False  # the cut that stays, until the fault loop heals it
+
+    def step(self) -> None:
+        if self.settled:
+            return
+        if self._check_at is None:
+            if _held_by(self._db, self._worker):
+                self._partition.cut()
+                self._tries += 1
+                self._check_at = time.monotonic() + 0.5
+            return
+        if time.monotonic() < self._check_at:
+            return
+        self._check_at = None
+        self._report.held_when_cut = _held_by(self._db, self._worker)
+        if self._report.held_when_cut or self._tries >= 5:
+            self.settled = True
+        else:
+            self._partition.heal()
 
 
 def _held_by(db: Database, worker: Worker) -> list[str]:
