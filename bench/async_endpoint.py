@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import DSN, describe
+from common import DSN, describe, percentiles
 
 from pgdurable import Durable
 from pgdurable.embedded import _free_port
@@ -122,8 +121,8 @@ def main() -> None:
             for path in ("/sync", "/async"):
                 elapsed, latencies, pings = asyncio.run(load(
                     f"http://127.0.0.1:{port}{path}", args.requests, args.concurrency))
-                p50, p99 = _percentiles(latencies)
-                ping50, ping99 = _percentiles(pings)
+                p50, p99 = _ms(latencies)
+                ping50, ping99 = _ms(pings)
                 print(f"round {round_} POST {path:6} {args.requests / elapsed:7,.0f} req/s, "
                       f"p50 {p50:6.1f} ms, p99 {p99:6.1f} ms; GET /ping meanwhile p50 "
                       f"{ping50:5.1f} ms, p99 {ping99:5.1f} ms "
@@ -147,10 +146,10 @@ FOR EACH STATEMENT EXECUTE FUNCTION {schema}.bench_delay();
 """
 
 
-def _percentiles(seconds: list[float]) -> tuple[float, float]:
+def _ms(seconds: list[float]) -> tuple[float, float]:
     """p50 and p99, in milliseconds."""
-    cuts = statistics.quantiles(seconds, n=100)
-    return cuts[49] * 1000, cuts[98] * 1000
+    cut = percentiles(seconds)
+    return cut["p50"] * 1000, cut["p99"] * 1000
 
 
 def _wait_for_server(port: int, timeout: float = 30) -> None:

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import time
 from collections.abc import Callable
 
-from common import bench_app, describe
+from common import bench_app, describe, percentiles
 
 from pgdurable import Durable
 
 
 def report(what: str, sends: int, elapsed: float, cpu: float, latencies: list[float]) -> None:
-    cuts = statistics.quantiles(latencies, n=100)
-    print(f"{what}: {sends / elapsed:7,.0f} sends/s, p50 {cuts[49] * 1000:5.1f} ms, "
-          f"p99 {cuts[98] * 1000:6.1f} ms, cpu {cpu / sends * 1e6:4.0f} us/send")
+    cut = percentiles(latencies)
+    print(f"{what}: {sends / elapsed:7,.0f} sends/s, p50 {cut['p50'] * 1000:5.1f} ms, "
+          f"p99 {cut['p99'] * 1000:6.1f} ms, cpu {cpu / sends * 1e6:4.0f} us/send")
 
 
 def serial(app: Durable, sends: int) -> tuple[float, float, list[float]]:

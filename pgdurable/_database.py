@@ -366,14 +366,13 @@ class Database:
                     return self.run(step.op, conn)
             with self.connection() as own:
                 return self.run(step.op, own)
-        if isinstance(step, Send):
-            if conn is None:
-                return self._send_own(step)
-            step = self._sending(step)
+        if isinstance(step, Send) and conn is None:
+            return self._send_own(step)
+        query = self._sending(step) if isinstance(step, Send) else step
         if conn is None:
-            return self.on_own(partial(self._store.execute, query=step))
+            return self.on_own(partial(self._store.execute, query=query))
         with translated_errors(self._store.schema):
-            return self._store.execute(conn, step)
+            return self._store.execute(conn, query)
 
     def _send_own(self, send: Send) -> None:
         """Send on a pooled connection; this process's worker, if any, starts
@@ -408,12 +407,11 @@ class Database:
                     return await self.run_async(step.op, conn)
             async with self.connection_async() as own:
                 return await self.run_async(step.op, own)
-        if isinstance(step, Send):
-            step = self._sending(step)
+        query = self._sending(step) if isinstance(step, Send) else step
         if conn is None:
-            return await self.on_own_async(step)
+            return await self.on_own_async(query)
         with translated_errors(self._store.schema):
-            return await self._store.execute_async(conn, step)
+            return await self._store.execute_async(conn, query)
 
 
 async def _close_at_shutdown(pool: AsyncConnectionPool[Any]) -> None:
