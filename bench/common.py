@@ -67,6 +67,8 @@ def drain_arguments(runs: int, threads: int, prefetch: int) -> argparse.Namespac
                         help="trace with the OpenTelemetry SDK, exporting to nowhere")
     parser.add_argument("--asyncio-sleep", type=float, default=None, metavar="S",
                         help="W3: an async handler whose steps await asyncio.sleep(S)")
+    parser.add_argument("--async-runs", type=int, default=None,
+                        help="app.start(async_runs=): async handlers executing at once")
     parser.add_argument("--metrics", action="store_true",
                         help="record OpenTelemetry metrics with the SDK")
     return parser.parse_args()
@@ -160,7 +162,8 @@ def drain(app: Durable, schema: str, args: argparse.Namespace, event: str, funct
             row = conn.execute(f"SELECT NOT EXISTS (SELECT FROM {schema}.queue)").fetchone()
             return bool(row and row[0])
 
-        app.start(threads=args.threads, prefetch=args.prefetch)
+        app.start(threads=args.threads, prefetch=args.prefetch,
+                  **({} if args.async_runs is None else {"async_runs": args.async_runs}))
         return wait_for(done, timeout=600, interval=0.05)
 
 
@@ -170,6 +173,8 @@ def probe_arguments(runs: int) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=runs)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--async", dest="asynchronous", action="store_true",
+                        help="the probe's async def handler, where it has one")
     return parser.parse_args()
 
 

@@ -1,25 +1,30 @@
 """The app that bench/probe_cancel.py runs in worker processes.
 
-Each step records when it began, on the database's clock, in `effects`.
+Each step records in `effects` when its code began (`began`, this host's
+clock, which is the database's: the probes run beside their Postgres) and
+when its write reached the database (`at`, the database's clock).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import time
+from datetime import UTC, datetime
 
 from psycopg import sql
 
-from pgdurable import Context, Durable, RetryAfterError
+from pgdurable import AsyncContext, Context, Durable, RetryAfterError
 
 app = Durable(os.environ["PGDURABLE_DSN"], schema=os.environ["PGDURABLE_SCHEMA"], lease="2s")
 
 
 def effect(run_id: str, step: str) -> None:
+    began = datetime.now(UTC)  # Postgres runs on this host: the same clock
     with app.connection() as conn:
-        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, clock_timestamp())").format(
-            sql.Identifier(app.schema, "effects")), (run_id, step))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, clock_timestamp(), %s)").format(
+            sql.Identifier(app.schema, "effects")), (run_id, step, began))
 
 
 def gap() -> None:
@@ -44,6 +49,27 @@ def probe(ctx: Context) -> str:
     elif ending == 3 and ctx.attempt == 0:
         ctx.step.run("later", lambda: (_ for _ in ()).throw(RetryAfterError("later", "1h")))
     ctx.step.run("c", effect, ctx.run_id, "c")
+    return "done"
+
+
+@app.function(id="probe-async", event="probe-async", retries=5)
+async def probe_async(ctx: AsyncContext) -> str:
+    """`probe` as an `async def` handler: many runs at once on the worker's
+    event loop, the code between steps awaiting instead of blocking."""
+    await asyncio.sleep(random.choice((0, 0, 0.002, 0.02, 0.2)))
+    await ctx.step.run("a", effect, ctx.run_id, "a")
+    await asyncio.sleep(random.choice((0, 0, 0.002, 0.02, 0.2)))
+    await ctx.step.run("b", effect, ctx.run_id, "b")
+    ending = int(ctx.event.data["n"]) % 5
+    if ending == 0:
+        await ctx.step.wait_for_event("never", event="never")
+    elif ending == 1:
+        await ctx.step.sleep("nap", "1h")
+    elif ending == 2:
+        await ctx.step.invoke("call", function="child")
+    elif ending == 3 and ctx.attempt == 0:
+        await ctx.step.run("later", lambda: (_ for _ in ()).throw(RetryAfterError("later", "1h")))
+    await ctx.step.run("c", effect, ctx.run_id, "c")
     return "done"
 
 

@@ -26,7 +26,8 @@ from pgdurable import Event
 def main() -> None:
     args = probe_arguments(runs=400)
     rng = random.Random(args.seed)
-    tables = ["effects (run_id uuid, step text, at timestamptz)", "sends (run_id uuid, at timestamptz)"]
+    tables = ["effects (run_id uuid, step text, at timestamptz, began timestamptz)",
+              "sends (run_id uuid, at timestamptz)"]
     with probe_setup(["awaits"], tables, args.workers, threads=8) as (app, db, schema):
         runs = [app.runs_for_event(e)[0].id
                 for e in app.send([Event("awaits", {"n": n}) for n in range(args.runs)])]

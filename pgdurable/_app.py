@@ -32,7 +32,7 @@ from ._rls import Rls, check_role
 from ._runs import Run, StepInfo, WaitInfo
 from ._store import PARTITIONS_AHEAD, Store
 from ._telemetry import Telemetry, TraceRuns
-from ._worker import Worker, WorkerSettings
+from ._worker import DEFAULT_ASYNC_RUNS, Worker, WorkerSettings
 from .errors import ConfigurationError, DurableError, MigrationError
 
 log = logging.getLogger("pgdurable")
@@ -257,20 +257,28 @@ class Durable:
     # -- workers ----------------------------------------------------------
 
     def start(self, threads: int = 4, *, prefetch: int | None = None,
-              poll_interval: float = 1.0, eager: bool = True) -> None:
+              poll_interval: float = 1.0, eager: bool = True,
+              async_runs: int = DEFAULT_ASYNC_RUNS) -> None:
         """Start worker threads in this process and return.
 
-        `prefetch` runs beyond `threads` are claimed ahead (default: 4 x `threads`).
-        With `eager`, a run that this process sends (without `conn=`) starts in
-        an idle thread of this worker as soon as the send commits, if its
-        function has no flow control or other run options.
+        `def` handlers run in `threads` threads, one run each; `prefetch` runs
+        beyond them are claimed ahead (default: 4 x `threads`). `async def`
+        handlers run as tasks of one event loop, up to `async_runs` at once
+        (as many again claimed ahead); their `def` step functions run in
+        `threads` threads. With `eager`, a run that this process sends
+        (without `conn=`) starts in an idle slot of this worker as soon as
+        the send commits, if its function has no flow control or other run
+        options.
         """
         if self._worker is not None:
             raise DurableError("this app's worker is already started")
         if not 1 <= positive(threads, "threads") <= 256:
             raise ConfigurationError("threads must be from 1 to 256")
+        if not 1 <= positive(async_runs, "async_runs") <= 10_000:
+            raise ConfigurationError("async_runs must be from 1 to 10000")
         settings = WorkerSettings(
             threads=threads, prefetch=4 * threads if prefetch is None else prefetch,
+            async_runs=async_runs,
             poll_interval=poll_interval, eager=eager, lease=self.lease,
             backoff=Backoff(*self.retry_backoff), dedupe_window=self.dedupe_window,
             max_output_bytes=self.max_output_bytes, direct_conninfo=self.direct_conninfo,

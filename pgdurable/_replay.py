@@ -43,6 +43,37 @@ MAX_STEP_ID_LENGTH = 512
 FRESH = 0.1
 
 
+class Hearing:
+    """What a worker's LISTEN connection vouches for: every cancel committed
+    after it began listening and before its latest barrier (a round trip
+    whose answer follows every notification committed before it was sent)
+    has been heard. A cancel committed before it listened, or while it was
+    away, was not: a run whose latest answer is older must ask."""
+
+    _NOTHING = (float("inf"), float("-inf"))
+
+    def __init__(self) -> None:
+        self._span = self._NOTHING  # (listening since, barrier): monotonic times, replaced whole
+
+    def listening(self) -> None:
+        """LISTEN has just taken effect."""
+        self._span = (time.monotonic(), float("-inf"))
+
+    def barrier(self, sent: float) -> None:
+        """A barrier sent at `sent` was answered, and the notifications before its answer heard."""
+        self._span = (self._span[0], sent)
+
+    def deaf(self) -> None:
+        """The connection is lost: what comes now is not heard."""
+        self._span = self._NOTHING
+
+    def until(self, since: float) -> float:
+        """For a run whose latest answer was asked for at `since`: the time
+        before which every cancel committed since has been heard, or -inf."""
+        listening_since, barrier = self._span
+        return barrier if since >= listening_since else float("-inf")
+
+
 class JournalWriter(Protocol):
     def submit(
         self, steps: list[StepRecord], finishes: list[Finish],
@@ -72,9 +103,8 @@ class Runtime(Protocol):
     def send(self, events: list[Event]) -> list[str]: ...
 
     @property
-    def cancel_barrier(self) -> float:
-        """The monotonic time before which every cancel committed has been
-        heard by this process (NOTIFY), or -inf."""
+    def hearing(self) -> Hearing:
+        """The cancels this process has heard of (NOTIFY)."""
         ...
 
     def transaction(
@@ -223,10 +253,16 @@ class RunState:
         if pending is not None or not ask:
             return pending
         now = time.monotonic()
-        if now - max(self.clock.sent, self.runtime.cancel_barrier) <= FRESH \
+        if now - max(self.clock.sent, self.runtime.hearing.until(self.clock.sent)) <= FRESH \
                 and now < self.lease_until:  # else it may have been taken over meanwhile
             return None
         return self.prober.submit([], [], [(self.claimed.id, self.claimed.token)])
+
+    def fresh(self) -> None:
+        """Right before a step's code runs: `boundary` again, waiting for its
+        probe if the latest answer is no longer fresh."""
+        if (probe := self.boundary(self.attempt)) is not None:
+            self.after_wait(probe.result())
 
     def check_cancelled(self) -> None:
         """Raise Cancelled if the run was asked to stop or is past its

@@ -49,7 +49,10 @@ _PASS_THROUGH = (Suspend, Park, Cancelled, asyncio.CancelledError, KeyboardInter
 def _begin(
     state: RunState, step_id: str, fn: Callable[..., Any]
 ) -> tuple[str, bool, Any, Future[Checkpoint] | None]:
-    """Number the step and look it up: (key, replayed?, value, what to await first).
+    """Number the step and look it up: (key, replayed?, value, what to await
+    first: the run's earlier steps' commit). The step's code must still see
+    a fresh answer to "was the run cancelled?" right before it runs
+    (`RunState.fresh`), however long it then waited for the gate or a thread.
 
     Raises StepError again for a step that failed for good.
     """
@@ -60,7 +63,7 @@ def _begin(
     if entry is not None and entry["status"] == "failed":
         error = entry.get("error") or {}
         raise StepError(key, str(error.get("type")), str(error.get("message")))
-    return key, False, None, state.boundary(state.prior_failures(entry))
+    return key, False, None, state.boundary(state.prior_failures(entry), ask=False)
 
 
 def _finish(state: RunState, key: str, fn: Callable[..., Any], value: Any, started: datetime) -> Any:
@@ -140,6 +143,7 @@ class Step:
             self._gate.leave()
 
     def _execute(self, key: str, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        self._state.fresh()
         started = self._state.now()
         step = CURRENT_STEP.set(key)
         try:
@@ -231,7 +235,13 @@ class Step:
 
 
 class AsyncStep:
-    """`ctx.step` in an `async def` handler: the same steps, awaited."""
+    """`ctx.step` in an `async def` handler: the same steps, awaited.
+
+    The handler shares its event loop with the worker's other async runs, so
+    nothing here blocks it: a `def` step function runs in a thread (as
+    FastAPI runs a `def` endpoint), and so do the database calls that park a
+    run and transactional steps.
+    """
 
     def __init__(self, state: RunState) -> None:
         self._state = state
@@ -244,7 +254,8 @@ class AsyncStep:
     @overload
     async def run(self, step_id: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T: ...
     async def run(self, step_id: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        """Run `fn(*args, **kwargs)` (sync or async) once; on replay return its journaled value."""
+        """Run `fn(*args, **kwargs)` once (an `async def` fn on the loop, a
+        `def` one in a thread); on replay return its journaled value."""
         return await self._once(step_id, fn, lambda key: self._execute(key, fn, args, kwargs))
 
     async def transaction(
@@ -278,9 +289,14 @@ class AsyncStep:
         step = CURRENT_STEP.set(key)
         try:
             with observing_step(key):
-                value = fn(*args, **kwargs)
-                if inspect.isawaitable(value):
-                    value = await value
+                if _is_async(fn):
+                    if (probe := self._state.boundary(self._state.attempt)) is not None:
+                        self._state.after_wait(await asyncio.wrap_future(probe))
+                    value = await fn(*args, **kwargs)
+                else:  # what it returns may still be awaitable: `lambda: client.get(url)`
+                    value = await asyncio.to_thread(_fresh_call, self._state, fn, args, kwargs)
+                    if inspect.isawaitable(value):
+                        value = await value
         except _PASS_THROUGH:
             raise
         except BaseException as exc:  # a bad step must not take the worker down
@@ -359,9 +375,23 @@ class AsyncStep:
         async def when_durable() -> Any:
             if (pending := self._state.boundary(0, ask=False)) is not None:
                 self._state.after_wait(await asyncio.wrap_future(pending))
-            return then()
+            return await asyncio.to_thread(then)  # it may ask the database
 
         return await self._gate.park(when_durable)
+
+
+def _fresh_call(state: RunState, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """Call `fn` once the run is known not cancelled, as of now (in the
+    thread it runs in, after waiting for that thread)."""
+    state.fresh()
+    return fn(*args, **kwargs)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling `fn` gives a coroutine: an `async def` function, method,
+    partial of one, or an object whose `__call__` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None))  # noqa: B004
 
 
 def _utc(when: datetime) -> datetime:

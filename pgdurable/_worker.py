@@ -9,7 +9,9 @@ Threads of one worker:
 - the journal writer (_journal.py): group-commits steps and run transitions;
 - the prober (a second journal.Journal): batches the read-only questions
   "was this run asked to cancel?" of step boundaries that have no fresh answer;
-- N executors: run handlers, one run at a time each.
+- the lanes (_lanes.py) that execute handlers: N executor threads for `def`
+  handlers, one run at a time each; one event loop for `async def` ones,
+  many runs at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import random
 import socket
 import threading
@@ -38,14 +39,14 @@ from . import _serde as serde
 from ._context import CURRENT_RUN, AsyncContext, BaseContext, Context
 from ._control import Cancelled, Park, Suspend
 from ._events import Event, PreparedEvent
-from ._floor import DueFloor
 from ._functions import FunctionDef, start_options
 from ._health import WorkerFacts
 from ._journal import Journal
+from ._lanes import Lane, LoopLane, ThreadLane, run_handler
 from ._logs import run_fields
 from ._network import Outage, Watchdog, connect_direct
 from ._registry import describe
-from ._replay import FRESH, RunState
+from ._replay import FRESH, Hearing, RunState
 from ._retention import BACKGROUND_DUTY, Policies, Pruner
 from ._retries import Backoff, error_json, gives_up, retry_time
 from ._rls import Rls
@@ -59,6 +60,7 @@ from ._version import __version__
 from .errors import ConfigurationError, RetryAfterError, StepError
 
 INVOKED_EVENT = "pgdurable/invoked"  # the event of a run started by step.invoke
+DEFAULT_ASYNC_RUNS = 100  # async handlers executing at once, by default (see bench/RESULTS.md)
 
 log = logging.getLogger("pgdurable.worker")
 
@@ -71,6 +73,7 @@ class WorkerSettings:
 
     threads: int
     prefetch: int
+    async_runs: int  # async handlers executing at once, on the worker's event loop
     poll_interval: float
     eager: bool
     lease: timedelta
@@ -102,7 +105,6 @@ class Worker:
         self.function_ids = tuple(sorted(self._functions))  # what it claims, as SQL takes it
         self._rls = rls
         self._send = send
-        self._capacity = settings.threads + settings.prefetch
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._outage = Outage(f"worker {self.id}")
         self._journal = Journal(self._pool, self._store, self._outage, on_written=self._forget,
@@ -110,27 +112,34 @@ class Worker:
         # Probes of cancel requests at step boundaries: read-only batches of
         # their own, so they never wait for a batch of writes to be flushed.
         self._prober = Journal(self._pool, self._store, self._outage)
-        self._ready: queue.SimpleQueue[RunState | None] = queue.SimpleQueue()
         self._held: dict[str, RunState] = {}  # claimed, until their outcome is written
-        self._unfinished = 0  # held runs whose handler has not returned yet
-        self._reserved = 0  # of those, threads reserved by senders not yet back (eager starts)
-        self._held_lock = threading.Lock()
+        self._held_lock = threading.Lock()  # guards it, and the lanes' counts
         self._settled = threading.Condition(self._held_lock)  # notified as reservations end
         self._wake = threading.Event()
-        # Cancels committed before this monotonic time have been heard (the
-        # listener's barrier); -inf while it is not listening.
-        self.cancel_barrier = float("-inf")
+        self.hearing = Hearing()  # the cancels its listener has heard of
         self._heard_cancels: dict[str, None] = {}  # of runs not held (yet), oldest first
         self._next_due = float("inf")  # monotonic time of the earliest retry this worker scheduled
-        self._floor = DueFloor()
         self._stopping = threading.Event()
         self._draining = threading.Event()
+        self._lanes = self._make_lanes()
+        self._lane_of = {fid: lane for lane in self._lanes for fid in lane.function_ids}
         self._outdated = threading.Event()  # a newer pgdurable migrated: claim no more
         self._scheduler = Scheduler(self._store, self._functions, settings.dedupe_window,
                                     settings.telemetry)
         self._workers: list[threading.Thread] = []
         self._heartbeat_at: float | None = None  # monotonic time of the last one recorded
-        self._executing = [False] * settings.threads  # by executor: whether it runs a handler
+
+    def _make_lanes(self) -> list[Lane]:
+        """A lane for the `def` handlers and one for the `async def` ones, where there are any."""
+        settings = self._settings
+        lanes: list[Lane] = []
+        if sync := [f.id for f in self._functions.values() if not f.is_async]:
+            lanes.append(ThreadLane(sync, settings.threads, settings.prefetch, self._draining,
+                                    self._execute))
+        if asynchronous := [f.id for f in self._functions.values() if f.is_async]:
+            lanes.append(LoopLane(asynchronous, settings.async_runs, settings.async_runs,
+                                  self._draining, self._execute_async, settings.threads))
+        return lanes
 
     # -- lifecycle --------------------------------------------------------
 
@@ -153,7 +162,8 @@ class Worker:
 
     def threads_busy(self) -> tuple[int, int]:
         """Executor threads running a handler now, and how many there are."""
-        return sum(self._executing), len(self._executing)
+        lanes = [lane for lane in self._lanes if isinstance(lane, ThreadLane)]
+        return sum(lane.busy() for lane in lanes), sum(lane.slots for lane in lanes)
 
     def facts(self) -> WorkerFacts:
         """For `app.health()`: threads that died, and the heartbeat's age."""
@@ -185,12 +195,12 @@ class Worker:
                         self._settings.poll_interval)
         if self._scheduler.has_timers:
             loops.append(("scheduler", self._schedule_loop))
-        loops += [(f"executor-{n}", partial(self._execute_loop, n))
-                  for n in range(self._settings.threads)]
         for name, target in loops:
             thread = threading.Thread(target=target, name=f"pgdurable-{name}", daemon=True)
             thread.start()
             self._workers.append(thread)
+        for lane in self._lanes:
+            self._workers += lane.start()
         log.info("worker %s started: %d threads, functions %s", self.id, self._settings.threads,
                  ", ".join(self.function_ids) or "(none)")
 
@@ -201,11 +211,10 @@ class Worker:
         self._wake.set()
         self._join("claimer", deadline)  # no claim may land after the release below
         with self._settled:  # nor a run a sender claimed for us
-            self._settled.wait_for(lambda: self._reserved == 0,
+            self._settled.wait_for(lambda: not any(lane.reserved for lane in self._lanes),
                                    max(0.0, deadline - time.monotonic()))
-        for _ in range(self._settings.threads):
-            self._ready.put(None)
-        self._join("executor", deadline)
+        for lane in self._lanes:
+            lane.stop(deadline)
         self._stopping.set()
         self._release_held()
         self._journal.stop(max(1.0, deadline - time.monotonic()))
@@ -228,14 +237,15 @@ class Worker:
     def in_flight(self) -> int:
         """Runs claimed whose handler has not finished: what occupies capacity."""
         with self._held_lock:
-            return self._unfinished
+            return sum(lane.unfinished for lane in self._lanes)
 
     def _release_held(self) -> None:
         """Queue again every run this worker holds but did not finish."""
         with self._held_lock:
             held = [state for state in self._held.values() if not state.finished]
             self._held.clear()
-            self._unfinished = 0
+            for lane in self._lanes:
+                lane.unfinished = 0
         releases = [Finish(s.claimed.id, s.claimed.token, "queued", available_at=s.now())
                     for s in held]
         if releases:
@@ -253,7 +263,10 @@ class Worker:
         this worker can start in idle threads now: an eager start, handed to
         the executors once it commits, without a claim round trip. False,
         and nothing sent, when none can start so."""
-        reserved = self._reserve(self._startable(events, runs))
+        if not self._lanes:
+            return False
+        lane, wanted = self._startable(events, runs)
+        reserved = self._reserve(lane, wanted)
         if not reserved:
             return False
         claimed: list[ClaimedRow] = []
@@ -261,73 +274,85 @@ class Worker:
             claimed = execute(partial(  # committed: now they are this worker's
                 self._store.send_and_claim, events=events, runs=runs,
                 dedupe_window=self._settings.dedupe_window, worker_id=self.id,
-                function_ids=self.function_ids, limit=reserved, lease=self._settings.lease))
+                function_ids=lane.function_ids, limit=reserved, lease=self._settings.lease))
         finally:
-            self.adopt(claimed, reserved)
+            self.adopt(claimed, (lane, reserved))
         return True
 
-    def _startable(self, events: list[PreparedEvent], runs: list[list[Any]]) -> int:
-        """How many of the runs to send this worker could start now: plain runs
-        (no options) of its functions, for events not dated in the future."""
+    def _startable(self, events: list[PreparedEvent], runs: list[list[Any]]) -> tuple[Lane, int]:
+        """How many of the runs to send this worker could start now, in the
+        lane that could start most: plain runs (no options) of its
+        functions, for events not dated in the future."""
         now = datetime.now(UTC)
-        return sum(1 for spec in runs if len(spec) == 3 and spec[1] in self.function_ids
-                   and ((ts := events[spec[0] - 1].ts) is None or ts <= now))
+        counts = dict.fromkeys(self._lanes, 0)
+        for spec in runs:
+            lane = self._lane_of.get(spec[1])
+            if lane is not None and len(spec) == 3 and (
+                    (ts := events[spec[0] - 1].ts) is None or ts <= now):
+                counts[lane] += 1
+        return max(counts.items(), key=lambda item: item[1])
 
-    def _reserve(self, wanted: int) -> int:
-        """Reserve up to `wanted` idle executor threads for runs that a sender
+    def _reserve(self, lane: Lane, wanted: int) -> int:
+        """Reserve up to `wanted` idle slots of `lane` for runs that a sender
         in this process is about to claim as it creates them (an eager start).
         Each reservation ends with `adopt`."""
         with self._held_lock:
-            if not self._settings.eager or self._draining.is_set() or self._outdated.is_set():
+            if not wanted or not self._settings.eager or self._draining.is_set() \
+                    or self._outdated.is_set():
                 return 0
-            granted = max(0, min(wanted, self._settings.threads - self._unfinished))
-            self._unfinished += granted
-            self._reserved += granted
+            granted = min(wanted, lane.idle())
+            lane.unfinished += granted
+            lane.reserved += granted
             return granted
 
-    def adopt(self, rows: list[ClaimedRow], reserved: int = 0) -> None:
-        """Queue claimed runs for the executors. After `_reserve`, `rows` are
-        the runs claimed under it (none if the send failed), and the threads
-        they do not need are given back."""
+    def adopt(self, rows: list[ClaimedRow], reservation: tuple[Lane, int] | None = None) -> None:
+        """Hand claimed runs to their lanes. After `_reserve`, `rows` are the
+        runs claimed under the `reservation` (none if the send failed), and
+        the slots they do not need are given back."""
         states = [self._new_state(row) for row in rows]
         with self._held_lock:
             for state in states:  # a cancel heard before its claim's answer
                 state.cancel_requested |= state.claimed.id in self._heard_cancels
+                self._lane_of[state.claimed.function_id].unfinished += 1
             self._held.update((state.claimed.id, state) for state in states)
-            self._unfinished -= reserved - len(states)
-            self._reserved -= reserved
-            self._settled.notify_all()
+            if reservation is not None:
+                lane, reserved = reservation
+                lane.unfinished -= reserved
+                lane.reserved -= reserved
+                self._settled.notify_all()
         for state in states:
-            self._ready.put(state)
+            self._lane_of[state.claimed.function_id].put(state)
 
     def _claim_loop(self) -> None:
         while not self._draining.is_set() and not self._outdated.is_set():
-            free = self._capacity - self.in_flight
             if time.monotonic() >= self._next_due:
                 self._next_due = float("inf")  # this claim picks the retry up
-            claimed_all = False
-            # Claim in large batches: when half the capacity is free, or when
-            # the executors are about to run dry.
-            if free > 0 and (free * 2 >= self._capacity or self._ready.qsize() < self._settings.threads):
-                rows = self._with_db("claim runs", self._claim(free), until=self._draining)
+            claimed_all = short = False
+            for lane in self._lanes:
+                with self._held_lock:
+                    free = lane.to_claim()
+                if not free:
+                    continue
+                rows = self._with_db("claim runs", self._claim(lane, free), until=self._draining)
                 self.adopt(rows or [])
                 if rows:
                     time.sleep(0)  # let an executor take the GIL and start them now
-                claimed_all = rows is not None and len(rows) == free
-                if rows is not None and not claimed_all:
-                    self._learn_next_due()
+                claimed_all |= rows is not None and len(rows) == free
+                short |= rows is not None and len(rows) < free
+            if short and not claimed_all:
+                self._learn_next_due()
             if not claimed_all:
                 self._wake.wait(self._wait_time())
             self._wake.clear()
 
-    def _claim(self, limit: int) -> Callable[[psycopg.Connection[Any]], list[ClaimedRow]]:
-        """A claim of up to `limit` runs from the floor the earlier ones
-        learned (see DueFloor), which it teaches in turn."""
+    def _claim(self, lane: Lane, limit: int) -> Callable[[psycopg.Connection[Any]], list[ClaimedRow]]:
+        """A claim of up to `limit` runs for `lane` from the floor its earlier
+        claims learned (see DueFloor), which it teaches in turn."""
         def claim(conn: psycopg.Connection[Any]) -> list[ClaimedRow]:
-            due_from, began = self._floor.next(), time.monotonic()
-            rows = self._store.claim_runs(conn, self.id, self.function_ids, limit,
+            due_from, began = lane.floor.next(), time.monotonic()
+            rows = self._store.claim_runs(conn, self.id, lane.function_ids, limit,
                                           self._settings.lease, due_from)
-            self._floor.claimed(due_from, rows, began)
+            lane.floor.claimed(due_from, rows, began)
             return rows
         return claim
 
@@ -395,11 +420,12 @@ class Worker:
                 try:
                     with self._direct() as conn:
                         self._store.listen(conn)
+                        self.hearing.listening()
                         self._outage.succeeded()
                         self._wake.set()  # notifications may have been missed while away
                         self._listen(conn, watchdog)
                 except Exception as exc:  # the poll still claims meanwhile
-                    self.cancel_barrier = float("-inf")
+                    self.hearing.deaf()
                     if isinstance(exc, psycopg.OperationalError):
                         self._outage.failed("LISTEN", exc)
                     else:
@@ -412,7 +438,7 @@ class Worker:
         """A statement on the LISTEN connection, every FRESH / 2 seconds
         while runs are held and every half poll interval otherwise, is a
         barrier: its answer comes after every notification committed before
-        it, so cancels committed before `cancel_barrier` are known here
+        it, so cancels committed from LISTEN to the barrier are known here
         without asking (see RunState.boundary). It also proves the connection
         alive: the watchdog cuts it if the answer takes a poll interval (1 s
         at least), as on a network path that died silently, so a dead
@@ -429,7 +455,7 @@ class Worker:
             self._store.barrier(conn)
             watchdog.disarm()
             self._hear(conn.notifies(timeout=0))  # what came with its answer
-            self.cancel_barrier = checked
+            self.hearing.barrier(checked)
 
     def _hear(self, notifications: Iterator[psycopg.Notify]) -> None:
         for notification in notifications:
@@ -580,33 +606,36 @@ class Worker:
 
     # -- executing --------------------------------------------------------
 
-    def _execute_loop(self, n: int) -> None:
-        """Executor `n`: run handlers, one run at a time."""
-        loop = asyncio.new_event_loop()
-        try:
-            while (state := self._ready.get()) is not None:
-                if self._draining.is_set():
-                    continue  # released by stop()
-                self._executing[n] = True
-                try:
-                    self._execute(state, loop)
-                except Exception:  # a bug of ours: the run's lease lapses, the thread lives
-                    log.exception("run %s: cannot record its outcome", state.claimed.id,
-                                  extra=run_fields(state.claimed.id, state.claimed.function_id))
-                finally:
-                    self._executing[n] = False
-        finally:
-            loop.close()
-
     def _new_state(self, claimed: ClaimedRow) -> RunState:
         return RunState(claimed, self._journal, self._prober, self,
                         max_output_bytes=self._settings.max_output_bytes,
                         backoff=self._settings.backoff, lease=self._settings.lease,
                         finish_timeout=self._functions[claimed.function_id].finish_timeout)
 
-    def _execute(self, state: RunState, loop: asyncio.AbstractEventLoop) -> None:
+    def _execute(self, state: RunState) -> None:
+        """Run a `def` handler (in an executor thread of its lane)."""
+        try:
+            self._settle(state, self._outcome(self._functions[state.claimed.function_id], state))
+        except Exception:
+            self._cannot_settle(state)
+
+    async def _execute_async(self, state: RunState) -> None:
+        """Run an `async def` handler (a task on its lane's event loop)."""
+        try:
+            fdef = self._functions[state.claimed.function_id]
+            self._settle(state, await self._outcome_async(fdef, state))
+        except Exception:
+            self._cannot_settle(state)
+
+    def _cannot_settle(self, state: RunState) -> None:
+        """A bug of ours: the run's lease lapses, and the lane goes on."""
+        log.exception("run %s: cannot record its outcome", state.claimed.id,
+                      extra=run_fields(state.claimed.id, state.claimed.function_id))
+
+    def _settle(self, state: RunState, outcome: Finish | Suspend | Park) -> None:
+        """Hand a handler's outcome to the journal (or, parked, just let the run go)."""
         claimed = state.claimed
-        outcome = self._outcome(self._functions[claimed.function_id], state, loop)
+        lane = self._lane_of[claimed.function_id]
         steps = []
         if isinstance(outcome, Suspend):
             steps = outcome.records
@@ -617,7 +646,7 @@ class Worker:
             outcome = Finish(claimed.id, claimed.token, "sleeping", available_at=outcome.until)
         with self._held_lock:
             state.finished = True
-            self._unfinished -= 1
+            lane.unfinished -= 1
             if isinstance(outcome, Park):  # parked in the database already: nothing to write
                 self._held.pop(claimed.id, None)
         if isinstance(outcome, Park):
@@ -628,7 +657,7 @@ class Worker:
             self._wake.set()
             return
         self._settings.telemetry.ended(claimed.function_id, outcome)
-        if self._ready.qsize() < self._settings.threads:
+        if lane.waiting() < lane.slots:
             self._wake.set()  # room to claim more
         if outcome.available_at is not None:
             due = time.monotonic() + (outcome.available_at - datetime.now(UTC)).total_seconds()
@@ -643,36 +672,58 @@ class Worker:
             for run_id in run_ids:
                 self._held.pop(run_id, None)
 
-    def _outcome(
-        self, fdef: FunctionDef, state: RunState, loop: asyncio.AbstractEventLoop
-    ) -> Finish | Suspend | Park:
-        """Run the handler; turn what it returns or raises into the run's transition."""
-        claimed = state.claimed
+    def _outcome(self, fdef: FunctionDef, state: RunState) -> Finish | Suspend | Park:
+        """Run a `def` handler; turn what it returns or raises into the run's transition."""
         try:
-            _check_timeouts(fdef, state)
-            ctx = _context(fdef, state)
-            current = CURRENT_RUN.set((self._rls, ctx))
-            try:
-                with self._settings.telemetry.running(claimed):
-                    result = fdef.handler(ctx)
-                    if fdef.is_async:
-                        result = _run_async(loop, result)
-            finally:
-                CURRENT_RUN.reset(current)
-            output = serde.dumps(result, what=f"output of function {fdef.id!r}",
-                                 limit=self._settings.max_output_bytes)
-            return Finish(claimed.id, claimed.token, "completed", output_json=output)
-        except (Suspend, Park) as suspend:
-            return suspend
-        except Cancelled as cancelled:
+            with self._running(fdef, state) as ctx:
+                result = fdef.handler(ctx)
+            return self._completed(fdef, state, result)
+        except BaseException as exc:  # anything a handler raises is the run's failure
+            return self._ended_by(state, exc)
+
+    async def _outcome_async(self, fdef: FunctionDef, state: RunState) -> Finish | Suspend | Park:
+        """`_outcome` of an `async def` handler."""
+        try:
+            with self._running(fdef, state) as ctx:
+                result = await run_handler(fdef.handler(ctx))
+            return self._completed(fdef, state, result)
+        except BaseException as exc:  # anything a handler raises is the run's failure
+            return self._ended_by(state, exc)
+
+    @contextmanager
+    def _running(self, fdef: FunctionDef, state: RunState) -> Iterator[Any]:
+        """Around a handler: its timeouts checked, its context (yielded) made
+        current, its span."""
+        _check_timeouts(fdef, state)
+        ctx = _context(fdef, state)
+        current = CURRENT_RUN.set((self._rls, ctx))
+        try:
+            with self._settings.telemetry.running(state.claimed):
+                yield ctx
+        finally:
+            CURRENT_RUN.reset(current)
+
+    def _completed(self, fdef: FunctionDef, state: RunState, result: Any) -> Finish:
+        claimed = state.claimed
+        output = serde.dumps(result, what=f"output of function {fdef.id!r}",
+                             limit=self._settings.max_output_bytes)
+        return Finish(claimed.id, claimed.token, "completed", output_json=output)
+
+    def _ended_by(self, state: RunState, exc: BaseException) -> Finish | Suspend | Park:
+        """The transition of a run whose handler raised `exc`."""
+        claimed = state.claimed
+        if isinstance(exc, (Suspend, Park)):
+            return exc
+        if isinstance(exc, Cancelled):
             return Finish(claimed.id, claimed.token, "cancelled",
-                          error_json=serde.dumps(cancelled.error, what="an error"))
-        except (KeyboardInterrupt, SystemExit):
-            log.warning("run %s: handler asked the process to stop; releasing the run", claimed.id,
+                          error_json=serde.dumps(exc.error, what="an error"))
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)) or (
+                isinstance(exc, asyncio.CancelledError) and self._draining.is_set()):
+            log.warning("run %s: handler stopped by %s; releasing the run", claimed.id,
+                        "the worker's shutdown" if self._draining.is_set() else type(exc).__name__,
                         extra=run_fields(claimed.id, claimed.function_id))
             return Finish(claimed.id, claimed.token, "queued", available_at=state.now())
-        except BaseException as exc:  # anything a handler raises is the run's failure
-            return self._handler_failure(state, exc)
+        return self._handler_failure(state, exc)
 
     def _handler_failure(self, state: RunState, exc: BaseException) -> Finish:
         claimed = state.claimed
@@ -689,19 +740,6 @@ class Worker:
                      extra=run_fields(claimed.id, claimed.function_id))
         return Finish(claimed.id, claimed.token, "queued", error_json=error_json(exc),
                       available_at=retry_at, retry=True, handler_failed=True)
-
-
-def _run_async(loop: asyncio.AbstractEventLoop, handler: Any) -> Any:
-    """Run an async handler to its end, then cancel the tasks it left behind
-    (branches of an `asyncio.gather` that another branch's exception ended),
-    so none of them runs on in the next run that uses this loop."""
-    try:
-        return loop.run_until_complete(handler)
-    finally:
-        if leftovers := asyncio.all_tasks(loop):
-            for task in leftovers:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
 
 
 def _check_timeouts(fdef: FunctionDef, state: RunState) -> None:

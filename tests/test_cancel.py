@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from conftest import run_of, status_of, wait_until
 
-from pgdurable import Context, Durable, RetryAfterError, Run
+from pgdurable import AsyncContext, Context, Durable, RetryAfterError, Run
 
 
 def gap(reached: threading.Event, release: threading.Event) -> None:
@@ -76,6 +76,36 @@ def test_no_step_starts_after_the_boundary_that_follows_a_cancel(app: Durable, w
     run = cancel_in_gap(app, reached, release)
     assert run.status == "cancelled" and run.output is None
     assert executed["b"] == 0 and executed["only"] == 0, f"steps executed: {dict(executed)}"
+
+
+def test_a_def_step_that_waited_for_a_thread_does_not_start_after_a_cancel(app: Durable) -> None:
+    """In an async handler a `def` step runs in a thread, maybe after waiting
+    for one: it must still not start once a cancel has returned."""
+    reached, release = threading.Event(), threading.Event()
+    executed: list[str] = []
+
+    @app.function(id="holder", event="hold")
+    async def holder(ctx: AsyncContext) -> None:
+        await ctx.step.run("hold", release.wait, 20)  # the only thread, until released
+
+    async def reach() -> None:
+        reached.set()
+
+    @app.function(id="queued", event="go")
+    async def queued(ctx: AsyncContext) -> None:
+        await ctx.step.run("a", reach)
+        await ctx.step.run("b", executed.append, "b")  # waits for the thread
+
+    app.start(threads=1)
+    held = run_of(app, "hold")
+    wait_until(lambda: app.get_run(held).status == "running", what="the thread to be held")
+    run_id = run_of(app, "go")
+    assert reached.wait(20)
+    assert app.cancel(run_id) is True
+    release.set()
+    assert app.wait_for_run(run_id, 20).status == "cancelled"
+    assert executed == [], "step b started after the cancel returned"
+    assert app.wait_for_run(held, 20).status == "completed"
 
 
 def test_runs_cancelled_as_soon_as_they_are_seen_running_all_end_cancelled(

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from conftest import wait_until
 
-from pgdurable import Concurrency, Context, Durable, Event
+from pgdurable import AsyncContext, Concurrency, Context, Durable, Event
 
 
 def started_eagerly(app: Durable, event_id: str) -> list[bool]:
@@ -40,6 +40,17 @@ def test_a_run_sent_beside_an_idle_worker_starts_in_the_sending_transaction(app:
     [run] = app.runs_for_event(event_id)
     assert app.wait_for_run(run.id, 10).output == "hi ada"
     assert seen == [{"name": "ada", "n": [1.5, None]}]  # the data as stored
+
+
+def test_an_async_run_starts_in_an_idle_slot_of_the_event_loop(app: Durable) -> None:
+    @app.function(id="hello", event="hello")
+    async def hello(ctx: AsyncContext) -> str:
+        return await ctx.step.run("greet", lambda: f"hi {ctx.event.data['name']}")
+
+    app.start(threads=1, async_runs=2, poll_interval=60)
+    [event_id] = app.send("hello", {"name": "ada"})
+    assert started_eagerly(app, event_id) == [True]
+    assert app.wait_for_run(app.runs_for_event(event_id)[0].id, 10).output == "hi ada"
 
 
 def test_only_idle_threads_are_taken_and_the_rest_is_claimed_as_usual(app: Durable) -> None:

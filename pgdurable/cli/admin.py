@@ -15,6 +15,7 @@ import click
 
 from .._app import Durable
 from .._store import fresh_schema_ddl
+from .._worker import DEFAULT_ASYNC_RUNS
 from ..errors import ConfigurationError, DurableError, NewerSchemaError
 from .common import json_option, moment, print_json, with_app
 
@@ -80,11 +81,14 @@ def prune(app: Durable, dry_run: bool, as_of: datetime | None, as_json: bool) ->
 @click.option("--threads", type=click.IntRange(1, 256), default=4, show_default=True)
 @click.option("--prefetch", type=click.IntRange(0), default=None,
               help="runs claimed ahead of free threads [default: 4 x threads]")
+@click.option("--async-runs", type=click.IntRange(1, 10_000), default=DEFAULT_ASYNC_RUNS,
+              show_default=True, help="async def handlers executing at once, on one event loop")
 @click.option("--shutdown-timeout", type=click.FloatRange(0), default=30.0, show_default=True,
               help="seconds running handlers get to finish at SIGTERM")
-def worker(app_path: str, threads: int, prefetch: int | None, shutdown_timeout: float) -> int:
+def worker(app_path: str, threads: int, prefetch: int | None, async_runs: int,
+           shutdown_timeout: float) -> int:
     """Run a worker for the app at MODULE:ATTRIBUTE (e.g. myapp.jobs:app)."""
-    return run_worker(load_app(app_path), threads, prefetch, shutdown_timeout)
+    return run_worker(load_app(app_path), threads, prefetch, shutdown_timeout, async_runs)
 
 
 def load_app(path: str) -> Durable:
@@ -103,7 +107,8 @@ def load_app(path: str) -> Durable:
     return app
 
 
-def run_worker(app: Durable, threads: int, prefetch: int | None, timeout: float) -> int:
+def run_worker(app: Durable, threads: int, prefetch: int | None, timeout: float,
+               async_runs: int = DEFAULT_ASYNC_RUNS) -> int:
     """Run until SIGTERM or SIGINT (drain), or a second SIGINT (stop at once)."""
     stop = threading.Event()
 
@@ -121,7 +126,7 @@ def run_worker(app: Durable, threads: int, prefetch: int | None, timeout: float)
     signal.signal(signal.SIGINT, on_signal)
     while not stop.is_set():
         try:
-            app.start(threads=threads, prefetch=prefetch)
+            app.start(threads=threads, prefetch=prefetch, async_runs=async_runs)
             break
         except (ConfigurationError, NewerSchemaError):  # waiting will not mend these
             raise
