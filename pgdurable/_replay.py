@@ -54,10 +54,16 @@ class Hearing:
 
     def __init__(self) -> None:
         self._span = self._NOTHING  # (listening since, barrier): monotonic times, replaced whole
+        self._began = threading.Event()
 
     def listening(self) -> None:
         """LISTEN has just taken effect."""
         self._span = (time.monotonic(), float("-inf"))
+        self._began.set()
+
+    def first_listen(self, timeout: float) -> bool:
+        """Wait until LISTEN first took effect (at most `timeout` seconds)."""
+        return self._began.wait(timeout)
 
     def barrier(self, sent: float) -> None:
         """A barrier sent at `sent` was answered, and the notifications before its answer heard."""

@@ -324,6 +324,10 @@ class Worker:
             self._lane_of[state.claimed.function_id].put(state)
 
     def _claim_loop(self) -> None:
+        if self._settings.direct_conninfo is not None:
+            # Runs claimed before LISTEN takes effect must ask at each step
+            # boundary whether they were cancelled (see Hearing): let it first.
+            self.hearing.first_listen(self._settings.connect_timeout)
         while not self._draining.is_set() and not self._outdated.is_set():
             if time.monotonic() >= self._next_due:
                 self._next_due = float("inf")  # this claim picks the retry up
