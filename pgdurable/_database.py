@@ -28,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from . import _serde as serde
 from ._manage import Atomic, Op, Pause, Send
 from ._network import connect_direct, own_conninfo
-from ._store import Query, Store, behind_pooler, is_transient
+from ._store import ClaimedRow, Query, Store, behind_pooler, is_transient
 from .errors import ConfigurationError, DurableError, MigrationError, UnavailableError
 
 if TYPE_CHECKING:
@@ -376,10 +376,30 @@ class Database:
 
     def _send_own(self, send: Send) -> None:
         """Send on a pooled connection; this process's worker, if any, starts
-        what it can of the new runs at once (Worker.send_and_start)."""
+        what it can of the new runs at once (Worker.eager_start)."""
         worker = self.worker
-        if worker is None or not worker.send_and_start(send.events, send.runs, self.on_own):
+        eager = None if worker is None else worker.eager_start(send.events, send.runs)
+        if eager is None:
             self.on_own(partial(self._store.execute, query=self._sending(send)))
+            return
+        claimed: list[ClaimedRow] = []
+        try:
+            claimed = self.on_own(partial(self._store.execute, query=eager.query))
+        finally:
+            eager.adopt(claimed)
+
+    async def _send_own_async(self, send: Send) -> None:
+        """`_send_own`, on the async pool."""
+        worker = self.worker
+        eager = None if worker is None else worker.eager_start(send.events, send.runs)
+        if eager is None:
+            await self.on_own_async(self._sending(send))
+            return
+        claimed: list[ClaimedRow] = []
+        try:
+            claimed = await self.on_own_async(eager.query)
+        finally:
+            eager.adopt(claimed)
 
     def _sending(self, send: Send) -> Query[None]:
         return self._store.send_events(send.events, send.runs, self._dedupe_window,
@@ -407,6 +427,8 @@ class Database:
                     return await self.run_async(step.op, conn)
             async with self.connection_async() as own:
                 return await self.run_async(step.op, own)
+        if isinstance(step, Send) and conn is None:
+            return await self._send_own_async(step)
         query = self._sending(step) if isinstance(step, Send) else step
         if conn is None:
             return await self.on_own_async(query)

@@ -13,11 +13,11 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -141,7 +141,7 @@ def _autocommit(conn: psycopg.Connection[Any]) -> Iterator[None]:
         conn.autocommit = autocommit
 
 
-def _claimed(sent: float, rows: psycopg.Cursor[Any]) -> list[ClaimedRow]:
+def _claimed(sent: float, rows: Iterable[Any]) -> list[ClaimedRow]:
     """Rows of the `claimed_run` type (read by name: a namedtuple_row
     cursor) as the worker takes them; the statement was sent at `sent`
     (monotonic)."""
@@ -325,6 +325,7 @@ class Query(Generic[T]):
     params: Any
     read: Callable[[list[Any]], T]
     prepare: bool = True  # False: never prepared (session setup, once per connection)
+    by_name: bool = False  # rows as named tuples (a composite type's fields), not plain tuples
 
 
 def _nothing(rows: list[Any]) -> None:
@@ -377,14 +378,15 @@ class Store:
 
     def execute(self, conn: psycopg.Connection[Any], query: Query[T]) -> T:
         """Run `query` on a sync connection, and read its rows."""
-        cursor = conn.execute(self._q[query.name], query.params,
-                              prepare=self.prepare and query.prepare)
+        cursor = conn.cursor(row_factory=namedtuple_row) if query.by_name else conn.cursor()
+        cursor.execute(self._q[query.name], query.params, prepare=self.prepare and query.prepare)
         return query.read(cursor.fetchall() if cursor.description is not None else [])
 
     async def execute_async(self, conn: psycopg.AsyncConnection[Any], query: Query[T]) -> T:
         """Run `query` on an async connection, and read its rows."""
-        cursor = await conn.execute(self._q[query.name], query.params,
-                                    prepare=self.prepare and query.prepare)
+        cursor = conn.cursor(row_factory=namedtuple_row) if query.by_name else conn.cursor()
+        await cursor.execute(self._q[query.name], query.params,
+                             prepare=self.prepare and query.prepare)
         return query.read(await cursor.fetchall() if cursor.description is not None else [])
 
     # -- migrations -------------------------------------------------------
@@ -487,17 +489,18 @@ class Store:
 
     def send_and_claim(
         self,
-        conn: psycopg.Connection[Any],
         events: Sequence[PreparedEvent],
         runs: Sequence[Sequence[Any]],
         dedupe_window: timedelta,
         worker_id: str, function_ids: Sequence[str], limit: int, lease: timedelta,
-    ) -> list[ClaimedRow]:
+    ) -> Query[list[ClaimedRow]]:
         """`send_events`, and lease up to `limit` of the new runs of
-        `function_ids` that are due now to the worker, in the same transaction."""
-        return _claimed(time.monotonic(), self._run(conn, "send_and_claim", (
-            *_send_params(events, runs, dedupe_window),
-            worker_id, list(function_ids), limit, lease), rows=namedtuple_row))
+        `function_ids` that are due now to the worker, in the same
+        transaction. Run at once: its answer is dated from now."""
+        sent = time.monotonic()  # earlier than the statement: a staler answer, never a fresher one
+        return Query("send_and_claim", (*_send_params(events, runs, dedupe_window),
+                                        worker_id, list(function_ids), limit, lease),
+                     partial(_claimed, sent), by_name=True)
 
     # -- worker -----------------------------------------------------------
 

@@ -52,7 +52,16 @@ from ._retries import Backoff, error_json, gives_up, retry_time
 from ._rls import Rls
 from ._schedules import Scheduler
 from ._steps import AsyncStep, Step
-from ._store import Checkpoint, ClaimedRow, Finish, StepRecord, Store, WaitSpec, is_transient
+from ._store import (
+    Checkpoint,
+    ClaimedRow,
+    Finish,
+    Query,
+    StepRecord,
+    Store,
+    WaitSpec,
+    is_transient,
+)
 from ._telemetry import Telemetry, context_json
 from ._vacuum import CHECK_EVERY as VACUUM_CHECK
 from ._vacuum import HotVacuum
@@ -65,6 +74,16 @@ DEFAULT_ASYNC_RUNS = 100  # async handlers executing at once, by default (see be
 log = logging.getLogger("pgdurable.worker")
 
 _PARTITION_CHECK = timedelta(hours=1)  # how often, at most, a worker makes partitions ahead
+
+
+@dataclass(frozen=True, slots=True)
+class EagerStart:
+    """A send that also claims the runs it creates for this worker
+    (Worker.eager_start): run `query` on a pooled connection at once, then
+    `adopt` the runs it claimed (none if it failed)."""
+
+    query: Query[list[ClaimedRow]]
+    adopt: Callable[[list[ClaimedRow]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,30 +273,22 @@ class Worker:
 
     # -- claiming ---------------------------------------------------------
 
-    def send_and_start(
-        self, events: list[PreparedEvent], runs: list[list[Any]],
-        execute: Callable[[Callable[[psycopg.Connection[Any]], list[ClaimedRow]]], list[ClaimedRow]],
-    ) -> bool:
-        """Send `events` (with `execute`, the app's way to run a statement on
-        a pooled connection) and claim, in the same transaction, the new runs
-        this worker can start in idle threads now: an eager start, handed to
-        the executors once it commits, without a claim round trip. False,
-        and nothing sent, when none can start so."""
+    def eager_start(self, events: list[PreparedEvent], runs: list[list[Any]]) -> EagerStart | None:
+        """Reserve idle slots for the new runs of a send by this process that
+        this worker can start now, and say how to send `events` and claim
+        those runs in the same transaction: they start once it commits,
+        without a claim round trip (an eager start). None, and nothing
+        reserved, when none can start so."""
         if not self._lanes:
-            return False
+            return None
         lane, wanted = self._startable(events, runs)
         reserved = self._reserve(lane, wanted)
         if not reserved:
-            return False
-        claimed: list[ClaimedRow] = []
-        try:
-            claimed = execute(partial(  # committed: now they are this worker's
-                self._store.send_and_claim, events=events, runs=runs,
-                dedupe_window=self._settings.dedupe_window, worker_id=self.id,
-                function_ids=lane.function_ids, limit=reserved, lease=self._settings.lease))
-        finally:
-            self.adopt(claimed, (lane, reserved))
-        return True
+            return None
+        query = self._store.send_and_claim(
+            events, runs, self._settings.dedupe_window, self.id, lane.function_ids, reserved,
+            self._settings.lease)
+        return EagerStart(query, partial(self.adopt, reservation=(lane, reserved)))
 
     def _startable(self, events: list[PreparedEvent], runs: list[list[Any]]) -> tuple[Lane, int]:
         """How many of the runs to send this worker could start now, in the

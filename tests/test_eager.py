@@ -7,6 +7,7 @@ now()); a run a worker claimed afterwards started later.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,6 +54,27 @@ def test_an_async_run_starts_in_an_idle_slot_of_the_event_loop(app: Durable) -> 
     assert app.wait_for_run(app.runs_for_event(event_id)[0].id, 10).output == "hi ada"
 
 
+@pytest.mark.parametrize("kind", ["def", "async def"])
+def test_send_async_starts_runs_eagerly_too(app: Durable, kind: str) -> None:
+    if kind == "def":
+        app.function(id="hello", event="hello")(lambda ctx: f"hi {ctx.event.data['name']}")
+    else:
+        @app.function(id="hello", event="hello")
+        async def hello(ctx: AsyncContext) -> str:
+            return f"hi {ctx.event.data['name']}"
+
+    app.start(threads=1, async_runs=1, poll_interval=60)
+
+    async def send() -> str:
+        [event_id] = await app.send_async("hello", {"name": "ada"})
+        await app.aclose()
+        return event_id
+
+    event_id = asyncio.run(send())
+    assert started_eagerly(app, event_id) == [True]
+    assert app.wait_for_run(app.runs_for_event(event_id)[0].id, 10).output == "hi ada"
+
+
 def test_only_idle_threads_are_taken_and_the_rest_is_claimed_as_usual(app: Durable) -> None:
     release = threading.Event()
 
@@ -94,8 +116,9 @@ def test_runs_that_must_go_through_a_claim_are_not_started_eagerly(
     assert started_eagerly(app, event_id) == [False]
 
 
+@pytest.mark.parametrize("sender", ["send", "send_async"])
 def test_a_failed_send_gives_the_reserved_threads_back(
-    app: Durable, db: psycopg.Connection[Any]
+    app: Durable, db: psycopg.Connection[Any], sender: str
 ) -> None:
     app.function(id="f", event="e")(lambda ctx: "done")
     db.execute(f"""
@@ -105,7 +128,10 @@ def test_a_failed_send_gives_the_reserved_threads_back(
         FOR EACH ROW WHEN (NEW.function_id = 'f') EXECUTE FUNCTION {app.schema}.refuse()""")
     app.start(threads=1, poll_interval=60)
     with pytest.raises(psycopg.errors.RaiseException, match="refused by a trigger"):
-        app.send("e", {})
+        if sender == "send":
+            app.send("e", {})
+        else:
+            asyncio.run(app.send_async("e", {}))
     db.execute(f"DROP TRIGGER refuse ON {app.schema}.runs")
     [event_id] = app.send("e", {})  # the one thread is free again
     assert started_eagerly(app, event_id) == [True]
