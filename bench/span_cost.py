@@ -23,7 +23,7 @@ from opentelemetry.trace import Link, SpanKind
 
 from pgdurable._counts import QueueSummary
 from pgdurable._events import Event
-from pgdurable._store import ClaimedRow, DbTime
+from pgdurable._records import ClaimedRow, DbTime
 from pgdurable._telemetry import Telemetry, observing_step
 
 

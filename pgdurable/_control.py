@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from ._store import StepRecord
+from ._records import StepRecord
 
 
 class Suspend(BaseException):

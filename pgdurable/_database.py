@@ -28,7 +28,8 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from . import _serde as serde
 from ._manage import Atomic, Op, Pause, Send
 from ._network import connect_direct, own_conninfo
-from ._store import ClaimedRow, Query, Store, behind_pooler, is_transient
+from ._records import ClaimedRow
+from ._store import Query, Store, behind_pooler, is_transient
 from .errors import ConfigurationError, DurableError, MigrationError, UnavailableError
 
 if TYPE_CHECKING:

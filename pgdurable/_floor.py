@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from ._store import ClaimedRow
+from ._records import ClaimedRow
 
 # A run sent or woken becomes due at its transaction's start, and visible to
 # claims at its commit: sends commit well within this.

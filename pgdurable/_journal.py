@@ -25,7 +25,8 @@ from psycopg_pool import ConnectionPool
 
 from . import _serde as serde
 from ._network import Outage
-from ._store import Checkpoint, Finish, StepRecord, Store, is_transient
+from ._records import Checkpoint, Finish, StepRecord
+from ._store import Store, is_transient
 
 log = logging.getLogger("pgdurable.worker")
 

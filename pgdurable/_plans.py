@@ -18,8 +18,8 @@ from ._control import Cancelled, Park
 from ._durations import Duration, parse_duration
 from ._events import GENERATED_ID_PREFIX, Event, check_name
 from ._expressions import event_filter
+from ._records import StepRecord, WaitSpec
 from ._replay import RunState
-from ._store import StepRecord, WaitSpec
 from ._telemetry import annotate
 from .errors import StepError
 

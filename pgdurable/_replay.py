@@ -29,9 +29,9 @@ from . import _serde as serde
 from ._control import Cancelled, Park, Suspend
 from ._events import Event
 from ._parallel import claim_step_id, in_branch
+from ._records import Checkpoint, ClaimedRow, DbTime, Finish, StepRecord, WaitSpec
 from ._retries import Backoff, error_json, gives_up, retry_time
 from ._rls import Rls
-from ._store import Checkpoint, ClaimedRow, DbTime, Finish, StepRecord, WaitSpec
 from .errors import NonRetriableError, StepError, StepOrderError
 
 MAX_STEP_ID_LENGTH = 512

@@ -24,8 +24,8 @@ from ._durations import Duration, require_aware
 from ._events import Event
 from ._parallel import AsyncStepGate, StepGate, run_tasks, run_threads
 from ._plans import Plan, deadline, plan_invoke, plan_sleep, plan_wait, wait_spec, with_ids
+from ._records import Checkpoint, StepRecord
 from ._replay import RunState, replayed_value
-from ._store import Checkpoint, StepRecord
 from ._telemetry import observing_step
 from .errors import SerializationError, StepError
 

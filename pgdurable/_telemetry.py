@@ -46,7 +46,7 @@ except ImportError:  # the extra is not installed: nothing to emit
     trace = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from ._store import ClaimedRow, Finish
+    from ._records import ClaimedRow, Finish
 
 TraceRuns = Literal["link", "child"]
 T = TypeVar("T")

@@ -45,6 +45,7 @@ from ._journal import Journal
 from ._lanes import Lane, LoopLane, ThreadLane, run_handler
 from ._logs import run_fields
 from ._network import Outage, Watchdog, connect_direct
+from ._records import Checkpoint, ClaimedRow, Finish, StepRecord, WaitSpec
 from ._registry import describe
 from ._replay import FRESH, Hearing, RunState
 from ._retention import BACKGROUND_DUTY, Policies, Pruner
@@ -52,16 +53,7 @@ from ._retries import Backoff, error_json, gives_up, retry_time
 from ._rls import Rls
 from ._schedules import Scheduler
 from ._steps import AsyncStep, Step
-from ._store import (
-    Checkpoint,
-    ClaimedRow,
-    Finish,
-    Query,
-    StepRecord,
-    Store,
-    WaitSpec,
-    is_transient,
-)
+from ._store import Query, Store, is_transient
 from ._telemetry import Telemetry, context_json
 from ._vacuum import CHECK_EVERY as VACUUM_CHECK
 from ._vacuum import HotVacuum

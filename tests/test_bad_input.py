@@ -13,7 +13,8 @@ from conftest import run_of, status_of
 from pgdurable import Cancel, ConfigurationError, Context, Durable, InvalidEventError
 from pgdurable._journal import Journal
 from pgdurable._network import Outage
-from pgdurable._store import Finish, StepRecord, check_schema_name
+from pgdurable._records import Finish, StepRecord
+from pgdurable._store import check_schema_name
 from pgdurable.testing import internals
 
 

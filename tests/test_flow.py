@@ -30,7 +30,7 @@ from pgdurable import (
     Singleton,
     Throttle,
 )
-from pgdurable._store import Finish
+from pgdurable._records import Finish
 from pgdurable.testing import internals
 
 FLOW = {"PGDURABLE_TEST_FLOW": "1"}

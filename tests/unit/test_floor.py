@@ -8,7 +8,7 @@ import pytest
 
 from pgdurable import _floor
 from pgdurable._floor import LATE_COMMIT, DueFloor
-from pgdurable._store import ClaimedRow, DbTime
+from pgdurable._records import ClaimedRow, DbTime
 
 T = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
