@@ -1,4 +1,5 @@
-"""PgQueuer 1.6 (asyncpg, uvloop, batch 50) on the same Postgres: W1 drain and W2 latency.
+"""PgQueuer 1.6 (asyncpg, uvloop, batch 50) on the same Postgres: bulk enqueue, W1 drain and
+W2 latency.
 
     bench/peers/.venv-peers/bin/python bench/peers/pgqueuer_bench.py [--jobs 20000]
 """
@@ -19,12 +20,15 @@ from pgqueuer.types import QueueExecutionMode
 DB = "bench_pgqueuer"
 
 
-async def w1(dsn: str, jobs: int) -> float:
+async def w1(dsn: str, jobs: int) -> tuple[float, float]:
+    """Jobs enqueued per second (1,000 per call), then drained per second."""
     queries = Queries(AsyncpgDriver(await asyncpg.connect(dsn)))
     await queries.install()
+    began = time.perf_counter()
     for start in range(0, jobs, 1000):
         n = min(1000, jobs - start)
         await queries.enqueue(["w1"] * n, [b"x"] * n, [0] * n)
+    enqueued = jobs / (time.perf_counter() - began)
     qm = QueueManager(Queries(AsyncpgDriver(await asyncpg.connect(dsn))))
 
     @qm.entrypoint("w1")
@@ -33,7 +37,7 @@ async def w1(dsn: str, jobs: int) -> float:
 
     started = time.perf_counter()
     await qm.run(batch_size=50, mode=QueueExecutionMode.drain)
-    return jobs / (time.perf_counter() - started)
+    return enqueued, jobs / (time.perf_counter() - started)
 
 
 async def w2(dsn: str, events: int, gap: float) -> dict[str, float]:
@@ -68,7 +72,8 @@ async def main() -> None:
     args = parser.parse_args()
     dsn = fresh_database(DB)
     try:
-        rate = await w1(dsn, args.jobs)
+        enqueued, rate = await w1(dsn, args.jobs)
+        print(f"PgQueuer bulk enqueue: {args.jobs} jobs, {enqueued:,.0f} jobs/s (1,000 per call)")
         print(f"PgQueuer W1 drain: {args.jobs} jobs, {rate:,.0f} jobs/s (batch 50)")
         p = await w2(dsn, args.events, 0.02)
         print(f"PgQueuer W2 latency: p50 {p['p50']:.2f} ms, p95 {p['p95']:.2f} ms, p99 {p['p99']:.2f} ms")
