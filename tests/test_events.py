@@ -57,7 +57,8 @@ def test_generated_ids_increase_within_a_millisecond() -> None:
     ids = [new_event_id() for _ in range(10_000)]  # many per millisecond
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
-    assert all(uuid.UUID(i).version == 7 for i in ids[:10])
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122
+               and str(uuid.UUID(i)) == i for i in ids)  # canonical text
 
 
 def test_same_id_is_acted_on_once(app: Durable, db: psycopg.Connection[Any]) -> None:
