@@ -368,37 +368,24 @@ class Database:
             with self.connection() as own:
                 return self.run(step.op, own)
         if isinstance(step, Send) and conn is None:
-            return self._send_own(step)
+            return self.run(self._send_own(step))
         query = self._sending(step) if isinstance(step, Send) else step
         if conn is None:
             return self.on_own(partial(self._store.execute, query=query))
         with translated_errors(self._store.schema):
             return self._store.execute(conn, query)
 
-    def _send_own(self, send: Send) -> None:
-        """Send on a pooled connection; this process's worker, if any, starts
-        what it can of the new runs at once (Worker.eager_start)."""
+    def _send_own(self, send: Send) -> Op[None]:
+        """Send on a pooled connection (either driver); this process's worker,
+        if any, starts what it can of the new runs at once (Worker.eager_start)."""
         worker = self.worker
         eager = None if worker is None else worker.eager_start(send.events, send.runs)
         if eager is None:
-            self.on_own(partial(self._store.execute, query=self._sending(send)))
+            yield self._sending(send)
             return
         claimed: list[ClaimedRow] = []
         try:
-            claimed = self.on_own(partial(self._store.execute, query=eager.query))
-        finally:
-            eager.adopt(claimed)
-
-    async def _send_own_async(self, send: Send) -> None:
-        """`_send_own`, on the async pool."""
-        worker = self.worker
-        eager = None if worker is None else worker.eager_start(send.events, send.runs)
-        if eager is None:
-            await self.on_own_async(self._sending(send))
-            return
-        claimed: list[ClaimedRow] = []
-        try:
-            claimed = await self.on_own_async(eager.query)
+            claimed = yield eager.query
         finally:
             eager.adopt(claimed)
 
@@ -429,7 +416,7 @@ class Database:
             async with self.connection_async() as own:
                 return await self.run_async(step.op, own)
         if isinstance(step, Send) and conn is None:
-            return await self._send_own_async(step)
+            return await self.run_async(self._send_own(step))
         query = self._sending(step) if isinstance(step, Send) else step
         if conn is None:
             return await self.on_own_async(query)
