@@ -261,8 +261,10 @@ class Durable:
               async_runs: int = DEFAULT_ASYNC_RUNS) -> None:
         """Start worker threads in this process and return.
 
-        `def` handlers run in `threads` threads, one run each; `prefetch` runs
-        beyond them are claimed ahead (default: 4 x `threads`). `async def`
+        `def` handlers execute `threads` at a time; a run waiting for its
+        journal to commit lends its turn, so up to 16 x `threads` runs are
+        under way (at most 256 threads), and `prefetch` more are claimed
+        ahead (default: 4 x `threads`). `async def`
         handlers run as tasks of one event loop, up to `async_runs` at once
         (as many again claimed ahead); their `def` step functions run in
         `threads` threads. With `eager`, a run that this process sends

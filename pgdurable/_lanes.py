@@ -2,11 +2,12 @@
 
 A `def` handler holds a thread for as long as it runs; an `async def` one
 holds only a task on an event loop while it awaits. So each kind has a lane
-of its own, with room of its own: `threads` executor threads for `def`
-handlers (`ThreadLane`), and `async_runs` tasks on one event loop shared by
-every async run of the worker (`LoopLane`). Each lane also holds runs claimed
-ahead, which start as room frees up. The claimer fills each lane from the
-runs of its functions; the worker's lock guards the counts.
+of its own, with room of its own: executor threads for `def` handlers, of
+which `threads` execute code at once (`ThreadLane`, see _turns), and
+`async_runs` tasks on one event loop shared by every async run of the
+worker (`LoopLane`). Each lane also holds runs claimed ahead, which start
+as room frees up. The claimer fills each lane from the runs of its
+functions; the worker's lock guards the counts.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 
 from ._floor import DueFloor
 from ._replay import RunState
+from ._turns import Turns
 
 T = TypeVar("T")
 
@@ -34,6 +36,14 @@ log = logging.getLogger("pgdurable.worker")
 # not end by then is given up on.
 _LEFTOVER_GRACE = 1.0
 
+# Executor threads per turn of a ThreadLane: runs under way per handler
+# executing. Between steps each waits for its journal's group commit; 8 per
+# turn left W3 at the defaults well short of tuned, 32 gained little over 16
+# and holds more runs, each of which a crash of the process costs an attempt
+# (bench/RESULTS.md, issue 19).
+EXECUTORS_PER_TURN = 16
+MAX_EXECUTORS = 256
+
 
 class Lane(ABC):
     """The runs of one kind of handler that a worker holds, and its room for them."""
@@ -41,7 +51,8 @@ class Lane(ABC):
     def __init__(self, function_ids: list[str], slots: int, prefetch: int,
                  draining: threading.Event) -> None:
         self.function_ids = tuple(sorted(function_ids))  # what it claims, as SQL takes it
-        self.slots = slots  # handlers executing at once
+        self.slots = slots  # runs under way at once
+        self.prefetch = prefetch  # runs held beyond them, to start as they end
         self.capacity = slots + prefetch
         self.unfinished = 0  # runs held whose handler has not returned
         self.reserved = 0  # of those, slots reserved by senders not yet back (eager starts)
@@ -50,9 +61,9 @@ class Lane(ABC):
 
     def to_claim(self) -> int:
         """How many runs to claim now: none until half the room is free, or
-        until the runs waiting for a slot are about to run out."""
+        until half the runs claimed ahead have started (fewer, larger claims)."""
         free = self.capacity - self.unfinished
-        if free <= 0 or (free * 2 < self.capacity and self.waiting() >= self.slots):
+        if free <= 0 or (free * 2 < self.capacity and self.waiting() * 2 > self.prefetch):
             return 0
         return free
 
@@ -82,14 +93,16 @@ class Lane(ABC):
 
 
 class ThreadLane(Lane):
-    """`def` handlers: one run at a time in each of `slots` executor threads."""
+    """`def` handlers: one run at a time in each executor thread, `turns` of
+    them executing code at once (the others wait for their journal)."""
 
-    def __init__(self, function_ids: list[str], slots: int, prefetch: int,
+    def __init__(self, function_ids: list[str], turns: int, prefetch: int,
                  draining: threading.Event, execute: Callable[[RunState], None]) -> None:
-        super().__init__(function_ids, slots, prefetch, draining)
+        executors = max(turns, min(turns * EXECUTORS_PER_TURN, MAX_EXECUTORS))
+        super().__init__(function_ids, executors, prefetch, draining)
+        self.turns = Turns(turns)
         self._execute = execute
         self._ready: queue.SimpleQueue[RunState | None] = queue.SimpleQueue()
-        self._executing = [False] * slots
         self._threads: list[threading.Thread] = []
 
     def put(self, state: RunState) -> None:
@@ -99,10 +112,10 @@ class ThreadLane(Lane):
         return self._ready.qsize()
 
     def busy(self) -> int:
-        return sum(self._executing)
+        return self.turns.taken
 
     def start(self) -> list[threading.Thread]:
-        self._threads = [threading.Thread(target=self._loop, args=(n,), daemon=True,
+        self._threads = [threading.Thread(target=self._loop, daemon=True,
                                           name=f"pgdurable-executor-{n}") for n in range(self.slots)]
         for thread in self._threads:
             thread.start()
@@ -114,15 +127,14 @@ class ThreadLane(Lane):
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _loop(self, n: int) -> None:
+    def _loop(self) -> None:
         while (state := self._ready.get()) is not None:
-            if self._draining.is_set():
-                continue  # released by the worker's stop()
-            self._executing[n] = True
+            self.turns.take()
             try:
-                self._execute(state)
+                if not self._draining.is_set():  # else released by the worker's stop()
+                    self._execute(state)
             finally:
-                self._executing[n] = False
+                self.turns.give()
 
 
 class LoopLane(Lane):

@@ -32,6 +32,7 @@ from ._parallel import claim_step_id, in_branch
 from ._records import Checkpoint, ClaimedRow, DbTime, Finish, StepRecord, WaitSpec
 from ._retries import Backoff, error_json, gives_up, retry_time
 from ._rls import Rls
+from ._turns import lent_turn
 from .errors import NonRetriableError, StepError, StepOrderError
 
 MAX_STEP_ID_LENGTH = 512
@@ -287,6 +288,13 @@ class RunState:
         if self.deadline is None:
             return expires
         return self.deadline if expires is None else min(expires, self.deadline)
+
+    def wait(self, pending: Future[Checkpoint]) -> None:
+        """Wait for the run's pending checkpoint, lending this thread's turn
+        meanwhile (see _turns), then take in its answer."""
+        with lent_turn():
+            checkpoint = pending.result()
+        self.after_wait(checkpoint)
 
     def after_wait(self, checkpoint: Checkpoint) -> None:
         self.learn(checkpoint)

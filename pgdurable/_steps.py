@@ -135,7 +135,7 @@ class Step:
         if hit:
             return value
         if pending is not None:
-            self._state.after_wait(pending.result())
+            self._state.wait(pending)
         self._gate.enter()
         try:
             return execute(key)
@@ -228,7 +228,7 @@ class Step:
 
         def when_durable() -> Any:
             if (pending := self._state.boundary(0, ask=False)) is not None:
-                self._state.after_wait(pending.result())
+                self._state.wait(pending)
             return then()
 
         return self._gate.park(when_durable)

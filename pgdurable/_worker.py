@@ -172,9 +172,9 @@ class Worker:
         self._heartbeat_at = time.monotonic()
 
     def threads_busy(self) -> tuple[int, int]:
-        """Executor threads running a handler now, and how many there are."""
+        """`def` handlers executing code now, and how many may (`threads`)."""
         lanes = [lane for lane in self._lanes if isinstance(lane, ThreadLane)]
-        return sum(lane.busy() for lane in lanes), sum(lane.slots for lane in lanes)
+        return sum(lane.busy() for lane in lanes), sum(lane.turns.count for lane in lanes)
 
     def facts(self) -> WorkerFacts:
         """For `app.health()`: threads that died, and the heartbeat's age."""

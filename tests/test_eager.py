@@ -17,6 +17,7 @@ import pytest
 from conftest import wait_until
 
 from pgdurable import AsyncContext, Concurrency, Context, Durable, Event
+from pgdurable._lanes import EXECUTORS_PER_TURN
 
 
 def started_eagerly(app: Durable, event_id: str) -> list[bool]:
@@ -83,14 +84,13 @@ def test_only_idle_threads_are_taken_and_the_rest_is_claimed_as_usual(app: Durab
         release.wait(30)
         return int(ctx.event.data["i"])
 
-    app.start(threads=2, poll_interval=0.2)
-    ids = app.send([Event("hold", {"i": i}) for i in range(5)])
-    wait_until(lambda: all(app.runs_for_event(i)[0].started_at for i in ids[:2]),
-               what="the first two runs to start")
+    app.start(threads=1, poll_interval=0.2)  # one turn: the first run holds it till released
+    idle = EXECUTORS_PER_TURN  # executor threads, each to hold a run of its own
+    ids = app.send([Event("hold", {"i": i}) for i in range(idle + 3)])
     release.set()
     runs = [app.wait_for_run(app.runs_for_event(i)[0].id, 20) for i in ids]
-    assert [r.output for r in runs] == [0, 1, 2, 3, 4]
-    assert [r.started_at == r.created_at for r in runs] == [True, True, False, False, False]
+    assert [r.output for r in runs] == list(range(idle + 3))
+    assert [r.started_at == r.created_at for r in runs] == [True] * idle + [False] * 3
 
 
 @pytest.mark.parametrize("case", ["flow control", "future ts", "eager=False", "conn=",

@@ -1,5 +1,7 @@
 """Async handlers share one event loop per worker, `async_runs` at a time,
-beside the threads of `def` handlers (issue 21, section 2)."""
+beside the threads of `def` handlers (issue 21, section 2); `def` handlers
+take turns, `threads` at a time, lending theirs while their journal commits
+(issue 19)."""
 
 from __future__ import annotations
 
@@ -206,3 +208,36 @@ def test_a_bad_async_runs_is_refused(app: Durable, bad: Any) -> None:
     with pytest.raises(ConfigurationError, match="async_runs"):
         app.start(async_runs=bad)
     app.start(threads=1)  # nothing was started by the refused call
+
+
+def test_def_handlers_execute_threads_at_a_time_and_lend_their_turn_between_steps(
+    app: Durable,
+) -> None:
+    """With threads=2, at most 2 steps execute at once; yet runs interleave
+    (a run's step begins while another run is between two of its steps),
+    because a run waiting for its journal lends its turn."""
+    lock, executing, most = threading.Lock(), [0], [0]
+    begun: list[tuple[str, int]] = []
+
+    def work(run_id: str, n: int) -> int:
+        with lock:
+            executing[0] += 1
+            most[0] = max(most[0], executing[0])
+            begun.append((run_id, n))
+        time.sleep(0.002)  # work that overlapping turns would run side by side
+        with lock:
+            executing[0] -= 1
+        return n
+
+    @app.function(id="three", event="go")
+    def three(ctx: Context) -> int:
+        return sum(ctx.step.run(f"s{n}", work, ctx.run_id, n) for n in range(3))
+
+    app.start(threads=2)
+    runs = [run_of(app, "go") for _ in range(20)]
+    assert {app.wait_for_run(r, 30).status for r in runs} == {"completed"}
+    assert most[0] == 2, f"{most[0]} steps executed at once with threads=2"
+    ends = {run_id: max(i for i, (r, _) in enumerate(begun) if r == run_id) for run_id, _ in begun}
+    starts = {run_id: min(i for i, (r, _) in enumerate(begun) if r == run_id) for run_id, _ in begun}
+    under_way = max(sum(starts[r] <= i <= ends[r] for r in starts) for i in range(len(begun)))
+    assert under_way > 2, "no run began while two others were between their steps"

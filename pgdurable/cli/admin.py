@@ -78,7 +78,8 @@ def prune(app: Durable, dry_run: bool, as_of: datetime | None, as_json: bool) ->
 
 @click.command()
 @click.argument("app_path", metavar="MODULE:ATTRIBUTE")
-@click.option("--threads", type=click.IntRange(1, 256), default=4, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="def handlers executing at once (16 x as many runs under way)")
 @click.option("--prefetch", type=click.IntRange(0), default=None,
               help="runs claimed ahead of free threads [default: 4 x threads]")
 @click.option("--async-runs", type=click.IntRange(1, 10_000), default=DEFAULT_ASYNC_RUNS,
