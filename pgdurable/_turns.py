@@ -9,33 +9,53 @@ many more runs under way without more handlers executing at once.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from types import TracebackType
 
 _held = threading.local()  # .turns: the Turns whose turn this thread holds, if any
 
 
 class Turns:
-    """`count` turns, each held by one executing handler's thread."""
+    """`count` turns, each held by one executing handler's thread.
+
+    A turn given back goes straight to the thread that has waited longest,
+    which wakes holding it. With a semaphore the giver's next take could
+    barge ahead of the woken waiter, again and again: a run could wait for
+    its turn, holding its lease, behind any number of later ones.
+    """
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self._free = threading.Semaphore(count)
+        self._free = count
+        self._waiters: deque[threading.Lock] = deque()
         self._lock = threading.Lock()
-        self.taken = 0
+
+    @property
+    def taken(self) -> int:
+        return self.count - self._free
 
     def take(self) -> None:
         """Wait for a turn, and hold it in this thread."""
-        self._free.acquire()
         with self._lock:
-            self.taken += 1
+            if self._free:
+                self._free -= 1
+                waiter = None
+            else:
+                waiter = threading.Lock()
+                waiter.acquire()
+                self._waiters.append(waiter)
+        if waiter is not None:
+            waiter.acquire()  # released by give(), which hands its turn over
         _held.turns = self
 
     def give(self) -> None:
         """Give back the turn this thread holds."""
         _held.turns = None
         with self._lock:
-            self.taken -= 1
-        self._free.release()
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._free += 1
 
 
 class lent_turn:  # lower case: used as a statement, like contextlib.suppress
