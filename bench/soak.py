@@ -8,7 +8,7 @@ database); with `--held` async runs executing at once (each awaiting
 inside a step); then every 10 s while a sender here queues `--rate`
 one-step runs a second for `--minutes`. Flat means the last fifth of the
 soak's samples average within 10% of the first fifth's (after a minute of
-warm-up).
+warm-up). tests/test_soak.py runs a short version.
 """
 
 from __future__ import annotations
@@ -19,13 +19,32 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
-from common import DSN, bench_app, describe, wait_for
+from common import bench_app, describe, wait_for
 
-from pgdurable import Event
+from pgdurable import Durable, Event
 
-SAMPLE_EVERY = 10.0
+
+@dataclass
+class Report:
+    """RSS (MiB) of the worker process at each stage, and the soak's samples."""
+
+    idle: float = 0.0
+    sleeping: float = 0.0
+    executing: float = 0.0
+    after: float = 0.0
+    samples: list[tuple[float, float, int]] = field(default_factory=list)  # (minutes, MiB, queued)
+    sent: int = 0
+
+    def fifths(self, warm: float) -> tuple[float, float]:
+        """Mean RSS of the first and the last fifth of the samples after `warm` minutes."""
+        kept = [s[1] for s in self.samples if s[0] >= warm]
+        fifth = max(1, len(kept) // 5)
+        return statistics.mean(kept[:fifth]), statistics.mean(kept[-fifth:])
 
 
 def rss_mib(pid: int) -> float:
@@ -36,9 +55,70 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def count(db: psycopg.Connection[object], query: str) -> int:
-    row = db.execute(query).fetchone()
-    return int(row[0]) if row else 0  # type: ignore[call-overload]
+def count(db: psycopg.Connection[Any], query: str) -> int:
+    row = db.execute(query.encode()).fetchone()
+    return int(row[0]) if row else 0
+
+
+def send_many(app: Durable, name: str, data: Callable[[int], dict[str, Any]], n: int) -> None:
+    for start in range(0, n, 1000):
+        app.send([Event(name, data(start + i)) for i in range(min(1000, n - start))])
+
+
+def measure(held: int, minutes: float, rate: int, sample_every: float = 10.0,
+            hold: float = 20.0, say: Callable[[str], None] = print) -> Report:
+    """The stages of the module's docstring; the held async runs each await `hold` seconds."""
+    report = Report()
+    with bench_app() as (app, schema), psycopg.connect(app.conninfo, autocommit=True) as db:
+        for function_id, event in (("w1", "soak/w1"), ("nap", "soak/nap"), ("hold", "soak/hold")):
+            app.function(id=function_id, event=event)(lambda ctx: None)  # the sender's view
+        here = os.path.dirname(os.path.abspath(__file__))
+        env = {**os.environ, "PGDURABLE_DSN": app.conninfo, "PGDURABLE_SCHEMA": schema,
+               "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+        worker = subprocess.Popen([sys.executable, "-m", "pgdurable", "--log-level", "WARNING",
+                                   "worker", "soak_app:app", "--async-runs", str(held)], env=env)
+        try:
+            q = f"{schema}.queue"
+            wait_for(lambda: count(db, f"SELECT count(*) FROM {schema}.workers") > 0, 60)
+            report.idle = rss_mib(worker.pid)
+            send_many(app, "soak/nap", lambda i: {}, held)
+            wait_for(lambda: count(db, f"SELECT count(*) FROM {q} WHERE status = 'sleeping'") == held,
+                     300, 0.2)
+            report.sleeping = rss_mib(worker.pid)
+            send_many(app, "soak/hold", lambda i: {"seconds": hold}, held)
+            running = f"SELECT count(*) FROM {q} WHERE status = 'running' AND function_id = 'hold'"
+            wait_for(lambda: count(db, running) == held, 300, 0.2)
+            report.executing = rss_mib(worker.pid)
+            wait_for(lambda: count(db, running) == 0, 300, 0.5)
+            report.after = rss_mib(worker.pid)
+            say(f"idle {report.idle:.0f} MiB; {held:,} runs sleeping {report.sleeping:.0f} MiB; "
+                f"{held:,} async runs executing at once {report.executing:.0f} MiB; "
+                f"after they ended {report.after:.0f} MiB")
+            soak(app, db, worker.pid, schema, minutes, rate, sample_every, report, say)
+        finally:
+            worker.terminate()
+            worker.wait(60)
+    return report
+
+
+def soak(app: Durable, db: psycopg.Connection[Any], pid: int, schema: str, minutes: float,
+         rate: int, sample_every: float, report: Report, say: Callable[[str], None]) -> None:
+    """Send `rate` one-step runs a second for `minutes`; sample the worker's RSS."""
+    began = time.monotonic()
+    next_sample = began + sample_every
+    while (elapsed := time.monotonic() - began) < minutes * 60:
+        if (due := int(elapsed * rate)) > report.sent:
+            batch = min(due - report.sent, 1000)
+            app.send([Event("soak/w1", {"i": report.sent + n}) for n in range(batch)])
+            report.sent += batch
+        else:
+            time.sleep(0.05)
+        if time.monotonic() >= next_sample:
+            next_sample += sample_every
+            depth = count(db, f"SELECT count(*) FROM {schema}.queue WHERE function_id = 'w1'")
+            report.samples.append((elapsed / 60, rss_mib(pid), depth))
+            say(f"  {elapsed / 60:5.1f} min: {report.samples[-1][1]:.0f} MiB, {depth} queued, "
+                f"{report.sent:,} sent")
 
 
 def main() -> None:
@@ -47,64 +127,13 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--rate", type=int, default=1000, help="W1 runs sent per second")
     args = parser.parse_args()
-    with bench_app() as (app, schema), psycopg.connect(DSN, autocommit=True) as db:
-        for function_id, event in (("w1", "soak/w1"), ("nap", "soak/nap"), ("hold", "soak/hold")):
-            app.function(id=function_id, event=event)(lambda ctx: None)  # the sender's view
-        here = os.path.dirname(os.path.abspath(__file__))
-        env = {**os.environ, "PGDURABLE_DSN": DSN, "PGDURABLE_SCHEMA": schema,
-               "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
-        worker = subprocess.Popen([sys.executable, "-m", "pgdurable", "--log-level", "WARNING",
-                                   "worker", "soak_app:app", "--async-runs", str(args.held)], env=env)
-        try:
-            q = f"{schema}.queue"
-            wait_for(lambda: count(db, f"SELECT count(*) FROM {schema}.workers") > 0, 60)
-            print(f"idle: {rss_mib(worker.pid):.0f} MiB")
-            sleeping = f"SELECT count(*) FROM {q} WHERE status = 'sleeping'"
-            for start in range(0, args.held, 1000):
-                app.send([Event("soak/nap", {}) for _ in range(min(1000, args.held - start))])
-            wait_for(lambda: count(db, sleeping) == args.held, 300, 0.5)
-            print(f"{args.held:,} runs sleeping: {rss_mib(worker.pid):.0f} MiB")
-            for start in range(0, args.held, 1000):
-                app.send([Event("soak/hold", {"seconds": 20}) for _ in range(min(1000, args.held - start))])
-            running = f"SELECT count(*) FROM {q} WHERE status = 'running' AND function_id = 'hold'"
-            wait_for(lambda: count(db, running) == args.held, 300, 0.2)
-            print(f"{args.held:,} async runs executing at once: {rss_mib(worker.pid):.0f} MiB")
-            wait_for(lambda: count(db, running) == 0, 300, 0.5)
-            print(f"after they ended: {rss_mib(worker.pid):.0f} MiB")
-            soak(app, db, worker.pid, schema, args)
-        finally:
-            worker.terminate()
-            worker.wait(60)
-    print(describe())
-
-
-def soak(app: object, db: psycopg.Connection[object], pid: int, schema: str,
-         args: argparse.Namespace) -> None:
-    samples: list[tuple[float, float, int]] = []  # (minutes, MiB, queue depth)
-    began = time.monotonic()
-    next_sample = began + SAMPLE_EVERY
-    sent = 0
-    while (elapsed := time.monotonic() - began) < args.minutes * 60:
-        due = int(elapsed * args.rate)
-        if due > sent:
-            batch = min(due - sent, 1000)
-            app.send([Event("soak/w1", {"i": sent + n}) for n in range(batch)])  # type: ignore[attr-defined]
-            sent += batch
-        else:
-            time.sleep(0.05)
-        if time.monotonic() >= next_sample:
-            next_sample += SAMPLE_EVERY
-            depth = count(db, f"SELECT count(*) FROM {schema}.queue WHERE function_id = 'w1'")
-            samples.append((elapsed / 60, rss_mib(pid), depth))
-            print(f"  {elapsed / 60:5.1f} min: {samples[-1][1]:.0f} MiB, {depth} queued, {sent:,} sent",
-                  flush=True)
-    warm = [s for s in samples if s[0] >= 1.0]
-    fifth = max(1, len(warm) // 5)
-    first, last = (statistics.mean(s[1] for s in part) for part in (warm[:fifth], warm[-fifth:]))
-    most = max(s[1] for s in warm)
-    print(f"soak: {args.minutes:g} min at {args.rate}/s, {sent:,} runs: RSS first fifth "
+    report = measure(args.held, args.minutes, args.rate, say=lambda line: print(line, flush=True))
+    first, last = report.fifths(warm=min(1.0, args.minutes / 5))
+    print(f"soak: {args.minutes:g} min at {args.rate}/s, {report.sent:,} runs: RSS first fifth "
           f"{first:.0f} MiB, last fifth {last:.0f} MiB ({(last / first - 1) * 100:+.1f}%), "
-          f"max {most:.0f} MiB, deepest queue {max(s[2] for s in samples):,}")
+          f"max {max(s[1] for s in report.samples):.0f} MiB, "
+          f"deepest queue {max(s[2] for s in report.samples):,}")
+    print(describe())
 
 
 if __name__ == "__main__":

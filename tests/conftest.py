@@ -8,6 +8,7 @@ says which. It is found when the first test asks for it, so the unit tier
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import psycopg
@@ -228,3 +231,16 @@ def receipt_story(app: Durable) -> dict[str, str]:
 def wait_for_status(app: Durable, run_id: str, status: str) -> None:
     wait_until(lambda: app.get_run(run_id).status == status, 20,  # type: ignore[union-attr]
                f"run {run_id} to be {status}")
+
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load_bench(name: str) -> ModuleType:
+    """bench/<name>.py, whose short version a test runs."""
+    spec = importlib.util.spec_from_file_location(f"pgdurable_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module

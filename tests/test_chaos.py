@@ -5,34 +5,21 @@ Postgres for 25 s), then every promise checked by SQL."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from conftest import load_bench
 
 from pgdurable.embedded import _system_bindir
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def _chaos() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("pgdurable_chaos", BENCH / "chaos.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_promises_hold_through_crashes_restarts_terminations_and_a_partition() -> None:
     if _system_bindir() is None:
         pytest.skip("needs the system's PostgreSQL binaries (initdb, pg_ctl)")
-    chaos = _chaos()
+    chaos = load_bench("chaos")
     config = chaos.Config(runs=300, workers=4, threads=4, faults=30.0, cut=25.0, seed=7,
                           settle_bound=60.0)
     folder = Path(tempfile.mkdtemp(prefix="pgdurable-chaos-"))
