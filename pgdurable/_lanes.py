@@ -37,10 +37,10 @@ log = logging.getLogger("pgdurable.worker")
 _LEFTOVER_GRACE = 1.0
 
 # Executor threads per turn of a ThreadLane: runs under way per handler
-# executing. Between steps each waits for its journal's group commit; 8 per
-# turn left W3 at the defaults well short of tuned, 32 gained little over 16
-# and holds more runs, each of which a crash of the process costs an attempt
-# (bench/RESULTS.md, issue 19).
+# executing. Between steps each waits for its journal's group commit. On W3
+# at the defaults 8 per turn gave 80% of what 16 gave, and 32 about 15% more
+# but held twice the runs, each of which a crash of the process costs an
+# attempt (bench/RESULTS.md, issue 19).
 EXECUTORS_PER_TURN = 16
 MAX_EXECUTORS = 256
 
