@@ -47,6 +47,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
     return time.perf_counter() - start
 
 
+def rss_mib(pid: int | str = "self") -> float:
+    """A process's resident memory, in MiB (this one's by default)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     cuts = statistics.quantiles(ordered, n=100, method="inclusive")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from common import bench_app, describe, wait_for
+from common import bench_app, describe, rss_mib, send_in_batches, wait_for
 
 from pgdurable import Durable, Event
 
@@ -47,22 +47,9 @@ class Report:
         return statistics.mean(kept[:fifth]), statistics.mean(kept[-fifth:])
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 def count(db: psycopg.Connection[Any], query: str) -> int:
     row = db.execute(query.encode()).fetchone()
     return int(row[0]) if row else 0
-
-
-def send_many(app: Durable, name: str, data: Callable[[int], dict[str, Any]], n: int) -> None:
-    for start in range(0, n, 1000):
-        app.send([Event(name, data(start + i)) for i in range(min(1000, n - start))])
 
 
 def measure(held: int, minutes: float, rate: int, sample_every: float = 10.0,
@@ -81,11 +68,11 @@ def measure(held: int, minutes: float, rate: int, sample_every: float = 10.0,
             q = f"{schema}.queue"
             wait_for(lambda: count(db, f"SELECT count(*) FROM {schema}.workers") > 0, 60)
             report.idle = rss_mib(worker.pid)
-            send_many(app, "soak/nap", lambda i: {}, held)
+            send_in_batches(app, "soak/nap", ({} for _ in range(held)))
             wait_for(lambda: count(db, f"SELECT count(*) FROM {q} WHERE status = 'sleeping'") == held,
                      300, 0.2)
             report.sleeping = rss_mib(worker.pid)
-            send_many(app, "soak/hold", lambda i: {"seconds": hold}, held)
+            send_in_batches(app, "soak/hold", ({"seconds": hold} for _ in range(held)))
             running = f"SELECT count(*) FROM {q} WHERE status = 'running' AND function_id = 'hold'"
             wait_for(lambda: count(db, running) == held, 300, 0.2)
             report.executing = rss_mib(worker.pid)

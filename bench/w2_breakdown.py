@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from common import bench_app, describe, percentiles
+from w2_latency import send_all
 
 from pgdurable import Context, _store, _worker
 
@@ -52,37 +53,34 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200)
     events = parser.parse_args().events
     timestamped()
-    started: dict[int, float] = {}
+    started: dict[int, tuple[float, float]] = {}  # event -> (sent, handler's first line)
     all_started = threading.Event()
     with bench_app() as (app, _):
 
         @app.function(id="latency", event="bench/w2")
         def latency(ctx: Context) -> None:
-            started[ctx.event.data["i"]] = time.perf_counter()
+            started[ctx.event.data["i"]] = (ctx.event.data["sent"], time.perf_counter())
             if len(started) == events:
                 all_started.set()
 
         app.start(threads=4, poll_interval=5.0, eager=False)
         app.send("bench/warm-up", {})
         time.sleep(1.0)  # let the worker go idle
-        sent, returned = {}, {}
-        for i in range(events):
-            sent[i] = time.perf_counter()
-            app.send("bench/w2", {"i": i})
-            returned[i] = time.perf_counter()
-            time.sleep(0.02)
+        send_ms = send_all(app, events, 0.02)
         all_started.wait(60)
         app.stop()
     parts: dict[str, list[float]] = {name: [] for name in (
         "send()", "its return to the NOTIFY heard", "heard to the claim sent",
         "the claim's round trip", "its answer to the handler", "send to handler")}
     for i in range(events):
-        at = heard[bisect.bisect_left(heard, sent[i])]
+        sent, began = started[i]
+        returned = sent + send_ms[i] / 1000
+        at = heard[bisect.bisect_left(heard, sent)]
         claim = next(c for c in claims if c[0] >= at)
-        for name, ms in zip(parts, (returned[i] - sent[i], at - returned[i], claim[0] - at,
-                                    claim[1] - claim[0], started[i] - claim[1], started[i] - sent[i]),
-                            strict=True):
-            parts[name].append(ms * 1000)
+        for name, seconds in zip(parts, (returned - sent, at - returned, claim[0] - at,
+                                         claim[1] - claim[0], began - claim[1], began - sent),
+                                 strict=True):
+            parts[name].append(seconds * 1000)
     for name, ms in parts.items():
         p = percentiles(ms)
         print(f"{name}: p50 {p['p50']:.2f} ms, p99 {p['p99']:.2f} ms")

@@ -17,17 +17,9 @@ import threading
 import time
 
 import psycopg
-from common import DSN, bench_app, describe, percentiles, send_in_batches, wait_for
+from common import DSN, bench_app, describe, percentiles, rss_mib, send_in_batches, wait_for
 
 from pgdurable import Context, Durable
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def count(schema: str, where: str) -> int:

@@ -267,7 +267,8 @@ class RunState:
 
     def fresh(self) -> None:
         """Right before a step's code runs: `boundary` again, waiting for its
-        probe if the latest answer is no longer fresh."""
+        probe if the latest answer is no longer fresh. The wait keeps the
+        thread's turn: taken back after it, the answer could be stale again."""
         if (probe := self.boundary(self.attempt)) is not None:
             self.after_wait(probe.result())
 
