@@ -19,7 +19,7 @@ from ._options import (
     Throttle,
     Timeouts,
 )
-from ._registry import FunctionInfo, WorkerInfo
+from ._registry import EventTrigger, FunctionInfo, WorkerInfo
 from ._retention import Retention
 from ._rls import as_user, rls_bypass
 from ._runs import Run, RunError, RunStatus, StepInfo, WaitInfo
@@ -55,6 +55,7 @@ __all__ = [
     "Durable",
     "DurableError",
     "Event",
+    "EventTrigger",
     "FunctionInfo",
     "FunctionOptions",
     "Health",

@@ -25,7 +25,7 @@ from ._functions import DEFAULT_RETRIES, FunctionDef, define, failure_handler
 from ._health import Health, judge
 from ._manage import Management, aware, events_of, positive
 from ._options import FunctionOptions
-from ._registry import FunctionInfo, WorkerInfo
+from ._registry import EventTrigger, FunctionInfo, WorkerInfo
 from ._retention import Policies, Progress, Pruner, Retention
 from ._retries import Backoff
 from ._rls import Rls, check_role
@@ -283,9 +283,9 @@ class Durable:
             async_runs=async_runs,
             poll_interval=poll_interval, eager=eager, lease=self.lease,
             backoff=Backoff(*self.retry_backoff), dedupe_window=self.dedupe_window,
-            max_output_bytes=self.max_output_bytes, direct_conninfo=self.direct_conninfo,
-            connect_timeout=self.connect_timeout, telemetry=self._telemetry,
-            policies=self._policies(), prune_interval=self.prune_interval)
+            max_event_bytes=self.max_event_bytes, max_output_bytes=self.max_output_bytes,
+            direct_conninfo=self.direct_conninfo, connect_timeout=self.connect_timeout,
+            telemetry=self._telemetry, policies=self._policies(), prune_interval=self.prune_interval)
         worker = Worker(settings, self._store, self._db.pool, self._functions, rls=self.rls,
                         send=self._send_generated)
         with self.connection() as conn:
@@ -456,6 +456,30 @@ class Durable:
         """`list_workers`, without blocking the event loop."""
         return await self._db.run_async(self._ops.list_workers())
 
+    def create_event_trigger(
+        self, table: str, event: str, *, ops: Sequence[str] = ("insert",),
+        columns: Sequence[str] | None = None, condition: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> None:
+        """Send `event` for each row of `table` that a write (`ops`: insert,
+        update, delete) touches and `condition` (an SQL expression over NEW,
+        and OLD) holds for, in the writer's transaction, with `data` =
+        {op, table, new, old} (the rows cut to `columns` if given). Runs start
+        as for any send from SQL: for the functions workers have recorded.
+        Replaces the table's triggers for `event`. With `conn=`, in the
+        caller's transaction (a migration's)."""
+        self._db.run(self._ops.create_event_trigger(table, event, ops, columns, condition), conn)
+
+    def drop_event_trigger(
+        self, table: str, event: str, *, conn: psycopg.Connection[Any] | None = None
+    ) -> None:
+        """Remove the triggers that send `event` for `table` (none is no error)."""
+        self._db.run(self._ops.drop_event_trigger(table, event), conn)
+
+    def list_event_triggers(self) -> list[EventTrigger]:
+        """Every event trigger of this app's schema, one per table, event and op."""
+        return self._db.run(self._ops.list_event_triggers())
+
     def cancel(self, run_id: str, *, actor: str | None = None) -> bool:
         """Cancel a run: at once if it is not running, else at its next step
         boundary. False if it is unknown or already finished. Once it has
@@ -546,9 +570,9 @@ class Durable:
     def doctor(self) -> list[Check]:
         """Check what hurts in production (schema version, durability
         settings, pooler, autovacuum, backlog, functions no worker serves,
-        pruning), each with what to do."""
+        pruning, functions sends from SQL do not know yet), each with what to do."""
         with self._db.pooled() as conn:
-            return diagnose(self._store, conn)
+            return diagnose(self._store, conn, list(self._functions))
 
     def prune(
         self, as_of: datetime | None = None, *, dry_run: bool = False,

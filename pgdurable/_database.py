@@ -30,7 +30,14 @@ from ._manage import Atomic, Op, Pause, Send
 from ._network import connect_direct, own_conninfo
 from ._records import ClaimedRow
 from ._store import Query, Store, behind_pooler, is_transient
-from .errors import ConfigurationError, DurableError, MigrationError, UnavailableError
+from .errors import (
+    ConfigurationError,
+    DurableError,
+    InvalidEventError,
+    MigrationError,
+    PayloadTooLargeError,
+    UnavailableError,
+)
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -379,7 +386,7 @@ class Database:
         """Send on a pooled connection (either driver); this process's worker,
         if any, starts what it can of the new runs at once (Worker.eager_start)."""
         worker = self.worker
-        eager = None if worker is None else worker.eager_start(send.events, send.runs)
+        eager = None if worker is None else worker.eager_start(send.events, send.specs, send.plain)
         if eager is None:
             yield self._sending(send)
             return
@@ -390,7 +397,7 @@ class Database:
             eager.adopt(claimed)
 
     def _sending(self, send: Send) -> Query[None]:
-        return self._store.send_events(send.events, send.runs, self._dedupe_window,
+        return self._store.send_events(send.events, send.specs, self._dedupe_window,
                                        send.generated)
 
     async def run_async(self, op: Op[T], conn: psycopg.AsyncConnection[Any] | None = None) -> T:
@@ -491,11 +498,16 @@ def redacted(conninfo: str) -> str:
 
 @contextmanager
 def translated_errors(schema: str, own: Any = None) -> Iterator[None]:
-    """Turn 'relation/function does not exist' into a migration hint and,
-    on a connection of our `own` (sync or async), its breaking into
-    UnavailableError."""
+    """Turn 'relation/function does not exist' into a migration hint, an
+    event that SQL refused into InvalidEventError (PayloadTooLargeError if
+    too large) and, on a connection of our `own` (sync or async), its
+    breaking into UnavailableError."""
     try:
         yield
+    except pg_errors.InvalidParameterValue as exc:  # an event refused by SQL (send_events)
+        raise InvalidEventError(exc.diag.message_primary or str(exc)) from None
+    except pg_errors.ProgramLimitExceeded as exc:
+        raise PayloadTooLargeError(exc.diag.message_primary or str(exc)) from None
     except (pg_errors.UndefinedTable, pg_errors.UndefinedFunction, pg_errors.InvalidSchemaName) as exc:
         raise MigrationError(
             f"schema {schema!r} is not migrated ({exc.diag.message_primary}); "

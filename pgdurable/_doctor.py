@@ -3,6 +3,7 @@ with what to do about it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -33,14 +34,18 @@ class Check:
                 "advice": self.advice}
 
 
-def diagnose(store: Store, conn: psycopg.Connection[Any]) -> list[Check]:
-    """Every check; only the schema's when it is not as this library needs it."""
+def diagnose(
+    store: Store, conn: psycopg.Connection[Any], functions: Sequence[str] = ()
+) -> list[Check]:
+    """Every check; only the schema's when it is not as this library needs
+    it. `functions`: those the app registers, if known."""
     schema = _schema(store, conn)
     if schema.verdict != "ok":
         return [schema]
     facts = store.doctor_facts(conn)
     return [schema, _synchronous_commit(facts), _pooler(facts, conn.info.port),
-            _autovacuum(facts), _oldest_ready(facts), _unserved(facts), _pruning(facts)]
+            _autovacuum(facts), _oldest_ready(facts), _unserved(facts), _pruning(facts),
+            _sql_sends(facts, functions)]
 
 
 def _schema(store: Store, conn: psycopg.Connection[Any]) -> Check:
@@ -116,3 +121,19 @@ def _pruning(facts: Any) -> Check:
                  "workers prune by themselves (prune_interval); if none may, run `pgdurable prune` "
                  "from cron")
 
+
+def _sql_sends(facts: Any, functions: Sequence[str]) -> Check:
+    """Sends from SQL and event triggers start runs of the functions workers
+    have recorded, and only of those."""
+    unknown = sorted(set(functions) - set(facts.recorded))
+    found = [f"no worker has recorded {', '.join(unknown)}" if unknown else "",
+             f"event triggers send {', '.join(facts.unhandled_triggers)}, which no recorded "
+             "function handles" if facts.unhandled_triggers else "",
+             f"{', '.join(facts.recorded_without_spec)} were recorded by older workers"
+             if facts.recorded_without_spec else ""]
+    if not any(found):
+        return Check("sends from SQL", "ok", "every function is recorded for sends from SQL")
+    return Check("sends from SQL", "warning", "; ".join(f for f in found if f),
+                 "sends from SQL and event triggers start runs only of the functions that a "
+                 "worker of this version has recorded (at its start): start one that serves them; "
+                 "events sent before start no run of a function recorded later")

@@ -53,6 +53,7 @@ class PreparedEvent:
     data_json: str
     ts: datetime | None
     trace_json: str | None = None  # the sending span's context, as JSON (_telemetry)
+    keys_json: str | None = None  # callable keys' values (_functions.with_computed_keys)
 
 
 _clock_lock = threading.Lock()

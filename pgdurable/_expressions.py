@@ -63,8 +63,10 @@ class Condition:
     variables: dict[str, Any] = field(default_factory=dict)
 
 
-def compile_condition(expression: object, trigger: Mapping[str, Any]) -> Condition:
-    """Compile an `if_` expression against the triggering event document."""
+def compile_condition(expression: object, trigger: Mapping[str, Any] | None) -> Condition:
+    """Compile an `if_` expression against the triggering event document;
+    without one, each `event.<field>` becomes a variable {"event": path},
+    for SQL to fill in from the event (cancel_listener)."""
     if not isinstance(expression, str) or not expression.strip():
         raise ConfigurationError(f"if_ must be a non-empty expression string, not {expression!r}")
     parser = _Parser(expression, trigger)
@@ -126,7 +128,7 @@ def key_of(key: object, event: Any, *, what: str) -> str:
 
 
 class _Parser:
-    def __init__(self, expression: str, trigger: Mapping[str, Any]) -> None:
+    def __init__(self, expression: str, trigger: Mapping[str, Any] | None) -> None:
         self.expression = expression
         self.trigger = trigger
         self.tokens = list(self._tokenize())
@@ -199,6 +201,8 @@ class _Parser:
             return "$" + "".join(f'."{p}"' for p in field_path(rest, what="field"))
         if root == "event" and rest:
             parts = field_path(rest, what="field")
+            if self.trigger is None:
+                return self.variable({"event": parts})
             return self.variable(lookup(self.trigger, parts, what=f"if_ {self.expression!r}"))
         self.fail(f"{token!r} is not a literal, async.<field> or event.<field>")
         return ""

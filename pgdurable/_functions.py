@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -13,8 +14,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from ._durations import parse_duration
-from ._events import Event, check_name
-from ._expressions import check_key, event_filter, field_path, key_of, value_of
+from ._events import Event, PreparedEvent, check_name
+from ._expressions import check_key, compile_condition, event_filter, field_path, key_of, value_of
 from ._options import (
     Batch,
     Cancel,
@@ -311,6 +312,8 @@ def _cancel_on(function_id: str, value: Any) -> tuple[Cancel, ...]:
         _event_name(cancel.event, what=f"event name in {what}")
         if cancel.match is not None:
             field_path(cancel.match, what=f"match in {what}")
+        if cancel.if_ is not None:
+            compile_condition(cancel.if_, None)
         if cancel.timeout is not None:
             parse_duration(cancel.timeout, what=f"timeout in {what}")
     return tuple(items)
@@ -351,8 +354,9 @@ def _event_name(name: object, *, what: str) -> None:
 
 
 def _cancel_listeners(fdef: FunctionDef, trigger: dict[str, Any]) -> list[dict[str, Any]]:
-    """What a new run of `fdef` with this triggering event listens for to be
-    cancelled, one listener per Cancel."""
+    """What a run of `fdef` started one by one (invoked, replayed) with this
+    triggering event listens for to be cancelled, one listener per Cancel,
+    as cancel_listener (sql/functions/02_send.sql) writes it for a send."""
     now, specs = datetime.now(UTC), []
     for cancel in fdef.cancel_on:
         what = f"cancel_on of function {fdef.id!r}"
@@ -368,34 +372,104 @@ def _cancel_listeners(fdef: FunctionDef, trigger: dict[str, Any]) -> list[dict[s
     return specs
 
 
-def run_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:
-    """The per-run options `send_events` needs for an event: cancel_on
-    listeners, batch placement, and the keys of the flow-control options.
+@dataclass(frozen=True, slots=True)
+class SendSpec:
+    """How a function's runs start for an event, as SQL resolves a send
+    (resolve_runs in sql/functions/02_send.sql): `doc` is its JSON; the
+    keys that are Python callables are listed in `callables` (what they
+    key, and the callable), since SQL cannot call them: a Python send
+    computes their values per event (`computed`)."""
 
-    The one encoder of run options: SQL reads each by the names written
-    here (sql/functions/02_send.sql says which function reads which)."""
+    doc: dict[str, Any]
+    callables: tuple[tuple[str, Callable[[Any], Any]], ...]
+
+    def computed(self, event: Event) -> list[Any] | None:
+        """The values of the callables for `event`, in order (None if none)."""
+        if not self.callables:
+            return None
+        return [value_of(key, event, what=what) for what, key in self.callables]
+
+
+def send_spec(fdef: FunctionDef) -> SendSpec:
+    """The one encoder of a function's options for sends: SQL reads each by
+    the names written here (resolve_runs lists them)."""
+    callables: list[tuple[str, Callable[[Any], Any]]] = []
+
+    def key(option: str, value: Key) -> dict[str, Any] | None:
+        what = f"{option} key of function {fdef.id!r}"
+        if value is None:
+            return None
+        if callable(value):
+            callables.append((what, value))
+            return {"callable": f"{value.__module__}.{value.__qualname__}", "n": len(callables) - 1}
+        return {"path": field_path(value.removeprefix("event."), what=what)}
+
     options: dict[str, Any] = {}
     if fdef.cancel_on:
-        options["cancels"] = _cancel_listeners(fdef, event.to_doc())
+        options["cancel_on"] = [_cancel_spec(fdef, cancel) for cancel in fdef.cancel_on]
     if fdef.batch is not None and fdef.batch_timeout is not None:
-        options["batch"] = {"key": _key(fdef, "batch", fdef.batch.key, event),
-                             "max_size": fdef.batch.max_size,
-                             "timeout": fdef.batch_timeout.total_seconds()}
+        options["batch"] = {"key": key("batch", fdef.batch.key), "max_size": fdef.batch.max_size,
+                            "timeout": fdef.batch_timeout.total_seconds()}
     if fdef.idempotency is not None:
-        options["idempotency"] = _key(fdef, "idempotency", fdef.idempotency, event)
+        options["idempotency"] = key("idempotency", fdef.idempotency)
     if fdef.rate_limit is not None and fdef.rate_period is not None:
-        options["rate_limit"] = {"key": _key(fdef, "rate limit", fdef.rate_limit.key, event),
+        options["rate_limit"] = {"key": key("rate limit", fdef.rate_limit.key),
                                  "limit": fdef.rate_limit.limit,
                                  "period": fdef.rate_period.total_seconds()}
     if fdef.debounce is not None and fdef.debounce_spec is not None:
         period, timeout = fdef.debounce_spec
-        options["debounce"] = {"key": _key(fdef, "debounce", fdef.debounce.key, event),
-                               "period": period, "timeout": timeout}
+        options["debounce"] = {"key": key("debounce", fdef.debounce.key), "period": period,
+                               "timeout": timeout}
     if fdef.singleton is not None:
-        options["singleton"] = {"key": _key(fdef, "singleton", fdef.singleton.key, event),
-                                 "mode": fdef.singleton.mode}
-    options.update(flow_options(fdef, event))
-    return options
+        options["singleton"] = {"key": key("singleton", fdef.singleton.key),
+                                "mode": fdef.singleton.mode}
+    if fdef.concurrency:
+        options["concurrency"] = [{"key": key("concurrency", c.key), "limit": c.limit,
+                                   "scope": c.scope} for c in fdef.concurrency]
+    if fdef.throttle is not None and fdef.throttle_period is not None:
+        options["throttle"] = {"key": key("throttle", fdef.throttle.key),
+                               "limit": fdef.throttle.limit,
+                               "period": fdef.throttle_period.total_seconds(),
+                               "burst": fdef.throttle.burst}
+    if fdef.priority is not None:
+        options["priority"] = key("priority", fdef.priority.run)
+    doc: dict[str, Any] = {"id": fdef.id, "retries": fdef.retries}
+    if options:
+        doc["options"] = options
+    return SendSpec(doc, tuple(callables))
+
+
+def specs_json(specs: Mapping[str, Sequence[SendSpec]]) -> str:
+    """The specs of the functions each event name triggers, as send_events takes them."""
+    return json.dumps({name: [spec.doc for spec in triggered] for name, triggered in specs.items()})
+
+
+def with_computed_keys(event: PreparedEvent, specs: Sequence[SendSpec]) -> PreparedEvent:
+    """`event`, with the values of the callable keys of the functions it
+    triggers (`specs`), which SQL cannot compute."""
+    if not any(spec.callables for spec in specs):
+        return event
+    doc = Event(event.name, json.loads(event.data_json), event.id, event.ts)
+    try:
+        computed = {spec.doc["id"]: spec.computed(doc) for spec in specs if spec.callables}
+        keys_json = json.dumps(computed)
+    except ConfigurationError as exc:
+        raise InvalidEventError(f"event {event.name!r} (id {event.id}): {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise InvalidEventError(f"event {event.name!r} (id {event.id}): a key computed for it "
+                                f"is not JSON: {exc}") from None
+    return replace(event, keys_json=keys_json)
+
+
+def _cancel_spec(fdef: FunctionDef, cancel: Cancel) -> dict[str, Any]:
+    what = f"cancel_on of function {fdef.id!r}"
+    timeout = None if cancel.timeout is None else parse_duration(cancel.timeout, what=what)
+    condition = None
+    if cancel.if_ is not None:
+        compiled = compile_condition(cancel.if_, None)
+        condition = {"text": cancel.if_, "jsonpath": compiled.jsonpath, "vars": compiled.variables}
+    return {"event": cancel.event, "match": cancel.match, "if": condition,
+            "timeout": None if timeout is None else timeout.total_seconds()}
 
 
 def start_options(fdef: FunctionDef, event: Event) -> dict[str, Any]:

@@ -25,8 +25,16 @@ from pydantic import BaseModel
 from ._counts import QueueSummary, RunCounts
 from ._durations import require_aware
 from ._events import Event, PreparedEvent, check_name, prepare
-from ._functions import DEFAULT_RETRIES, FunctionDef, run_options, start_options
-from ._registry import FunctionInfo, WorkerInfo
+from ._functions import (
+    DEFAULT_RETRIES,
+    FunctionDef,
+    SendSpec,
+    send_spec,
+    specs_json,
+    start_options,
+    with_computed_keys,
+)
+from ._registry import EventTrigger, FunctionInfo, WorkerInfo
 from ._replay import FRESH
 from ._runs import Run, RunStatus, StepInfo, WaitInfo
 from ._store import Query, Store
@@ -53,11 +61,14 @@ class Atomic:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Store `events` and create `runs` (see Store.send_events); on a pooled
-    connection, a worker of this process may start some at once."""
+    """Store `events` and create the runs of the functions `specs` (JSON:
+    see Store.send_events) says they trigger; on a pooled connection, a
+    worker of this process may start some at once: of the `plain` runs
+    (event index from 1, function id), those without options."""
 
     events: list[PreparedEvent]
-    runs: list[list[Any]]
+    specs: str
+    plain: list[tuple[int, str]]
     generated: bool
 
 
@@ -83,6 +94,7 @@ class Management:
         self._schemas = schemas
         self._telemetry = telemetry
         self._max_event_bytes = max_event_bytes
+        self._specs: dict[str, tuple[FunctionDef, SendSpec]] = {}
 
     # -- events -----------------------------------------------------------
 
@@ -92,13 +104,23 @@ class Management:
             prepared = [prepare(e, self._schemas.get(e.name), max_bytes=self._max_event_bytes,
                                 generated=generated, trace_json=trace_json) for e in events]
             unique = list({p.id: p for p in reversed(prepared)}.values())[::-1]
-            runs = [_run_spec(index, event, fdef)
-                    for index, event in enumerate(unique, start=1)
-                    for fdef in self._triggers.get(event.name, ())]
+            triggered = {name: self._triggers[name] for name in {e.name for e in unique}
+                         if self._triggers.get(name)}
+            specs = {name: [self._spec(f) for f in fdefs] for name, fdefs in triggered.items()}
+            unique = [with_computed_keys(e, specs.get(e.name, ())) for e in unique]
+            plain = [(index, fdef.id) for index, event in enumerate(unique, start=1)
+                     for fdef in triggered.get(event.name, ()) if not fdef.has_run_options]
             if trace_json is not None:
                 self._telemetry.sent([p.id for p in unique])
-            yield Send(unique, runs, generated)
+            yield Send(unique, specs_json(specs), plain, generated)
         return [p.id for p in prepared]
+
+    def _spec(self, fdef: FunctionDef) -> SendSpec:
+        """`fdef`'s send spec, made once per registration."""
+        cached = self._specs.get(fdef.id)
+        if cached is None or cached[0] is not fdef:
+            cached = self._specs[fdef.id] = (fdef, send_spec(fdef))
+        return cached[1]
 
     def get_event(self, event_id: str) -> Op[Event | None]:
         result: Event | None = yield self._store.event(event_id)
@@ -186,6 +208,42 @@ class Management:
     def list_workers(self) -> Op[list[WorkerInfo]]:
         result: list[WorkerInfo] = yield self._store.list_workers()
         return result
+
+    # -- event triggers -----------------------------------------------------
+
+    def create_event_trigger(
+        self, table: str, event: str, ops: Sequence[str], columns: Sequence[str] | None,
+        condition: str | None,
+    ) -> Op[None]:
+        """Triggers that send `event` for rows of `table` (see Durable.create_event_trigger)."""
+        check_name(event)
+        ops = _trigger_ops(ops)
+        if columns is not None and (isinstance(columns, str) or not columns or not all(
+                isinstance(c, str) for c in columns)):
+            raise ConfigurationError(f"columns= takes a non-empty list of column names, not {columns!r}")
+        if condition is not None and (not isinstance(condition, str) or not condition.strip()):
+            raise ConfigurationError(f"condition= takes an SQL expression, not {condition!r}")
+        yield from self._table(table)
+        try:
+            yield self._store.create_event_trigger(table, event, ops, columns, condition)
+        except pg_errors.Error as exc:  # a column or a condition that Postgres refuses
+            raise ConfigurationError(
+                f"cannot send {event!r} from {table}: {exc.diag.message_primary}") from None
+
+    def drop_event_trigger(self, table: str, event: str) -> Op[None]:
+        check_name(event)
+        yield from self._table(table)
+        yield self._store.drop_event_trigger(table, event)
+
+    def list_event_triggers(self) -> Op[list[EventTrigger]]:
+        result: list[EventTrigger] = yield self._store.list_event_triggers()
+        return result
+
+    def _table(self, table: str) -> Op[None]:
+        if not isinstance(table, str) or not table.strip():
+            raise ConfigurationError(f"table must be a table's name, not {table!r}")
+        if not (yield self._store.table_exists(table)):
+            raise ConfigurationError(f"no table {table!r}")
 
     # -- actions ------------------------------------------------------------
 
@@ -317,17 +375,13 @@ def events_of(
     return events
 
 
-def _run_spec(index: int, event: PreparedEvent, fdef: FunctionDef) -> list[Any]:
-    """What `send_events` needs to create a run of `fdef` for an event (or to
-    put the event in one of its batches)."""
-    if not fdef.has_run_options:
-        return [index, fdef.id, fdef.retries]
-    try:
-        options = run_options(fdef, Event(event.name, json.loads(event.data_json), event.id,
-                                          event.ts))
-    except ConfigurationError as exc:
-        raise InvalidEventError(f"event {event.name!r} (id {event.id}): {exc}") from None
-    return [index, fdef.id, fdef.retries, options]
+_TRIGGER_OPS = ("insert", "update", "delete")
+
+
+def _trigger_ops(ops: Sequence[str]) -> list[str]:
+    if isinstance(ops, str) or not ops or not set(ops) <= set(_TRIGGER_OPS):
+        raise ConfigurationError(f"ops= takes one or more of {', '.join(_TRIGGER_OPS)}, not {ops!r}")
+    return list(dict.fromkeys(ops))
 
 
 def positive(value: int, what: str) -> int:

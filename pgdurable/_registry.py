@@ -66,6 +66,23 @@ class WorkerInfo:
         return _json_ready(self)
 
 
+@dataclass(frozen=True, slots=True)
+class EventTrigger:
+    """A trigger that sends `event` for the rows a write (`op`) touches in
+    `table` (app.create_event_trigger)."""
+
+    table: str
+    event: str
+    op: str  # insert, update or delete
+    columns: tuple[str, ...] | None  # sent; None: all
+    condition: str | None  # an SQL expression over NEW (and OLD)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> EventTrigger:
+        table, event, op, columns, condition = row
+        return cls(table, event, op, None if columns is None else tuple(columns), condition)
+
+
 def describe(fdef: FunctionDef) -> dict[str, Any]:
     """A function's registration as function_registry stores it: its
     options as JSON, keys that are callables by their qualified name."""

@@ -29,8 +29,8 @@ from zoneinfo import ZoneInfo
 import psycopg
 from croniter import croniter
 
-from ._events import GENERATED_ID_PREFIX, Event, PreparedEvent
-from ._functions import FunctionDef, Schedule, run_options
+from ._events import GENERATED_ID_PREFIX, PreparedEvent
+from ._functions import FunctionDef, Schedule, send_spec, specs_json, with_computed_keys
 from ._store import Store
 from ._telemetry import Telemetry
 
@@ -121,10 +121,11 @@ class Scheduler:
         """Send the ticks' events with their runs, under a `cron <function
         id>` span when tracing, which the runs then link to."""
         with self._telemetry.sending([CRON_EVENT], span=f"cron {fdef.id}") as trace_json:
-            events = [self._tick_event(fdef, tick, trace_json) for tick in ticks]
-            runs = [_tick_run(n, fdef, e) for n, e in enumerate(events, start=1)]
-            self._store.execute(conn, self._store.send_events(events, runs, self._dedupe,
-                                                              generated=True))
+            spec = send_spec(fdef)  # the tick starts this function alone, with its options
+            events = [with_computed_keys(self._tick_event(fdef, tick, trace_json), [spec])
+                      for tick in ticks]
+            self._store.execute(conn, self._store.send_events(
+                events, specs_json({CRON_EVENT: [spec]}), self._dedupe, generated=True))
 
     @staticmethod
     def _tick_event(fdef: FunctionDef, tick: datetime, trace_json: str | None) -> PreparedEvent:
@@ -134,11 +135,3 @@ class Scheduler:
         # In the reserved namespace: no sender can take a tick's id first.
         return PreparedEvent(f"{GENERATED_ID_PREFIX}cron/{fdef.id}/{tick.isoformat()}",
                              CRON_EVENT, json.dumps(data), tick, trace_json)
-
-
-def _tick_run(index: int, fdef: FunctionDef, event: PreparedEvent) -> list[Any]:
-    """A tick's run, with the function's options like any sent event's."""
-    if not fdef.has_run_options:
-        return [index, fdef.id, fdef.retries]
-    doc = Event(event.name, json.loads(event.data_json), event.id, event.ts)
-    return [index, fdef.id, fdef.retries, run_options(fdef, doc)]

@@ -29,7 +29,7 @@ from ._counts import QueueSummary, RunCounts
 from ._events import Event, PreparedEvent
 from ._network import KEEPALIVE_COUNT, KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, USER_TIMEOUT_MS
 from ._records import Checkpoint, ClaimedRow, DbTime, Finish, StepRecord, WaitSpec
-from ._registry import FunctionInfo, WorkerInfo
+from ._registry import EventTrigger, FunctionInfo, WorkerInfo
 from ._runs import Run, StepInfo, WaitInfo
 from .errors import ConfigurationError, NewerSchemaError
 
@@ -80,8 +80,9 @@ def _events(more: list[dict[str, Any]] | None) -> list[Event]:
 
 def _event_json(e: PreparedEvent) -> str:
     ts = "null" if e.ts is None else f'"{e.ts.isoformat()}"'
-    trace = "" if e.trace_json is None else f",{e.trace_json}"
-    return f"[{json.dumps(e.id)},{json.dumps(e.name)},{e.data_json},{ts}{trace}]"
+    more = "" if e.trace_json is None and e.keys_json is None else \
+        f",{e.trace_json or 'null'}{'' if e.keys_json is None else ',' + e.keys_json}"
+    return f"[{json.dumps(e.id)},{json.dumps(e.name)},{e.data_json},{ts}{more}]"
 
 
 def behind_pooler(server_port: int | None, client_port: int) -> bool:
@@ -96,9 +97,9 @@ def _json_or_null(value: Any) -> str | None:
 
 
 def _send_params(
-    events: Sequence[PreparedEvent], runs: Sequence[Sequence[Any]], dedupe_window: timedelta
+    events: Sequence[PreparedEvent], specs: str, dedupe_window: timedelta
 ) -> tuple[str, str, timedelta]:
-    return "[" + ",".join(map(_event_json, events)) + "]", json.dumps(runs), dedupe_window
+    return "[" + ",".join(map(_event_json, events)) + "]", specs, dedupe_window
 
 
 @contextmanager
@@ -385,20 +386,21 @@ class Store:
     def send_events(
         self,
         events: Sequence[PreparedEvent],
-        runs: Sequence[Sequence[Any]],
+        specs: str,
         dedupe_window: timedelta,
         generated: bool = False,
     ) -> Query[None]:
-        """Insert events and the runs they trigger; `runs` holds [1-based
-        event index, function id, retries, cancel_on listeners (optional)].
-        `generated` events (pgdurable's own) may use its reserved id namespace."""
+        """Insert events and the runs they trigger: `specs` maps event names
+        to the send specs of the functions they trigger, as JSON
+        (_functions.specs_json). `generated` events (pgdurable's own) may
+        use its reserved id namespace."""
         return Query("send_generated" if generated else "send_events",
-                     _send_params(events, runs, dedupe_window), _nothing)
+                     _send_params(events, specs, dedupe_window), _nothing)
 
     def send_and_claim(
         self,
         events: Sequence[PreparedEvent],
-        runs: Sequence[Sequence[Any]],
+        specs: str,
         dedupe_window: timedelta,
         worker_id: str, function_ids: Sequence[str], limit: int, lease: timedelta,
     ) -> Query[list[ClaimedRow]]:
@@ -406,9 +408,30 @@ class Store:
         `function_ids` that are due now to the worker, in the same
         transaction. Run at once: its answer is dated from now."""
         sent = time.monotonic()  # earlier than the statement: a staler answer, never a fresher one
-        return Query("send_and_claim", (*_send_params(events, runs, dedupe_window),
+        return Query("send_and_claim", (*_send_params(events, specs, dedupe_window),
                                         worker_id, list(function_ids), limit, lease),
                      partial(_claimed, sent), by_name=True)
+
+    # -- event triggers ---------------------------------------------------
+
+    def table_exists(self, table: str) -> Query[bool]:
+        return Query("table_exists", (table,), lambda rows: bool(rows[0][0]))
+
+    def create_event_trigger(
+        self, table: str, event: str, ops: Sequence[str], columns: Sequence[str] | None,
+        condition: str | None,
+    ) -> Query[None]:
+        """Triggers sending `event` for the rows of `table` that writes touch
+        (see create_event_trigger in sql/functions/15_sql_send.sql)."""
+        return Query("create_event_trigger",
+                     (table, event, list(ops), None if columns is None else list(columns),
+                      condition), _nothing, prepare=False)
+
+    def drop_event_trigger(self, table: str, event: str) -> Query[None]:
+        return Query("drop_event_trigger", (table, event), _nothing, prepare=False)
+
+    def list_event_triggers(self) -> Query[list[EventTrigger]]:
+        return Query("list_event_triggers", None, _each(EventTrigger.from_row))
 
     # -- worker -----------------------------------------------------------
 
@@ -527,6 +550,12 @@ class Store:
         """Record functions as _registry.describe gives them."""
         self._run(conn, "register_functions", {"worker": worker_id,
                                                "functions": json.dumps(list(described))})
+
+    def record_send_settings(
+        self, conn: psycopg.Connection[Any], dedupe_window: timedelta, max_event_bytes: int
+    ) -> None:
+        """The app's limits for events, as sends from SQL apply them."""
+        self._run(conn, "record_send_settings", (dedupe_window, max_event_bytes))
 
     def worker_seen(self, conn: psycopg.Connection[Any], worker: dict[str, Any]) -> None:
         """A worker's heartbeat: its row (id, host, pid, version, functions,

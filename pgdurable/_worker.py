@@ -39,7 +39,7 @@ from . import _serde as serde
 from ._context import CURRENT_RUN, AsyncContext, BaseContext, Context
 from ._control import Cancelled, Park, Suspend
 from ._events import Event, PreparedEvent
-from ._functions import FunctionDef, start_options
+from ._functions import FunctionDef, send_spec, start_options
 from ._health import WorkerFacts
 from ._journal import Journal
 from ._lanes import Lane, LoopLane, ThreadLane, run_handler
@@ -90,6 +90,7 @@ class WorkerSettings:
     lease: timedelta
     backoff: Backoff
     dedupe_window: timedelta
+    max_event_bytes: int  # recorded for sends from SQL
     max_output_bytes: int
     # Straight to Postgres, for what needs a session of its own (LISTEN, and
     # pruning's lock and settings); None: there is none (behind a pooler).
@@ -163,7 +164,10 @@ class Worker:
         self._store.register_failure_handlers(conn, self.function_ids, handlers)
         self._scheduler.register(conn, self.function_ids)
         self._settings.policies.record(self._store, conn)
-        self._store.register_functions(conn, self.id, [describe(f) for f in self._functions.values()])
+        self._store.register_functions(conn, self.id, [
+            {**describe(f), "send_spec": send_spec(f).doc} for f in self._functions.values()])
+        self._store.record_send_settings(conn, self._settings.dedupe_window,
+                                         self._settings.max_event_bytes)
         self._record_presence(conn, starting=True)
 
     def _record_presence(self, conn: psycopg.Connection[Any], *, starting: bool = False) -> None:
@@ -265,7 +269,9 @@ class Worker:
 
     # -- claiming ---------------------------------------------------------
 
-    def eager_start(self, events: list[PreparedEvent], runs: list[list[Any]]) -> EagerStart | None:
+    def eager_start(
+        self, events: list[PreparedEvent], specs: str, plain: list[tuple[int, str]]
+    ) -> EagerStart | None:
         """Reserve idle slots for the new runs of a send by this process that
         this worker can start now, and say how to send `events` and claim
         those runs in the same transaction: they start once it commits,
@@ -273,25 +279,26 @@ class Worker:
         reserved, when none can start so."""
         if not self._lanes:
             return None
-        lane, wanted = self._startable(events, runs)
+        lane, wanted = self._startable(events, plain)
         reserved = self._reserve(lane, wanted)
         if not reserved:
             return None
         query = self._store.send_and_claim(
-            events, runs, self._settings.dedupe_window, self.id, lane.function_ids, reserved,
+            events, specs, self._settings.dedupe_window, self.id, lane.function_ids, reserved,
             self._settings.lease)
         return EagerStart(query, partial(self.adopt, reservation=(lane, reserved)))
 
-    def _startable(self, events: list[PreparedEvent], runs: list[list[Any]]) -> tuple[Lane, int]:
+    def _startable(
+        self, events: list[PreparedEvent], plain: list[tuple[int, str]]
+    ) -> tuple[Lane, int]:
         """How many of the runs to send this worker could start now, in the
-        lane that could start most: plain runs (no options) of its
+        lane that could start most: `plain` runs (no options) of its
         functions, for events not dated in the future."""
         now = datetime.now(UTC)
         counts = dict.fromkeys(self._lanes, 0)
-        for spec in runs:
-            lane = self._lane_of.get(spec[1])
-            if lane is not None and len(spec) == 3 and (
-                    (ts := events[spec[0] - 1].ts) is None or ts <= now):
+        for index, function_id in plain:
+            lane = self._lane_of.get(function_id)
+            if lane is not None and ((ts := events[index - 1].ts) is None or ts <= now):
                 counts[lane] += 1
         return max(counts.items(), key=lambda item: item[1])
 

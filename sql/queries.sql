@@ -416,14 +416,23 @@ VACUUM (SKIP_LOCKED) {schema}.queue, {schema}.waits;
 -- name: register_functions
 -- A worker's functions as it describes them (_registry.describe), for operators.
 INSERT INTO {schema}.function_registry AS f
-    (function_id, events, cron, timezone, retries, options, worker_id)
-SELECT d.id, d.events, d.cron, d.timezone, d.retries, d.options, %(worker)s
+    (function_id, events, cron, timezone, retries, options, send_spec, worker_id)
+SELECT d.id, d.events, d.cron, d.timezone, d.retries, d.options, d.send_spec, %(worker)s
 FROM jsonb_to_recordset(%(functions)s::jsonb)
-     AS d(id text, events text[], cron text, timezone text, retries int, options jsonb)
+     AS d(id text, events text[], cron text, timezone text, retries int, options jsonb,
+          send_spec jsonb)
 ON CONFLICT (function_id) DO UPDATE
     SET events = excluded.events, cron = excluded.cron, timezone = excluded.timezone,
-        retries = excluded.retries, options = excluded.options, worker_id = excluded.worker_id,
-        registered_at = now();
+        retries = excluded.retries, options = excluded.options, send_spec = excluded.send_spec,
+        worker_id = excluded.worker_id, registered_at = now();
+
+-- name: record_send_settings
+-- The app's limits for events, for sends from SQL (send_batch).
+INSERT INTO {schema}.send_settings AS s (dedupe_window, max_event_bytes)
+VALUES (%s, %s)
+ON CONFLICT (only_row) DO UPDATE
+    SET dedupe_window = excluded.dedupe_window, max_event_bytes = excluded.max_event_bytes,
+        recorded_at = now();
 
 -- name: worker_seen
 -- A worker's heartbeat (its first one makes its row); rows of workers not
@@ -481,7 +490,13 @@ SELECT current_setting('synchronous_commit') AS synchronous_commit,
               GROUP BY q.function_id) u) AS unserved,
        EXISTS (SELECT FROM {schema}.retention) AS retention_recorded,
        (SELECT now() - p.next_due FROM {schema}.prune_log p ORDER BY p.id DESC LIMIT 1)
-           AS prune_overdue;
+           AS prune_overdue,
+       ARRAY(SELECT f.function_id FROM {schema}.function_registry f) AS recorded,
+       ARRAY(SELECT f.function_id FROM {schema}.function_registry f WHERE f.send_spec IS NULL
+             ORDER BY 1) AS recorded_without_spec,
+       ARRAY(SELECT DISTINCT t.event_name FROM {schema}.event_triggers t
+             WHERE NOT EXISTS (SELECT FROM {schema}.function_registry f
+                               WHERE t.event_name = ANY(f.events)) ORDER BY 1) AS unhandled_triggers;
 
 -- name: count_runs
 SELECT * FROM {schema}.count_runs(%(since)s, %(cap)s);
@@ -506,3 +521,16 @@ ORDER BY w.cancel, w.step_key, w.event_name;
 
 -- name: server_port
 SELECT inet_server_port();
+
+-- name: table_exists
+SELECT to_regclass(%s) IS NOT NULL;
+
+-- name: create_event_trigger
+SELECT {schema}.create_event_trigger(%s::regclass, %s, %s::text[], %s::text[], %s);
+
+-- name: drop_event_trigger
+SELECT {schema}.drop_event_trigger(%s::regclass, %s);
+
+-- name: list_event_triggers
+SELECT table_name::text, event_name, op, columns, condition FROM {schema}.event_triggers
+ORDER BY 1, 2, 3;

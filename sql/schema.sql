@@ -59,6 +59,7 @@ CREATE TABLE pgdurable.function_registry (
     options jsonb NOT NULL,
     worker_id text NOT NULL,
     registered_at timestamp with time zone NOT NULL DEFAULT now(),
+    send_spec jsonb,
     CONSTRAINT function_registry_pkey PRIMARY KEY (function_id)
 );
 
@@ -210,6 +211,15 @@ CREATE TABLE pgdurable.schema_version (
     CONSTRAINT schema_version_pkey PRIMARY KEY (version)
 );
 
+CREATE TABLE pgdurable.send_settings (
+    only_row boolean NOT NULL DEFAULT true,
+    dedupe_window interval NOT NULL,
+    max_event_bytes integer NOT NULL,
+    recorded_at timestamp with time zone NOT NULL DEFAULT now(),
+    CONSTRAINT send_settings_pkey PRIMARY KEY (only_row),
+    CONSTRAINT send_settings_only_row_check CHECK (only_row)
+);
+
 CREATE TABLE pgdurable.singletons (
     function_id text NOT NULL,
     key text NOT NULL,
@@ -346,6 +356,24 @@ CREATE TYPE pgdurable.claimed_run AS (
 );
 
 -- views
+
+CREATE VIEW pgdurable.event_triggers AS
+ SELECT t.tgrelid::regclass AS table_name,
+    a.args[1] AS event_name,
+    lower(
+        CASE
+            WHEN (t.tgtype::integer & 4) <> 0 THEN 'insert'::text
+            WHEN (t.tgtype::integer & 8) <> 0 THEN 'delete'::text
+            ELSE 'update'::text
+        END) AS op,
+    NULLIF(a.args[2], ''::text)::jsonb AS columns,
+        CASE
+            WHEN t.tgfoid = 'pgdurable.row_event'::regproc::oid THEN "substring"(pg_get_triggerdef(t.oid), 'WHEN \((.*)\) EXECUTE'::text)
+            ELSE NULLIF(a.args[3], ''::text)
+        END AS condition
+   FROM pg_trigger t
+     CROSS JOIN LATERAL ( SELECT string_to_array(encode(t.tgargs, 'escape'::text), '\000'::text) AS string_to_array) a(args)
+  WHERE t.tgfoid = ANY (ARRAY['pgdurable.row_event'::regproc::oid, 'pgdurable.statement_event'::regproc::oid]);
 
 CREATE VIEW pgdurable.function_status AS
  SELECT run_state.function_id,
@@ -764,8 +792,9 @@ BEGIN
     END LOOP;
     FOR v_role IN SELECT role_name FROM "pgdurable".role_grants WHERE kind = 'sender' LOOP
         EXECUTE format('GRANT USAGE ON SCHEMA %s TO %I', '"pgdurable"', v_role);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s.send_events(jsonb, jsonb, interval) TO %I',
-                       '"pgdurable"', v_role);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s.send_events(jsonb, jsonb, interval), '
+                       '%s.send_batch(jsonb), %s.send(text, jsonb, text, timestamptz) TO %I',
+                       '"pgdurable"', '"pgdurable"', '"pgdurable"', v_role);
         EXECUTE format('GRANT SELECT ON %s.run_state TO %I', '"pgdurable"', v_role);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s.list_runs(text, text, text, uuid, uuid, '
                        'uuid, uuid, int) TO %I', '"pgdurable"', v_role);
@@ -781,6 +810,35 @@ AS $function$
     INSERT INTO "pgdurable".operator_audit_log (action, run_id, who, detail)
     SELECT p_action, a.run_id, p_who, a.detail
     FROM unnest(p_runs, p_details) AS a(run_id, detail);
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.cancel_listener(p_cancel jsonb, p_doc jsonb, p_function text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+DECLARE
+    v_what text := 'cancel_on of function ' || quote_literal(p_function);
+    v_match text := p_cancel ->> 'match';
+    v_if jsonb := nullif(p_cancel -> 'if', 'null');
+BEGIN
+    RETURN jsonb_build_object(
+        'event', p_cancel -> 'event',
+        'path', to_jsonb(coalesce(string_to_array(v_match, '.'), '{}')),
+        'value', CASE WHEN v_match IS NULL THEN 'null'::jsonb ELSE "pgdurable".event_value(
+            p_doc, string_to_array(v_match, '.'),
+            format('%s match=%s', v_what, quote_literal(v_match))) END,
+        'condition', v_if -> 'jsonpath',
+        'vars', CASE WHEN v_if IS NOT NULL THEN coalesce((
+                    SELECT jsonb_object_agg(k, CASE WHEN jsonb_typeof(v) = 'object'
+                        THEN "pgdurable".event_value(
+                            p_doc, ARRAY(SELECT jsonb_array_elements_text(v -> 'event')),
+                            'if_ ' || quote_literal(v_if ->> 'text'))
+                        ELSE v END)
+                    FROM jsonb_each(v_if -> 'vars') AS x(k, v)), '{}') END,
+        'expires', to_jsonb(now() + make_interval(secs => (p_cancel ->> 'timeout')::float8)));
+END
 $function$
 ;
 
@@ -849,6 +907,83 @@ BEGIN
     )
     SELECT (SELECT count(*) FROM told) + (SELECT count(*) FROM cancelled) INTO v_count;
     RETURN v_count;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.check_event_name(p_name jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+ IMMUTABLE
+AS $function$
+BEGIN
+    IF jsonb_typeof(p_name) IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION 'event name must be a string, not %', coalesce(jsonb_typeof(p_name), 'missing')
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF btrim(p_name #>> '{}') = '' THEN
+        RAISE EXCEPTION 'event name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF length(p_name #>> '{}') > 256 THEN
+        RAISE EXCEPTION 'event name %... is longer than 256 characters',
+            quote_literal(left(p_name #>> '{}', 40)) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.checked_event(p_event jsonb, p_max_bytes integer)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_name text;
+    v_data jsonb := nullif(p_event -> 'data', 'null');
+    v_id jsonb := nullif(p_event -> 'id', 'null');
+    v_ts jsonb := nullif(p_event -> 'ts', 'null');
+    v_unknown text;
+    v_size int;
+BEGIN
+    IF jsonb_typeof(p_event) IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'an event must be a JSON object {name, data, id, ts}, not %',
+            coalesce(jsonb_typeof(p_event), 'null') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM "pgdurable".check_event_name(p_event -> 'name');
+    v_name := quote_literal(p_event ->> 'name');
+    SELECT string_agg(quote_literal(k), ', ') INTO v_unknown
+    FROM jsonb_object_keys(p_event) AS k WHERE k NOT IN ('name', 'data', 'id', 'ts');
+    IF v_unknown IS NOT NULL THEN
+        RAISE EXCEPTION 'event % has unknown fields %', v_name, v_unknown
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'An event has name, data, id and ts.';
+    END IF;
+    IF v_data IS NOT NULL AND jsonb_typeof(v_data) <> 'object' THEN
+        RAISE EXCEPTION 'data of event % must be a JSON object, not %', v_name, jsonb_typeof(v_data)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_size := octet_length(v_data::text);
+    IF v_size > p_max_bytes THEN
+        RAISE EXCEPTION 'data of event % is % bytes of JSON, over the limit of % bytes',
+            v_name, v_size, p_max_bytes
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Store large payloads elsewhere and send a reference to them.';
+    END IF;
+    IF v_id IS NOT NULL AND (jsonb_typeof(v_id) <> 'string' OR v_id #>> '{}' = ''
+                             OR length(v_id #>> '{}') > 256) THEN
+        RAISE EXCEPTION 'id of event % must be a non-empty string of at most 256 characters', v_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF starts_with(v_id #>> '{}', 'pgdurable:') THEN
+        RAISE EXCEPTION 'id of event % starts with ''pgdurable:'', which is reserved for the ids '
+                        'pgdurable generates', v_name USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_ts IS NOT NULL THEN
+        BEGIN
+            v_ts := to_jsonb((v_ts #>> '{}')::timestamptz);
+        EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow THEN
+            RAISE EXCEPTION 'ts of event % is not a timestamp: %', v_name, v_ts
+                USING ERRCODE = 'invalid_parameter_value';
+        END;
+    END IF;
+    RETURN jsonb_build_array(coalesce(v_id, to_jsonb("pgdurable".uuid_v7()::text)), p_event -> 'name',
+                             coalesce(v_data, '{}'), v_ts, NULL);
 END
 $function$
 ;
@@ -997,6 +1132,52 @@ AS $function$
           WHERE r.id >= "pgdurable".uuid_at(p_since)
           ORDER BY r.id DESC LIMIT p_cap) s
     GROUP BY s.function_id, s.status;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.create_event_trigger(table_name regclass, event_name text, ops text[] DEFAULT ARRAY['insert'::text], columns text[] DEFAULT NULL::text[], condition text DEFAULT NULL::text)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_op text;
+    v_missing text;
+    v_columns text := coalesce(to_jsonb(columns)::text, '');
+BEGIN
+    PERFORM "pgdurable".check_event_name(to_jsonb(event_name));
+    IF coalesce(cardinality(ops), 0) = 0 OR NOT ops <@ ARRAY['insert', 'update', 'delete'] THEN
+        RAISE EXCEPTION 'ops must name one or more of insert, update and delete, not %', ops
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(quote_literal(c), ', ') INTO v_missing FROM unnest(columns) AS c
+    WHERE NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = table_name AND a.attname = c
+                      AND a.attnum > 0 AND NOT a.attisdropped);
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'table % has no column %', table_name, v_missing
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    PERFORM "pgdurable".drop_event_trigger(table_name, event_name);
+    FOREACH v_op IN ARRAY ARRAY(SELECT DISTINCT o FROM unnest(ops) AS o) LOOP
+        IF v_op = 'update' THEN
+            EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s FOR EACH ROW %s '
+                           'EXECUTE FUNCTION "pgdurable".row_event(%L, %L)',
+                           "pgdurable".event_trigger_name(event_name, v_op), table_name,
+                           CASE WHEN condition IS NULL THEN '' ELSE format('WHEN (%s)', condition) END,
+                           event_name, v_columns);
+        ELSE
+            IF condition IS NOT NULL THEN  -- refused now rather than at the first write
+                EXECUTE format('SELECT FROM %s AS %I WHERE %s LIMIT 0', table_name,
+                               CASE v_op WHEN 'insert' THEN 'new' ELSE 'old' END, condition);
+            END IF;
+            EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s REFERENCING %s TABLE AS %I '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION "pgdurable".statement_event(%L, %L, %L)',
+                           "pgdurable".event_trigger_name(event_name, v_op), upper(v_op), table_name,
+                           CASE v_op WHEN 'insert' THEN 'NEW' ELSE 'OLD' END,
+                           CASE v_op WHEN 'insert' THEN 'pgdurable_new' ELSE 'pgdurable_old' END,
+                           event_name, v_columns, coalesce(condition, ''));
+        END IF;
+    END LOOP;
+END
 $function$
 ;
 
@@ -1178,6 +1359,21 @@ END
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgdurable.drop_event_trigger(table_name regclass, event_name text)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_op text;
+BEGIN
+    FOREACH v_op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',
+                       "pgdurable".event_trigger_name(event_name, v_op), table_name);
+    END LOOP;
+END
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.drop_partition(p_suffix text, p_as_of timestamp with time zone)
  RETURNS bigint
  LANGUAGE plpgsql
@@ -1247,6 +1443,35 @@ CREATE OR REPLACE FUNCTION pgdurable.event_lock_key(p_name text)
  IMMUTABLE
 AS $function$
     SELECT hashtextextended('"pgdurable"/' || p_name, 0);
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.event_trigger_name(p_event text, p_op text)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    SELECT format('%s_%s_%s', 'pgdurable_pgdurable', p_op, left(md5(p_event), 12));
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.event_value(p_doc jsonb, p_path text[], p_what text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ IMMUTABLE
+AS $function$
+DECLARE
+    v_value jsonb := p_doc #> p_path;
+BEGIN
+    IF v_value IS NULL OR v_value = 'null' THEN
+        RAISE EXCEPTION 'event % (id %): %: the triggering event has no value at %',
+            quote_literal(p_doc ->> 'name'), p_doc ->> 'id', p_what,
+            quote_literal(array_to_string(p_path, '.'))
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Send the field, or change the function''s option.';
+    END IF;
+    RETURN v_value;
+END
 $function$
 ;
 
@@ -1610,6 +1835,50 @@ END
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgdurable.json_key(p_value jsonb)
+ RETURNS text
+ LANGUAGE plpgsql
+ IMMUTABLE
+AS $function$
+DECLARE
+    v_text text := p_value::text;
+    v_float float8;
+BEGIN
+    CASE jsonb_typeof(p_value)
+    WHEN 'object' THEN
+        RETURN '{' || coalesce((SELECT string_agg("pgdurable".json_key(to_jsonb(k)) || ':'
+                                                  || "pgdurable".json_key(v), ',' ORDER BY k COLLATE "C")
+                                FROM jsonb_each(p_value) AS e(k, v)), '') || '}';
+    WHEN 'array' THEN
+        RETURN '[' || coalesce((SELECT string_agg("pgdurable".json_key(v), ',' ORDER BY n)
+                                FROM jsonb_array_elements(p_value) WITH ORDINALITY AS e(v, n)),
+                               '') || ']';
+    WHEN 'string' THEN  -- Postgres already escapes quotes, backslashes and controls as Python does
+        IF v_text !~ '^[ -~]*$' THEN
+            v_text := (SELECT string_agg(CASE
+                WHEN ascii(c) BETWEEN 32 AND 126 THEN c
+                WHEN ascii(c) < 65536 THEN '\u' || lpad(to_hex(ascii(c)), 4, '0')
+                ELSE '\u' || to_hex(55296 + ((ascii(c) - 65536) >> 10))
+                     || '\u' || to_hex(56320 + ((ascii(c) - 65536) & 1023)) END, '' ORDER BY n)
+                FROM regexp_split_to_table(v_text, '') WITH ORDINALITY AS t(c, n));
+        END IF;
+        RETURN v_text;
+    WHEN 'number' THEN
+        IF v_text !~ '[.eE]' THEN
+            RETURN v_text;  -- an int
+        END IF;
+        v_float := v_text::float8;
+        IF v_float = trunc(v_float) AND abs(v_float) < 1e16 THEN
+            RETURN trunc(v_float)::numeric::text || '.0';
+        END IF;
+        RETURN v_float::text;
+    ELSE
+        RETURN v_text;  -- true, false, null
+    END CASE;
+END
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.list_runs(p_function text, p_status text, p_event text, p_parent uuid, p_fork_of uuid, p_from uuid, p_before uuid, p_limit integer)
  RETURNS SETOF pgdurable.run_state
  LANGUAGE plpgsql
@@ -1697,6 +1966,39 @@ AS $function$
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgdurable.option_key(p_key jsonb, p_doc jsonb, p_computed jsonb, p_what text)
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT CASE WHEN p_key IS NULL OR p_key = 'null' THEN ''
+                ELSE "pgdurable".json_key("pgdurable".option_value(p_key, p_doc, p_computed, p_what)) END;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.option_value(p_key jsonb, p_doc jsonb, p_computed jsonb, p_what text)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+BEGIN
+    IF p_key ? 'path' THEN
+        RETURN "pgdurable".event_value(p_doc, ARRAY(SELECT jsonb_array_elements_text(p_key -> 'path')),
+                                    p_what);
+    END IF;
+    IF p_computed -> ((p_key ->> 'n')::int) IS NULL THEN
+        RAISE EXCEPTION 'event % (id %): % is computed by a Python callable (%), which a send '
+                        'from SQL cannot call', quote_literal(p_doc ->> 'name'), p_doc ->> 'id',
+                        p_what, p_key ->> 'callable'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Send this event from Python, or give the option a dotted path '
+                         'such as ''data.user_id''.';
+    END IF;
+    RETURN p_computed -> ((p_key ->> 'n')::int);
+END
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.partition_expired(p_suffix text, p_as_of timestamp with time zone, OUT total bigint, OUT expired bigint)
  RETURNS record
  LANGUAGE plpgsql
@@ -1708,6 +2010,24 @@ BEGIN
     EXECUTE 'SELECT count(*) FROM (' || "pgdurable".expired_query(p_suffix) || ') e'
     INTO expired USING p_as_of;
 END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.plain_event(p_event jsonb, p_max_bytes integer)
+ RETURNS boolean
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    SELECT CASE WHEN jsonb_typeof(p_event) <> 'object' THEN false ELSE
+        jsonb_typeof(p_event -> 'name') = 'string'
+        AND length(p_event ->> 'name') <= 256 AND btrim(p_event ->> 'name') <> ''
+        AND p_event - ARRAY['name', 'data', 'id', 'ts'] = '{}'
+        AND coalesce(jsonb_typeof(p_event -> 'data') IN ('object', 'null'), true)
+        AND coalesce(octet_length((p_event -> 'data')::text) <= p_max_bytes, true)
+        AND coalesce(jsonb_typeof(p_event -> 'ts') = 'null', true)
+        AND coalesce(jsonb_typeof(p_event -> 'id') = 'null' OR (
+            jsonb_typeof(p_event -> 'id') = 'string' AND length(p_event ->> 'id') BETWEEN 1 AND 256
+            AND NOT starts_with(p_event ->> 'id', 'pgdurable:')), true) END;
 $function$
 ;
 
@@ -1825,6 +2145,32 @@ END
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgdurable.registry_specs(p_names text[])
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+DECLARE
+    v_old text;
+    v_specs jsonb;
+BEGIN
+    SELECT f.function_id INTO v_old FROM "pgdurable".function_registry f
+    WHERE f.events && p_names AND f.send_spec IS NULL LIMIT 1;
+    IF v_old IS NOT NULL THEN
+        RAISE EXCEPTION 'function % was recorded by a worker too old to say how its runs start',
+            quote_literal(v_old)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Restart the workers that serve it with this version of pgdurable.';
+    END IF;
+    SELECT jsonb_object_agg(x.name, x.specs) INTO v_specs FROM (
+        SELECT e.name, jsonb_agg(f.send_spec ORDER BY f.function_id) AS specs
+        FROM "pgdurable".function_registry f CROSS JOIN LATERAL unnest(f.events) AS e(name)
+        WHERE e.name = ANY(p_names) GROUP BY e.name) x;
+    RETURN coalesce(v_specs, '{}');
+END
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.release_slots(p_runs uuid[])
  RETURNS void
  LANGUAGE plpgsql
@@ -1856,6 +2202,23 @@ END
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgdurable.resolve_runs(p_events jsonb, p_specs jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT coalesce(jsonb_agg(CASE WHEN s.spec ? 'options' THEN jsonb_build_array(
+               x.idx, s.spec -> 'id', s.spec -> 'retries', "pgdurable".run_options(
+                   s.spec, jsonb_build_object('id', x.e -> 0, 'name', x.e -> 1, 'data', x.e -> 2,
+                                              'ts', x.e -> 3),
+                   x.e -> 5 -> (s.spec ->> 'id')))
+           ELSE jsonb_build_array(x.idx, s.spec -> 'id', s.spec -> 'retries') END
+           ORDER BY x.idx, s.n), '[]')
+    FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x(e, idx)
+    CROSS JOIN LATERAL jsonb_array_elements(p_specs -> (x.e ->> 1)) WITH ORDINALITY AS s(spec, n);
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.restart_options(p_options jsonb)
  RETURNS jsonb
  LANGUAGE sql
@@ -1876,6 +2239,108 @@ BEGIN
     VALUES (p_kind, p_tag, p_user, p_run, p_function, p_step,
             CASE WHEN p_setting = 'role' THEN p_value ELSE current_user END);
     PERFORM set_config(p_setting, p_value, true);
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.row_data(p_row jsonb, p_columns jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    SELECT CASE WHEN p_columns IS NULL THEN p_row ELSE (
+        SELECT coalesce(jsonb_object_agg(r.k, r.v), '{}') FROM jsonb_each(p_row) AS r(k, v)
+        WHERE p_columns ? r.k) END;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.row_event()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_columns jsonb := nullif(TG_ARGV[1], '')::jsonb;
+BEGIN
+    PERFORM "pgdurable".send_batch(jsonb_build_array(jsonb_build_object(
+        'name', TG_ARGV[0], 'data', jsonb_build_object(
+            'op', lower(TG_OP), 'table', format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME),
+            'old', "pgdurable".row_data(to_jsonb(OLD), v_columns),
+            'new', "pgdurable".row_data(to_jsonb(NEW), v_columns)))));
+    RETURN NULL;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.row_json(p_alias text, p_columns jsonb)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    SELECT CASE WHEN p_columns IS NULL THEN format('to_jsonb(%I)', p_alias)
+                ELSE format('jsonb_build_object(%s)', (
+                    SELECT string_agg(format('%L, %I.%I', c, p_alias, c), ', ' ORDER BY n)
+                    FROM jsonb_array_elements_text(p_columns) WITH ORDINALITY AS x(c, n))) END;
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.run_options(p_spec jsonb, p_doc jsonb, p_computed jsonb)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ STABLE
+AS $function$
+DECLARE
+    o jsonb := p_spec -> 'options';
+    v_fn text := quote_literal(p_spec ->> 'id');
+    v_priority jsonb;
+    v_option text;
+    v_label text;
+    r jsonb := '{}';
+BEGIN
+    IF o IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF o ? 'cancel_on' THEN
+        r := r || jsonb_build_object('cancels', (
+            SELECT jsonb_agg("pgdurable".cancel_listener(c, p_doc, p_spec ->> 'id') ORDER BY n)
+            FROM jsonb_array_elements(o -> 'cancel_on') WITH ORDINALITY AS x(c, n)));
+    END IF;
+    -- Options {key, ...}: as given, their key replaced by its text.
+    FOR v_option, v_label IN
+        SELECT k.option, k.label FROM (VALUES ('batch', 'batch'), ('rate_limit', 'rate limit'),
+            ('debounce', 'debounce'), ('singleton', 'singleton'), ('throttle', 'throttle'))
+            AS k(option, label) WHERE o ? k.option
+    LOOP
+        r := r || jsonb_build_object(v_option, o -> v_option || jsonb_build_object('key',
+            "pgdurable".option_key(o -> v_option -> 'key', p_doc, p_computed,
+                                format('%s key of function %s', v_label, v_fn))));
+    END LOOP;
+    IF o ? 'idempotency' THEN
+        r := r || jsonb_build_object('idempotency', "pgdurable".option_key(
+            o -> 'idempotency', p_doc, p_computed, 'idempotency key of function ' || v_fn));
+    END IF;
+    IF o ? 'concurrency' THEN  -- a slot key is scoped: '<function id> <key>', or '* <key>' for the app
+        r := r || jsonb_build_object('slots', (
+            SELECT jsonb_agg(jsonb_build_object(
+                'key', CASE WHEN c ->> 'scope' = 'app' THEN '*' ELSE p_spec ->> 'id' END || ' '
+                       || "pgdurable".option_key(c -> 'key', p_doc, p_computed,
+                                              'concurrency key of function ' || v_fn),
+                'limit', c -> 'limit') ORDER BY n)
+            FROM jsonb_array_elements(o -> 'concurrency') WITH ORDINALITY AS x(c, n)));
+    END IF;
+    IF o ? 'priority' THEN
+        v_priority := "pgdurable".option_value(o -> 'priority', p_doc, p_computed,
+                                            'priority of function ' || v_fn);
+        IF jsonb_typeof(v_priority) <> 'number' THEN
+            RAISE EXCEPTION 'event % (id %): priority of function %: % is not a number of seconds',
+                quote_literal(p_doc ->> 'name'), p_doc ->> 'id', v_fn,
+                CASE jsonb_typeof(v_priority) WHEN 'string' THEN quote_literal(v_priority #>> '{}')
+                     ELSE v_priority::text END
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        r := r || jsonb_build_object('priority',
+                                     greatest(-600, least(600, v_priority::text::float8)));
+    END IF;
+    RETURN r;
 END
 $function$
 ;
@@ -1935,7 +2400,16 @@ END
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.send_and_claim(p_events jsonb, p_runs jsonb, p_dedupe interval, p_worker text, p_functions text[], p_limit integer, p_lease interval)
+CREATE OR REPLACE FUNCTION pgdurable.send(name text, data jsonb DEFAULT '{}'::jsonb, id text DEFAULT NULL::text, ts timestamp with time zone DEFAULT NULL::timestamp with time zone)
+ RETURNS text
+ LANGUAGE sql
+AS $function$
+    SELECT ("pgdurable".send_batch(jsonb_build_array(jsonb_build_object(
+        'name', name, 'data', data, 'id', id, 'ts', ts))))[1];
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.send_and_claim(p_events jsonb, p_specs jsonb, p_dedupe interval, p_worker text, p_functions text[], p_limit integer, p_lease interval)
  RETURNS SETOF pgdurable.claimed_run
  LANGUAGE plpgsql
 AS $function$
@@ -1943,7 +2417,7 @@ DECLARE
     v_stored record;
 BEGIN
     SELECT * INTO v_stored FROM "pgdurable".store_events(
-        p_events, p_runs, p_dedupe, p_worker, p_functions, p_limit, p_lease);
+        p_events, p_specs, p_dedupe, p_worker, p_functions, p_limit, p_lease);
     IF v_stored.due THEN
         PERFORM pg_notify('pgdurable_pgdurable', '');
     END IF;
@@ -1952,7 +2426,53 @@ END
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.send_events(p_events jsonb, p_runs jsonb, p_dedupe interval)
+CREATE OR REPLACE FUNCTION pgdurable.send_batch(events jsonb)
+ RETURNS text[]
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    v_settings record;
+    v_max_bytes int;
+    v_events jsonb;
+    v_given_ids boolean;
+    v_ids text[];
+BEGIN
+    IF jsonb_typeof(events) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'events must be a JSON array of {name, data, id, ts} objects, not %',
+            coalesce(jsonb_typeof(events), 'null') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT s.dedupe_window, s.max_event_bytes INTO v_settings FROM "pgdurable".send_settings s;
+    v_max_bytes := coalesce(v_settings.max_event_bytes, 1048576);  -- Durable's default
+    SELECT jsonb_agg(CASE WHEN "pgdurable".plain_event(e, v_max_bytes) THEN jsonb_build_array(
+                         coalesce(nullif(e -> 'id', 'null'), to_jsonb("pgdurable".uuid_v7()::text)),
+                         e -> 'name', coalesce(nullif(e -> 'data', 'null'), '{}'), NULL, NULL)
+                     ELSE "pgdurable".checked_event(e, v_max_bytes) END ORDER BY n),
+           bool_or(nullif(e -> 'id', 'null') IS NOT NULL)
+    INTO v_events, v_given_ids
+    FROM jsonb_array_elements(events) WITH ORDINALITY AS x(e, n);
+    IF v_events IS NULL THEN
+        RETURN '{}';
+    END IF;
+    v_ids := ARRAY(SELECT e ->> 0 FROM jsonb_array_elements(v_events) e);
+    IF v_given_ids THEN  -- the first of each id, as Python's send keeps it
+        SELECT jsonb_agg(e ORDER BY n) INTO v_events FROM (
+            SELECT e, n, row_number() OVER (PARTITION BY e ->> 0 ORDER BY n) AS nth
+            FROM jsonb_array_elements(v_events) WITH ORDINALITY AS x(e, n)) x WHERE nth = 1;
+    END IF;
+    IF (SELECT s.due FROM "pgdurable".store_events(
+            v_events,
+            "pgdurable".registry_specs(ARRAY(SELECT DISTINCT e ->> 1 FROM jsonb_array_elements(v_events) e)),
+            coalesce(v_settings.dedupe_window, interval '24 hours')) s) THEN
+        PERFORM pg_notify('pgdurable_pgdurable', '');
+    END IF;
+    RETURN v_ids;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.send_events(p_events jsonb, p_specs jsonb, p_dedupe interval)
  RETURNS void
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -1967,17 +2487,17 @@ BEGIN
             v_reserved USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Give events ids that do not start with ''pgdurable:''.';
     END IF;
-    PERFORM "pgdurable".send_generated(p_events, p_runs, p_dedupe);
+    PERFORM "pgdurable".send_generated(p_events, p_specs, p_dedupe);
 END
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.send_generated(p_events jsonb, p_runs jsonb, p_dedupe interval)
+CREATE OR REPLACE FUNCTION pgdurable.send_generated(p_events jsonb, p_specs jsonb, p_dedupe interval)
  RETURNS void
  LANGUAGE plpgsql
 AS $function$
 BEGIN
-    IF (SELECT s.due FROM "pgdurable".store_events(p_events, p_runs, p_dedupe) s) THEN
+    IF (SELECT s.due FROM "pgdurable".store_events(p_events, p_specs, p_dedupe) s) THEN
         PERFORM pg_notify('pgdurable_pgdurable', '');
     END IF;
 END
@@ -2214,11 +2734,36 @@ END
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION pgdurable.store_events(p_events jsonb, p_runs jsonb, p_dedupe interval, p_worker text DEFAULT NULL::text, p_functions text[] DEFAULT NULL::text[], p_limit integer DEFAULT 0, p_lease interval DEFAULT NULL::interval, OUT due boolean, OUT claimed pgdurable.claimed_run[])
+CREATE OR REPLACE FUNCTION pgdurable.statement_event()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_alias text := CASE TG_OP WHEN 'INSERT' THEN 'new' ELSE 'old' END;
+    v_events jsonb;
+BEGIN
+    EXECUTE format(
+        'SELECT jsonb_agg(jsonb_build_object(''name'', $1, ''data'', jsonb_build_object('
+        '''op'', $2, ''table'', $3, %L, %s))) FROM %I AS %I WHERE %s',
+        v_alias, "pgdurable".row_json(v_alias, nullif(TG_ARGV[1], '')::jsonb),
+        'pgdurable_' || v_alias, v_alias, coalesce(nullif(TG_ARGV[2], ''), 'true'))
+    INTO v_events
+    USING TG_ARGV[0], lower(TG_OP), format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    IF v_events IS NOT NULL THEN
+        PERFORM "pgdurable".send_batch(v_events);
+    END IF;
+    RETURN NULL;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.store_events(p_events jsonb, p_specs jsonb, p_dedupe interval, p_worker text DEFAULT NULL::text, p_functions text[] DEFAULT NULL::text[], p_limit integer DEFAULT 0, p_lease interval DEFAULT NULL::interval, OUT due boolean, OUT claimed pgdurable.claimed_run[])
  RETURNS record
  LANGUAGE plpgsql
 AS $function$
 DECLARE
+    v_runs jsonb := CASE WHEN jsonb_typeof(p_specs) = 'array' THEN p_specs
+                         ELSE "pgdurable".resolve_runs(p_events, p_specs) END;
     v_inserted text[];
     v_names text[];
 BEGIN
@@ -2231,7 +2776,7 @@ BEGIN
 
     WITH input AS (
         SELECT x.e ->> 0 AS id, x.e ->> 1 AS name, x.e -> 2 AS data,
-               (x.e ->> 3)::timestamptz AS ts, x.e -> 4 AS trace, x.idx
+               (x.e ->> 3)::timestamptz AS ts, nullif(x.e -> 4, 'null') AS trace, x.idx
         FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x(e, idx)
     ), inserted AS (
         -- received_at: when this statement ran, not when its transaction
@@ -2246,7 +2791,7 @@ BEGIN
         SELECT "pgdurable".uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
                inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at,
                input.idx
-        FROM jsonb_array_elements(p_runs) AS r
+        FROM jsonb_array_elements(v_runs) AS r
         JOIN input ON input.idx = (r ->> 0)::int
         JOIN inserted ON inserted.id = input.id
         WHERE jsonb_array_length(r) = 3
@@ -2277,8 +2822,8 @@ BEGIN
            (SELECT array_agg(DISTINCT name) FROM inserted)
     INTO due, claimed, v_inserted, v_names FROM queued q;
 
-    IF jsonb_path_exists(p_runs, 'strict $[*] ? (@.size() > 3)') THEN
-        due := "pgdurable".start_runs_with_options(p_events, p_runs, v_inserted, p_dedupe) OR due;
+    IF jsonb_path_exists(v_runs, 'strict $[*] ? (@.size() > 3)') THEN
+        due := "pgdurable".start_runs_with_options(p_events, v_runs, v_inserted, p_dedupe) OR due;
     END IF;
     IF EXISTS (SELECT FROM "pgdurable".wait_paths WHERE event_name = ANY(v_names)) THEN
         due := "pgdurable".deliver_events(v_inserted) > 0 OR due;

@@ -25,6 +25,7 @@ import metrics  # noqa: E402
 import notifications  # noqa: E402
 import onboarding  # noqa: E402
 import receipts  # noqa: E402
+import sql_sends  # noqa: E402
 import tracing  # noqa: E402
 
 
@@ -204,3 +205,20 @@ def test_metrics_are_served_to_prometheus(dsn: str, schema: str) -> None:
     assert samples[("pgdurable_queue_oldest_ready_age_seconds",)] == 0
     assert samples[("pgdurable_worker_threads", "busy")] + samples[
         ("pgdurable_worker_threads", "idle")] == 2
+
+
+def test_sql_sends_start_runs_from_a_table_trigger_and_from_plain_sql(dsn: str, schema: str) -> None:
+    app, outbox = sql_sends.build(dsn, schema)
+    try:
+        table = sql_sends.install(app)
+        app.start(threads=2, poll_interval=0.2)
+        sql_sends.admin_inserts(dsn, table, ["ada@example.com", "bob@example.com", "ada@example.com"])
+        event_id = sql_sends.script_sends(dsn, schema, "bob@example.com", "pro")
+        wait_until(lambda: len(outbox) == 3, what="two welcomes and an upgrade")
+        [upgrade] = app.runs_for_event(event_id)
+        assert app.wait_for_run(upgrade.id, timeout=30).output == "pro"
+    finally:
+        app.stop()
+    assert sorted((m["to"], m["kind"]) for m in outbox) == [
+        ("ada@example.com", "welcome"), ("bob@example.com", "pro"), ("bob@example.com", "welcome")]
+    assert len(app.list_runs(function="welcome")) == 2  # ada's second row: the same key

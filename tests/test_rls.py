@@ -309,6 +309,36 @@ def test_the_sender_role_sends_and_reads_run_state_only(
     assert len(web.send("noop", {"n": 2})) == 1
 
 
+def test_the_sender_role_sends_from_sql_and_a_table_s_writers_need_it_for_its_trigger(
+    dsn: str, roles: Durable, db: psycopg.Connection[Any]
+) -> None:
+    schema, table = roles.schema, f"{roles.schema}.signups"
+    roles.function(id="welcome", event="signup/created")(lambda ctx: None)
+    roles.start(threads=1)  # records the registry that SQL sends read
+    roles.stop()
+    db.execute(f"CREATE TABLE {table} (email text NOT NULL)")
+    db.execute(f"GRANT INSERT ON {table} TO pgdurable_test_web, {BYPASS_ROLE}")
+    roles.create_event_trigger(table, "signup/created")
+    web_dsn = make_conninfo(dsn, user="pgdurable_test_web", password=PASSWORD)
+    with psycopg.connect(web_dsn, autocommit=True) as web:
+        [(sent,)] = web.execute(f"SELECT {schema}.send('signup/created', '{{}}')").fetchall()
+        web.execute(f"INSERT INTO {table} VALUES ('a@example.com')")
+        for statement in (f"SELECT * FROM {schema}.function_registry",
+                          f"SELECT * FROM {schema}.events", f"SELECT {schema}.registry_specs('{{x}}')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                web.execute(statement)
+    db.execute(f"SET ROLE {BYPASS_ROLE}")  # may write the table, but is no sender
+    try:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="send_batch"):
+            db.execute(f"INSERT INTO {table} VALUES ('b@example.com')")
+    finally:
+        db.execute("RESET ROLE")
+    assert db.execute(f"SELECT count(*) FROM {table}").fetchone() == (1,)  # the refused write too
+    names = db.execute(f"SELECT e.name, r.function_id FROM {schema}.events e "
+                       f"JOIN {schema}.runs r ON r.event_ids[1] = e.id ORDER BY e.id").fetchall()
+    assert names == [("signup/created", "welcome")] * 2 and roles.get_event(sent) is not None
+
+
 def test_the_worker_role_cannot_rewrite_pgdurable_s_bookkeeping(
     as_login: Callable[..., Durable]
 ) -> None:
@@ -343,15 +373,15 @@ def test_no_function_that_runs_as_the_owner_is_open_to_the_sender_role_or_public
 ) -> None:
     """Functions that run with their owner's rights (SECURITY DEFINER) can
     do what the owner can: drop a partition of history, for one. Only the
-    worker role may call them, and the sender role send_events and
-    list_runs (which reads what run_state, granted to it, shows) alone."""
+    worker role may call them, and the sender role send_events, send_batch
+    and list_runs (which reads what run_state, granted to it, shows) alone."""
     rows = db.execute(
         "SELECT p.oid::regprocedure::text, has_function_privilege(%s, p.oid, 'EXECUTE'), "
         "has_function_privilege(%s, p.oid, 'EXECUTE'), has_function_privilege(%s, p.oid, 'EXECUTE') "
         "FROM pg_proc p WHERE p.pronamespace = %s::regnamespace AND p.prosecdef",
         ("pgdurable_test_sender", "pgdurable_test_worker", BYPASS_ROLE, roles.schema)).fetchall()
     assert len(rows) >= 7  # send_events, list_runs and the five of pruning
-    senders = (f"{roles.schema}.send_events(", f"{roles.schema}.list_runs(")
+    senders = tuple(f"{roles.schema}.{name}(" for name in ("send_events", "send_batch", "list_runs"))
     for name, sender, worker, other in rows:
         assert (sender, worker, other) == (name.startswith(senders), True, False), name
 

@@ -94,6 +94,71 @@ LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('id', e.id, 'name', e.name, 'data', e.data, 'ts', e.ts);
 $$;
 
+-- json_key: a key option's value as the text it is stored under, spelled
+-- as Python's json.dumps(value, sort_keys=True, separators=(",", ":"))
+-- spells it, since keys are computed both here (sends) and in Python (an
+-- invoked child's flow keys): objects' keys in code point order, no spaces,
+-- characters outside printable ASCII escaped, and numbers with a fraction
+-- or exponent written as Python writes the float they parse to.
+CREATE FUNCTION {schema}.json_key(p_value jsonb) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_text text := p_value::text;
+    v_float float8;
+BEGIN
+    CASE jsonb_typeof(p_value)
+    WHEN 'object' THEN
+        RETURN '{' || coalesce((SELECT string_agg({schema}.json_key(to_jsonb(k)) || ':'
+                                                  || {schema}.json_key(v), ',' ORDER BY k COLLATE "C")
+                                FROM jsonb_each(p_value) AS e(k, v)), '') || '}';
+    WHEN 'array' THEN
+        RETURN '[' || coalesce((SELECT string_agg({schema}.json_key(v), ',' ORDER BY n)
+                                FROM jsonb_array_elements(p_value) WITH ORDINALITY AS e(v, n)),
+                               '') || ']';
+    WHEN 'string' THEN  -- Postgres already escapes quotes, backslashes and controls as Python does
+        IF v_text !~ '^[ -~]*$' THEN
+            v_text := (SELECT string_agg(CASE
+                WHEN ascii(c) BETWEEN 32 AND 126 THEN c
+                WHEN ascii(c) < 65536 THEN '\u' || lpad(to_hex(ascii(c)), 4, '0')
+                ELSE '\u' || to_hex(55296 + ((ascii(c) - 65536) >> 10))
+                     || '\u' || to_hex(56320 + ((ascii(c) - 65536) & 1023)) END, '' ORDER BY n)
+                FROM regexp_split_to_table(v_text, '') WITH ORDINALITY AS t(c, n));
+        END IF;
+        RETURN v_text;
+    WHEN 'number' THEN
+        IF v_text !~ '[.eE]' THEN
+            RETURN v_text;  -- an int
+        END IF;
+        v_float := v_text::float8;
+        IF v_float = trunc(v_float) AND abs(v_float) < 1e16 THEN
+            RETURN trunc(v_float)::numeric::text || '.0';
+        END IF;
+        RETURN v_float::text;
+    ELSE
+        RETURN v_text;  -- true, false, null
+    END CASE;
+END
+$$;
+
+-- event_value: the value at p_path in an event document, for an option
+-- named p_what (in the error); a missing or null one is an error, as in
+-- Python (_expressions.lookup).
+CREATE FUNCTION {schema}.event_value(p_doc jsonb, p_path text[], p_what text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    v_value jsonb := p_doc #> p_path;
+BEGIN
+    IF v_value IS NULL OR v_value = 'null' THEN
+        RAISE EXCEPTION 'event % (id %): %: the triggering event has no value at %',
+            quote_literal(p_doc ->> 'name'), p_doc ->> 'id', p_what,
+            quote_literal(array_to_string(p_path, '.'))
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Send the field, or change the function''s option.';
+    END IF;
+    RETURN v_value;
+END
+$$;
+
 -- restart_options: of a run's options (see send_events), what a replay or
 -- fork of it is started with (start_run's), kept in runs.options for where
 -- the function's code is not loaded: flow control and cancel_on, not

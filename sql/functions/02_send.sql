@@ -3,13 +3,17 @@
 -- send_events: insert events (skipping ids already stored) and the runs
 -- they trigger, in one statement; NOTIFY once if any run is due. p_dedupe
 -- is how long an idempotency key holds.
---   p_events: [[id, name, data, ts or null, trace (optional)], ...]
---   p_runs:   [[1-based index of the event, function id, retries, options], ...]
---   Both are positional: a row per event and per run of the hot path, where
---   names would double the cost of writing and reading them (1.2 to 1.7 us
---   more per row: bench/named_or_positional.py). The options, rarer, are
---   named; each is optional
---   (written by _functions.run_options):
+--   p_events: [[id, name, data, ts or null, trace or null, computed keys (optional)], ...]
+--     positional: a row per event of the hot path, where names would
+--     double the cost of writing and reading them (1.2 to 1.7 us more per
+--     row: bench/named_or_positional.py). Computed keys: {function id:
+--     [value, ...]}, the values of the function's keys that are Python
+--     callables (see resolve_runs).
+--   p_specs: the functions each event name triggers (see resolve_runs). A
+--     library older than this file sends the runs resolved already, as an
+--     array: taken as they are (resolved runs, below).
+--   Resolved runs: [[1-based index of the event, function id, retries, options], ...]
+--   The options, rarer, are named; each is optional (written by run_options):
 --     cancels: [{event, path, value, condition, vars, expires}, ...] (listen_for_cancels)
 --     batch: {key, max_size, timeout}; debounce: {key, period, timeout} (here)
 --     idempotency (a key), rate_limit {key, limit, period},
@@ -19,7 +23,7 @@
 --   Periods and timeouts are in seconds.
 -- Ids starting with 'pgdurable:' are pgdurable's own (send_generated):
 -- refused here, so no sender can take one first.
-CREATE FUNCTION {schema}.send_events(p_events jsonb, p_runs jsonb, p_dedupe interval)
+CREATE FUNCTION {schema}.send_events(p_events jsonb, p_specs jsonb, p_dedupe interval)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_reserved text := (SELECT x ->> 0 FROM jsonb_array_elements(p_events) AS x
@@ -30,19 +34,167 @@ BEGIN
             v_reserved USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Give events ids that do not start with ''pgdurable:''.';
     END IF;
-    PERFORM {schema}.send_generated(p_events, p_runs, p_dedupe);
+    PERFORM {schema}.send_generated(p_events, p_specs, p_dedupe);
 END
 $$;
 
 -- send_generated: send_events for events sent from steps (step.send_event),
 -- whose ids pgdurable generates (in its reserved namespace); workers only.
-CREATE FUNCTION {schema}.send_generated(p_events jsonb, p_runs jsonb, p_dedupe interval)
+CREATE FUNCTION {schema}.send_generated(p_events jsonb, p_specs jsonb, p_dedupe interval)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    IF (SELECT s.due FROM {schema}.store_events(p_events, p_runs, p_dedupe) s) THEN
+    IF (SELECT s.due FROM {schema}.store_events(p_events, p_specs, p_dedupe) s) THEN
         PERFORM pg_notify('{channel}', '');
     END IF;
 END
+$$;
+
+-- Resolving a send: which runs its events start, and their options.
+-- Python sends and SQL ones (send, send_batch, event triggers) resolve the
+-- same way, here, from function specs: Python's own registry for an app's
+-- sends (_functions.send_spec), the registry workers record for SQL's
+-- (registry_specs). p_specs maps an event name to the specs of the
+-- functions it triggers, in order:
+--   {id, retries, options?}; options (each optional), keys written KEY:
+--     idempotency: KEY; rate_limit {key, limit, period}; singleton {key, mode};
+--     debounce {key, period, timeout}; batch {key, max_size, timeout};
+--     concurrency [{key, limit, scope}]; throttle {key, limit, period, burst};
+--     priority: KEY (to a number of seconds);
+--     cancel_on [{event, match (a dotted path or null), timeout, if {text, jsonpath, vars}}],
+--       vars holding literals and {"event": path} for the triggering event's fields
+--   KEY: null (no key), {"path": [field, ...]} into the event document, or
+--     {"callable": name, "n": i}: computed in Python, and sent as element i of
+--     the event's 6th element's entry for the function (p_events: see send_events).
+-- Periods and timeouts are in seconds.
+
+-- option_value: the value of a KEY for an event (its document p_doc, and
+-- the values Python computed for the function, p_computed).
+CREATE FUNCTION {schema}.option_value(p_key jsonb, p_doc jsonb, p_computed jsonb, p_what text)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF p_key ? 'path' THEN
+        RETURN {schema}.event_value(p_doc, ARRAY(SELECT jsonb_array_elements_text(p_key -> 'path')),
+                                    p_what);
+    END IF;
+    IF p_computed -> ((p_key ->> 'n')::int) IS NULL THEN
+        RAISE EXCEPTION 'event % (id %): % is computed by a Python callable (%), which a send '
+                        'from SQL cannot call', quote_literal(p_doc ->> 'name'), p_doc ->> 'id',
+                        p_what, p_key ->> 'callable'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Send this event from Python, or give the option a dotted path '
+                         'such as ''data.user_id''.';
+    END IF;
+    RETURN p_computed -> ((p_key ->> 'n')::int);
+END
+$$;
+
+-- option_key: a KEY's value as key text ('' for no key).
+CREATE FUNCTION {schema}.option_key(p_key jsonb, p_doc jsonb, p_computed jsonb, p_what text)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN p_key IS NULL OR p_key = 'null' THEN ''
+                ELSE {schema}.json_key({schema}.option_value(p_key, p_doc, p_computed, p_what)) END;
+$$;
+
+-- cancel_listener: what a new run listens for to be cancelled, for one
+-- entry of its function's cancel_on (see listen_for_cancels).
+CREATE FUNCTION {schema}.cancel_listener(p_cancel jsonb, p_doc jsonb, p_function text)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_what text := 'cancel_on of function ' || quote_literal(p_function);
+    v_match text := p_cancel ->> 'match';
+    v_if jsonb := nullif(p_cancel -> 'if', 'null');
+BEGIN
+    RETURN jsonb_build_object(
+        'event', p_cancel -> 'event',
+        'path', to_jsonb(coalesce(string_to_array(v_match, '.'), '{}')),
+        'value', CASE WHEN v_match IS NULL THEN 'null'::jsonb ELSE {schema}.event_value(
+            p_doc, string_to_array(v_match, '.'),
+            format('%s match=%s', v_what, quote_literal(v_match))) END,
+        'condition', v_if -> 'jsonpath',
+        'vars', CASE WHEN v_if IS NOT NULL THEN coalesce((
+                    SELECT jsonb_object_agg(k, CASE WHEN jsonb_typeof(v) = 'object'
+                        THEN {schema}.event_value(
+                            p_doc, ARRAY(SELECT jsonb_array_elements_text(v -> 'event')),
+                            'if_ ' || quote_literal(v_if ->> 'text'))
+                        ELSE v END)
+                    FROM jsonb_each(v_if -> 'vars') AS x(k, v)), '{}') END,
+        'expires', to_jsonb(now() + make_interval(secs => (p_cancel ->> 'timeout')::float8)));
+END
+$$;
+
+-- run_options: the options a run of the function p_spec describes starts
+-- with for an event (send_events' 4th element of a run), or null.
+CREATE FUNCTION {schema}.run_options(p_spec jsonb, p_doc jsonb, p_computed jsonb)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    o jsonb := p_spec -> 'options';
+    v_fn text := quote_literal(p_spec ->> 'id');
+    v_priority jsonb;
+    v_option text;
+    v_label text;
+    r jsonb := '{}';
+BEGIN
+    IF o IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF o ? 'cancel_on' THEN
+        r := r || jsonb_build_object('cancels', (
+            SELECT jsonb_agg({schema}.cancel_listener(c, p_doc, p_spec ->> 'id') ORDER BY n)
+            FROM jsonb_array_elements(o -> 'cancel_on') WITH ORDINALITY AS x(c, n)));
+    END IF;
+    -- Options {key, ...}: as given, their key replaced by its text.
+    FOR v_option, v_label IN
+        SELECT k.option, k.label FROM (VALUES ('batch', 'batch'), ('rate_limit', 'rate limit'),
+            ('debounce', 'debounce'), ('singleton', 'singleton'), ('throttle', 'throttle'))
+            AS k(option, label) WHERE o ? k.option
+    LOOP
+        r := r || jsonb_build_object(v_option, o -> v_option || jsonb_build_object('key',
+            {schema}.option_key(o -> v_option -> 'key', p_doc, p_computed,
+                                format('%s key of function %s', v_label, v_fn))));
+    END LOOP;
+    IF o ? 'idempotency' THEN
+        r := r || jsonb_build_object('idempotency', {schema}.option_key(
+            o -> 'idempotency', p_doc, p_computed, 'idempotency key of function ' || v_fn));
+    END IF;
+    IF o ? 'concurrency' THEN  -- a slot key is scoped: '<function id> <key>', or '* <key>' for the app
+        r := r || jsonb_build_object('slots', (
+            SELECT jsonb_agg(jsonb_build_object(
+                'key', CASE WHEN c ->> 'scope' = 'app' THEN '*' ELSE p_spec ->> 'id' END || ' '
+                       || {schema}.option_key(c -> 'key', p_doc, p_computed,
+                                              'concurrency key of function ' || v_fn),
+                'limit', c -> 'limit') ORDER BY n)
+            FROM jsonb_array_elements(o -> 'concurrency') WITH ORDINALITY AS x(c, n)));
+    END IF;
+    IF o ? 'priority' THEN
+        v_priority := {schema}.option_value(o -> 'priority', p_doc, p_computed,
+                                            'priority of function ' || v_fn);
+        IF jsonb_typeof(v_priority) <> 'number' THEN
+            RAISE EXCEPTION 'event % (id %): priority of function %: % is not a number of seconds',
+                quote_literal(p_doc ->> 'name'), p_doc ->> 'id', v_fn,
+                CASE jsonb_typeof(v_priority) WHEN 'string' THEN quote_literal(v_priority #>> '{}')
+                     ELSE v_priority::text END
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        r := r || jsonb_build_object('priority',
+                                     greatest(-600, least(600, v_priority::text::float8)));
+    END IF;
+    RETURN r;
+END
+$$;
+
+-- resolve_runs: the runs a send's events start, as store_events reads them
+-- ([event index, function id, retries, options (if any)]), from p_specs.
+CREATE FUNCTION {schema}.resolve_runs(p_events jsonb, p_specs jsonb) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(jsonb_agg(CASE WHEN s.spec ? 'options' THEN jsonb_build_array(
+               x.idx, s.spec -> 'id', s.spec -> 'retries', {schema}.run_options(
+                   s.spec, jsonb_build_object('id', x.e -> 0, 'name', x.e -> 1, 'data', x.e -> 2,
+                                              'ts', x.e -> 3),
+                   x.e -> 5 -> (s.spec ->> 'id')))
+           ELSE jsonb_build_array(x.idx, s.spec -> 'id', s.spec -> 'retries') END
+           ORDER BY x.idx, s.n), '[]')
+    FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x(e, idx)
+    CROSS JOIN LATERAL jsonb_array_elements(p_specs -> (x.e ->> 1)) WITH ORDINALITY AS s(spec, n);
 $$;
 
 -- store_events: what send_events does but the NOTIFY; returns whether a
@@ -55,12 +207,14 @@ $$;
 -- the sender sees the new wait or the wait sees the committed event: no
 -- lost wake-up.
 CREATE FUNCTION {schema}.store_events(
-    p_events jsonb, p_runs jsonb, p_dedupe interval,
+    p_events jsonb, p_specs jsonb, p_dedupe interval,
     p_worker text DEFAULT NULL, p_functions text[] DEFAULT NULL, p_limit int DEFAULT 0,
     p_lease interval DEFAULT NULL,
     OUT due boolean, OUT claimed {schema}.claimed_run[]
 ) LANGUAGE plpgsql AS $$
 DECLARE
+    v_runs jsonb := CASE WHEN jsonb_typeof(p_specs) = 'array' THEN p_specs
+                         ELSE {schema}.resolve_runs(p_events, p_specs) END;
     v_inserted text[];
     v_names text[];
 BEGIN
@@ -73,7 +227,7 @@ BEGIN
 
     WITH input AS (
         SELECT x.e ->> 0 AS id, x.e ->> 1 AS name, x.e -> 2 AS data,
-               (x.e ->> 3)::timestamptz AS ts, x.e -> 4 AS trace, x.idx
+               (x.e ->> 3)::timestamptz AS ts, nullif(x.e -> 4, 'null') AS trace, x.idx
         FROM jsonb_array_elements(p_events) WITH ORDINALITY AS x(e, idx)
     ), inserted AS (
         -- received_at: when this statement ran, not when its transaction
@@ -88,7 +242,7 @@ BEGIN
         SELECT {schema}.uuid_v7() AS id, r ->> 1 AS fn, (r ->> 2)::int AS retries,
                inserted.id AS event_id, greatest(inserted.ts, now()) AS available_at,
                input.idx
-        FROM jsonb_array_elements(p_runs) AS r
+        FROM jsonb_array_elements(v_runs) AS r
         JOIN input ON input.idx = (r ->> 0)::int
         JOIN inserted ON inserted.id = input.id
         WHERE jsonb_array_length(r) = 3
@@ -119,8 +273,8 @@ BEGIN
            (SELECT array_agg(DISTINCT name) FROM inserted)
     INTO due, claimed, v_inserted, v_names FROM queued q;
 
-    IF jsonb_path_exists(p_runs, 'strict $[*] ? (@.size() > 3)') THEN
-        due := {schema}.start_runs_with_options(p_events, p_runs, v_inserted, p_dedupe) OR due;
+    IF jsonb_path_exists(v_runs, 'strict $[*] ? (@.size() > 3)') THEN
+        due := {schema}.start_runs_with_options(p_events, v_runs, v_inserted, p_dedupe) OR due;
     END IF;
     IF EXISTS (SELECT FROM {schema}.wait_paths WHERE event_name = ANY(v_names)) THEN
         due := {schema}.deliver_events(v_inserted) > 0 OR due;
@@ -129,7 +283,7 @@ END
 $$;
 
 -- start_runs_with_options: the runs of send_events whose functions have
--- options (p_runs entries with a 4th element), for the events it inserted
+-- options (resolved runs with a 4th element), for the events it inserted
 -- (p_inserted): admission (idempotency, rate limit, singleton), skipped
 -- runs, debounces, batches and cancel_on listeners. Returns whether a run
 -- it queued is due now.

@@ -111,14 +111,14 @@ $$;
 -- start as soon as the sending transaction commits, without waiting for a
 -- NOTIFY and a claim. The NOTIFY goes out only for what is left to claim.
 CREATE FUNCTION {schema}.send_and_claim(
-    p_events jsonb, p_runs jsonb, p_dedupe interval,
+    p_events jsonb, p_specs jsonb, p_dedupe interval,
     p_worker text, p_functions text[], p_limit int, p_lease interval
 ) RETURNS SETOF {schema}.claimed_run LANGUAGE plpgsql AS $$
 DECLARE
     v_stored record;
 BEGIN
     SELECT * INTO v_stored FROM {schema}.store_events(
-        p_events, p_runs, p_dedupe, p_worker, p_functions, p_limit, p_lease);
+        p_events, p_specs, p_dedupe, p_worker, p_functions, p_limit, p_lease);
     IF v_stored.due THEN
         PERFORM pg_notify('{channel}', '');
     END IF;

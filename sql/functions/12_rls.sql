@@ -25,9 +25,9 @@ FROM {schema}.rls_audit_log;
 -- apply_grants: the privileges of the roles in role_grants, on the schema's
 -- objects as they are now. A worker role reads and writes pgdurable's
 -- tables (not its bookkeeping of versions and roles) and calls its
--- functions; a sender role only sends events (send_events, which runs with
--- its owner's rights) and reads run state (the run_state view, and
--- list_runs, which runs with its owner's rights).
+-- functions; a sender role only sends events (send_events and send_batch,
+-- which run with their owner's rights, and send) and reads run state (the
+-- run_state view, and list_runs, which runs with its owner's rights).
 CREATE FUNCTION {schema}.apply_grants() RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_role text;
@@ -44,8 +44,9 @@ BEGIN
     END LOOP;
     FOR v_role IN SELECT role_name FROM {schema}.role_grants WHERE kind = 'sender' LOOP
         EXECUTE format('GRANT USAGE ON SCHEMA %s TO %I', '{schema}', v_role);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s.send_events(jsonb, jsonb, interval) TO %I',
-                       '{schema}', v_role);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s.send_events(jsonb, jsonb, interval), '
+                       '%s.send_batch(jsonb), %s.send(text, jsonb, text, timestamptz) TO %I',
+                       '{schema}', '{schema}', '{schema}', v_role);
         EXECUTE format('GRANT SELECT ON %s.run_state TO %I', '{schema}', v_role);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s.list_runs(text, text, text, uuid, uuid, '
                        'uuid, uuid, int) TO %I', '{schema}', v_role);
