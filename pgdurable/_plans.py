@@ -19,7 +19,7 @@ from ._durations import Duration, parse_duration
 from ._events import GENERATED_ID_PREFIX, Event, check_name
 from ._expressions import event_filter
 from ._records import StepRecord, WaitSpec
-from ._replay import RunState
+from ._replay import RunState, given
 from ._telemetry import annotate
 from .errors import StepError
 
@@ -122,6 +122,9 @@ def plan_invoke(
     expires = state.bounded(None if timeout is None else deadline(state, timeout, "invoke timeout"))
     key = state.key_for(step_id)
     if (entry := _completed(state, key)) is not None:
+        if given(entry):  # the child's output itself
+            return Plan(value=serde.revive(function, entry["output"]) if callable(function)
+                        else entry["output"])
         return Plan(value=_child_result(key, entry["output"], function))
     position = state.position(key)
 

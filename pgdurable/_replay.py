@@ -150,6 +150,12 @@ def _encodable(text: str) -> bool:
     return True
 
 
+def given(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """`entry` if it holds a value given in place of its step (a journal
+    entry of no attempt: `testing.execute`'s `steps=`), else None."""
+    return entry if entry["attempts"] == 0 else None
+
+
 class RunState:
     """What one execution of a run knows: journal, step numbering, checkpoints."""
 
@@ -204,9 +210,11 @@ class RunState:
         return self._positions[key]
 
     def replayed(self, key: str) -> dict[str, Any] | None:
-        """The step's journal entry, if any, once its order is checked."""
+        """The step's journal entry, if any, once its order is checked. An
+        entry of no attempt holds a value given in place of the step
+        (`testing.execute`), wherever the step comes: it has no order."""
         entry = self.claimed.journal.get(key)
-        if entry is not None and "position" in entry:
+        if entry is not None and "position" in entry and given(entry) is None:
             self._check_order(key, int(entry["position"]))
         return entry
 

@@ -433,6 +433,24 @@ class Store:
     def list_event_triggers(self) -> Query[list[EventTrigger]]:
         return Query("list_event_triggers", None, _each(EventTrigger.from_row))
 
+    # -- testing.execute -----------------------------------------------------
+
+    def start_test_run(
+        self, function_id: str, event: PreparedEvent, retries: int,
+        options: dict[str, Any] | None, steps_json: str,
+    ) -> Query[str]:
+        """A run of `function_id` for `event`, whose journal holds the values
+        `steps_json` gives in place of steps (see start_test_run)."""
+        doc = f'{{"id": {json.dumps(event.id)}, "name": {json.dumps(event.name)}, ' \
+              f'"data": {event.data_json}}}'
+        return Query("start_test_run", (function_id, doc, retries, _json_or_null(options),
+                                        steps_json), lambda rows: str(rows[0][0]))
+
+    def elapse_test_run(self, run_id: str) -> Query[tuple[int, bool]]:
+        """Make due now what the run and its children wait for in time: how
+        many became due, and whether they are stuck (see elapse_test_run)."""
+        return Query("elapse_test_run", (run_id,), lambda rows: (int(rows[0][0]), bool(rows[0][1])))
+
     # -- worker -----------------------------------------------------------
 
     def listen(self, conn: psycopg.Connection[Any]) -> None:

@@ -468,7 +468,7 @@ ORDER BY started_at, id;
 -- name: run_steps
 SELECT step_key, position, status, attempts, output, error, started_at, finished_at
 FROM {schema}.steps WHERE run_id = %s::uuid
-ORDER BY position;
+ORDER BY position, started_at, step_key;  -- values given in place of steps: position 0, by key
 
 -- name: doctor_facts
 -- What `doctor` judges, in one statement. Unserved: the unfinished runs of
@@ -514,7 +514,8 @@ GROUP BY q.function_id, q.status;
 -- What a parked run waits for: each event a step waits for (or that
 -- cancels the run), and until when (its queue row's due time).
 SELECT w.step_key, w.event_name, array_to_string(w.match_path, '.'), w.match_value,
-       w.condition::text, w.cancel, coalesce(w.expires_at, q.available_at)
+       w.condition::text, w.cancel,
+       nullif(coalesce(w.expires_at, q.available_at), 'infinity')  -- a wait with no timeout: null
 FROM {schema}.waits w LEFT JOIN {schema}.queue q ON q.run_id = w.run_id
 WHERE w.run_id = %s::uuid
 ORDER BY w.cancel, w.step_key, w.event_name;
@@ -534,3 +535,9 @@ SELECT {schema}.drop_event_trigger(%s::regclass, %s);
 -- name: list_event_triggers
 SELECT table_name::text, event_name, op, columns, condition FROM {schema}.event_triggers
 ORDER BY 1, 2, 3;
+
+-- name: start_test_run
+SELECT {schema}.start_test_run(%s, %s::jsonb, %s, %s::jsonb, %s::jsonb);
+
+-- name: elapse_test_run
+SELECT due, stuck FROM {schema}.elapse_test_run(%s::uuid);

@@ -1417,6 +1417,40 @@ END
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION pgdurable.elapse_test_run(p_run uuid, OUT due integer, OUT stuck boolean)
+ RETURNS record
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_tree uuid[];
+    v_skip interval;
+BEGIN
+    WITH RECURSIVE tree AS (
+        SELECT p_run AS id
+        UNION SELECT r.id FROM "pgdurable".runs r JOIN tree t ON r.parent_run_id = t.id
+    )
+    SELECT array_agg(id) INTO v_tree FROM tree;
+    due := 0;
+    stuck := false;
+    IF EXISTS (SELECT FROM "pgdurable".queue q WHERE q.run_id = ANY(v_tree)
+               AND (q.status = 'running' OR q.available_at <= now())) THEN
+        RETURN;  -- work under way: time stands still
+    END IF;
+    SELECT min(q.available_at) - now() INTO v_skip FROM "pgdurable".queue q
+    WHERE q.run_id = ANY(v_tree) AND q.available_at < 'infinity';
+    IF v_skip IS NULL THEN
+        stuck := EXISTS (SELECT FROM "pgdurable".queue q WHERE q.run_id = ANY(v_tree));
+        RETURN;
+    END IF;
+    UPDATE "pgdurable".queue q SET available_at = greatest(q.available_at - v_skip, now())
+    WHERE q.run_id = ANY(v_tree) AND q.available_at < 'infinity';
+    SELECT count(*) INTO due FROM "pgdurable".queue q
+    WHERE q.run_id = ANY(v_tree) AND q.available_at <= now();
+    PERFORM pg_notify('pgdurable_pgdurable', '');
+END
+$function$
+;
+
 CREATE OR REPLACE FUNCTION pgdurable.event_cutoff(p_as_of timestamp with time zone, p_dedupe interval)
  RETURNS timestamp with time zone
  LANGUAGE sql
@@ -2730,6 +2764,25 @@ BEGIN
         PERFORM "pgdurable".start_full_batches(v_batch_functions, v_batch_keys);
     END IF;
     RETURN v_due;
+END
+$function$
+;
+
+CREATE OR REPLACE FUNCTION pgdurable.start_test_run(p_function text, p_event jsonb, p_retries integer, p_options jsonb, p_steps jsonb)
+ RETURNS uuid
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    v_run uuid;
+BEGIN
+    INSERT INTO "pgdurable".events (id, name, data, ts)
+    VALUES (p_event ->> 'id', p_event ->> 'name', p_event -> 'data', now());
+    v_run := "pgdurable".start_run(p_function, ARRAY[p_event ->> 'id'], p_retries, NULL, p_options);
+    INSERT INTO "pgdurable".steps (run_id, step_key, position, status, output, attempts, started_at)
+    SELECT v_run, s.key, 0, 'completed', s.value, 0, now() FROM jsonb_each(p_steps) AS s;
+    UPDATE "pgdurable".queue SET prefilled = true WHERE run_id = v_run;
+    PERFORM pg_notify('pgdurable_pgdurable', '');
+    RETURN v_run;
 END
 $function$
 ;

@@ -1,9 +1,9 @@
 """Fixtures: one PostgreSQL server per session, one fresh schema per test.
 
-The server is PGDURABLE_TEST_DSN if set, else 127.0.0.1:5432 if it answers,
-else a throwaway cluster started here and stopped at the end; the report
-says which. It is found when the first test asks for it, so the unit tier
-(tests/unit) runs without any.
+The server is the pytest plugin's (`pgdurable_dsn`): PGDURABLE_TEST_DSN if
+set, else 127.0.0.1:5432 if it answers, else a throwaway cluster started
+here and stopped at the end; the report says which. It is found when the
+first test asks for it, so the unit tier (tests/unit) runs without any.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,22 +23,12 @@ import psycopg
 import pytest
 
 from pgdurable import Context, Durable
-from pgdurable.testing import drop_schema, new_schema_name, pgbouncer, pgbouncer_binary, test_server
-
-_server = ExitStack()
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    _server.close()
+from pgdurable.testing import drop_schema, new_schema_name, pgbouncer, pgbouncer_binary
 
 
 @pytest.fixture(scope="session")
-def dsn(pytestconfig: pytest.Config) -> str:
-    dsn, how = _server.enter_context(test_server())
-    reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\npgdurable tests: PostgreSQL from {how}")
-    return dsn
+def dsn(pgdurable_dsn: str) -> str:
+    return pgdurable_dsn
 
 
 @pytest.fixture(scope="session")
