@@ -1,14 +1,13 @@
 """The seeds' apps tested as their users would test them: each function run
 to its end at once with `pgdurable.testing.execute` (days of sleeps and
 waits pass in milliseconds), outside calls given in `steps=`, on the server
-of the pytest plugin's `pgdurable_dsn` fixture.
+of the pytest plugin's `pgdurable_dsn` fixture, a fresh schema each
+(`pgdurable_schema`).
 
     pytest examples/test_seed_apps.py
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import notifications
 import onboarding
@@ -16,14 +15,12 @@ import pytest
 import receipts
 
 from pgdurable import Event
-from pgdurable.testing import drop_schema, execute, new_schema_name
+from pgdurable.testing import execute
 
 
 @pytest.fixture
-def schema(pgdurable_dsn: str) -> Iterator[str]:
-    name = new_schema_name()
-    yield name
-    drop_schema(pgdurable_dsn, name)
+def schema(pgdurable_schema: str) -> str:
+    return pgdurable_schema
 
 
 def test_a_receipt_is_read_with_ocr_given(pgdurable_dsn: str, schema: str) -> None:

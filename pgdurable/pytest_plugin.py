@@ -3,10 +3,12 @@
 - `pgdurable_dsn` (session): `PGDURABLE_TEST_DSN`, else a server on
   127.0.0.1:5432 if one answers, else a throwaway cluster (the system's
   PostgreSQL, or the `embedded` extra's), stopped after the session.
+- `pgdurable_schema`: a fresh schema name on that server, dropped (with
+  all in it) after the test: tests never see each other's runs.
 - `pgdurable_app`: the app the ini option `pgdurable_app` names
-  (`module:attribute`), with its functions, on a fresh schema of that
-  server, migrated; stopped and its schema dropped after the test. Without
-  the option, an empty app to register functions on.
+  (`module:attribute`), with its functions, on `pgdurable_schema`,
+  migrated; stopped after the test. Without the option, an empty app to
+  register functions on.
 
 With `pgdurable.testing.execute(pgdurable_app, ...)`, a test runs one of its
 functions to its end in milliseconds.
@@ -49,15 +51,23 @@ def pgdurable_dsn(pytestconfig: pytest.Config) -> str:
 
 
 @pytest.fixture
-def pgdurable_app(pgdurable_dsn: str, pytestconfig: pytest.Config) -> Iterator[Durable]:
-    """The app under test on a schema of its own, migrated (see the module's docstring)."""
+def pgdurable_schema(pgdurable_dsn: str) -> Iterator[str]:
+    """A fresh schema name, dropped after the test (see the module's docstring)."""
     schema = new_schema_name()
+    yield schema
+    drop_schema(pgdurable_dsn, schema)
+
+
+@pytest.fixture
+def pgdurable_app(
+    pgdurable_dsn: str, pgdurable_schema: str, pytestconfig: pytest.Config
+) -> Iterator[Durable]:
+    """The app under test on a schema of its own, migrated (see the module's docstring)."""
     named = str(pytestconfig.getini("pgdurable_app"))
-    app = copy_app(load_app(named), pgdurable_dsn, schema) if named \
-        else Durable(pgdurable_dsn, schema=schema)
+    app = copy_app(load_app(named), pgdurable_dsn, pgdurable_schema) if named \
+        else Durable(pgdurable_dsn, schema=pgdurable_schema)
     try:
         app.migrate()
         yield app
     finally:
         app.stop()
-        drop_schema(pgdurable_dsn, schema)

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from pgdurable import Context, Durable
-from pgdurable.testing import drop_schema, new_schema_name, pgbouncer, pgbouncer_binary
+from pgdurable.testing import pgbouncer, pgbouncer_binary
 
 
 @pytest.fixture(scope="session")
@@ -43,10 +43,8 @@ def pooler_dsn(dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def schema(dsn: str) -> Iterator[str]:
-    name = new_schema_name()
-    yield name
-    drop_schema(dsn, name)
+def schema(pgdurable_schema: str) -> str:
+    return pgdurable_schema
 
 
 # The integration subset that runs twice: straight to Postgres, and through
@@ -107,6 +105,13 @@ def run_of(app: Durable, event: str, data: dict[str, Any] | None = None) -> str:
     [event_id] = app.send(event, data or {})
     [run] = app.runs_for_event(event_id)
     return run.id
+
+
+def count(db: psycopg.Connection[Any], schema: str, rows: str) -> int:
+    """How many rows `rows` ("events", or "effects WHERE ...") of `schema` holds."""
+    row = db.execute(f"SELECT count(*) FROM {schema}.{rows}").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def status_of(app: Durable, run_id: str) -> str:

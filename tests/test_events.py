@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import count
 from pydantic import BaseModel
 
 from pgdurable import (
@@ -23,11 +24,6 @@ class ReceiptProcess(BaseModel):
     user_id: str
     file_key: str
 
-
-def count(db: psycopg.Connection[Any], schema: str, table: str) -> int:
-    row = db.execute(f"SELECT count(*) FROM {schema}.{table}").fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def register_two(app: Durable) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import WorkerProcess, wait_until
+from conftest import WorkerProcess, count, wait_until
 
 import pgdurable._store as store_module
 from pgdurable import Durable
@@ -59,7 +59,7 @@ def test_an_older_worker_stops_claiming_and_loses_nothing(
     older = worker_process(threads=4)
     lines = _lines_of(older)
     before = [app.send("test/two-steps", {"n": n})[0] for n in range(3)]
-    wait_until(lambda: _count(db, app.schema, "effects WHERE what = 'two-start'") == 3,
+    wait_until(lambda: count(db, app.schema, "effects WHERE what = 'two-start'") == 3,
                what="the older worker inside three runs")
 
     request.getfixturevalue("newer_sql")
@@ -113,9 +113,3 @@ def _lines_of(worker: WorkerProcess) -> list[str]:
     assert stream is not None
     threading.Thread(target=lambda: lines.extend(iter(stream.readline, "")), daemon=True).start()
     return lines
-
-
-def _count(db: psycopg.Connection[Any], schema: str, where: str) -> int:
-    row = db.execute(f"SELECT count(*) FROM {schema}.{where}").fetchone()
-    assert row is not None
-    return int(row[0])

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import wait_until
+from conftest import count, wait_until
 
 from pgdurable import (
     Concurrency,
@@ -34,11 +34,6 @@ def registered(app: Durable) -> Durable:
     app.stop()
     return app
 
-
-def count(db: psycopg.Connection[Any], schema: str, table: str) -> int:
-    row = db.execute(f"SELECT count(*) FROM {schema}.{table}").fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def runs_of(db: psycopg.Connection[Any], schema: str, event_id: str) -> list[tuple[Any, ...]]:
