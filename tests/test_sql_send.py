@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import count, wait_until
+from conftest import BENCH, count, load_bench, wait_until
 
 from pgdurable import (
     Concurrency,
@@ -302,3 +302,17 @@ def test_doctor_names_what_sends_from_sql_do_not_know_yet(
     assert "unrecorded were recorded by older workers" in sql_sends().found
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="too old"):
         db.execute(f"INSERT INTO {orders} (id, total) VALUES (1, 1)")
+
+
+def test_concurrent_sql_sends_and_trigger_writes_keep_every_invariant(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, app: Durable
+) -> None:
+    """bench/probe_sql_send.py, short: 3 writers, 300 moves, in threads."""
+    monkeypatch.syspath_prepend(str(BENCH))  # the probe imports bench/common.py
+    import common  # type: ignore[import-not-found]
+
+    monkeypatch.setattr(common, "DSN", dsn)  # the suite's server, not the bench's
+    found = load_bench("probe_sql_send").probe(app, runs=300, workers=3, seed=7, processes=False)
+    rows, committed = found.pop("row events, committed rows")
+    assert rows == committed > 0
+    assert set(found.values()) == {0}, found
