@@ -112,6 +112,18 @@ def test_sql_spells_keys_as_python_does(db: psycopg.Connection[Any], app: Durabl
     assert spelled == key_of("data.v", Event("e", {"v": value}), what="key")
 
 
+def test_a_library_older_than_the_schema_still_sends_the_runs_it_resolved(
+    app: Durable, db: psycopg.Connection[Any]
+) -> None:
+    """During a rolling deploy, senders of the last version pass the runs
+    they worked out themselves, as an array: taken as they are."""
+    runs = [[1, "plain", 2], [1, "keyed", 0, {"slots": [{"key": "keyed 7", "limit": 1}]}]]
+    db.execute(f"SELECT {app.schema}.send_events(%s::jsonb, %s::jsonb, '1 day')",
+               ('[["old-1", "e", {"n": 7}, null]]', json.dumps(runs)))
+    assert [(f, slots) for f, _, slots in runs_of(db, app.schema, "old-1")] == [
+        ("keyed", ["keyed 7"]), ("plain", None)]
+
+
 def test_a_function_no_worker_has_recorded_starts_nothing_until_one_has(
     app: Durable, db: psycopg.Connection[Any]
 ) -> None:
