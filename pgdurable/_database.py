@@ -30,14 +30,7 @@ from ._manage import Atomic, Op, Pause, Send
 from ._network import connect_direct, own_conninfo
 from ._records import ClaimedRow
 from ._store import Query, Store, behind_pooler, is_transient
-from .errors import (
-    ConfigurationError,
-    DurableError,
-    InvalidEventError,
-    MigrationError,
-    PayloadTooLargeError,
-    UnavailableError,
-)
+from .errors import ConfigurationError, DurableError, MigrationError, UnavailableError
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -498,16 +491,11 @@ def redacted(conninfo: str) -> str:
 
 @contextmanager
 def translated_errors(schema: str, own: Any = None) -> Iterator[None]:
-    """Turn 'relation/function does not exist' into a migration hint, an
-    event that SQL refused into InvalidEventError (PayloadTooLargeError if
-    too large) and, on a connection of our `own` (sync or async), its
-    breaking into UnavailableError."""
+    """Turn 'relation/function does not exist' into a migration hint and,
+    on a connection of our `own` (sync or async), its breaking into
+    UnavailableError."""
     try:
         yield
-    except pg_errors.InvalidParameterValue as exc:  # an event refused by SQL (send_events)
-        raise InvalidEventError(exc.diag.message_primary or str(exc)) from None
-    except pg_errors.ProgramLimitExceeded as exc:
-        raise PayloadTooLargeError(exc.diag.message_primary or str(exc)) from None
     except (pg_errors.UndefinedTable, pg_errors.UndefinedFunction, pg_errors.InvalidSchemaName) as exc:
         raise MigrationError(
             f"schema {schema!r} is not migrated ({exc.diag.message_primary}); "

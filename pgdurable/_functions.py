@@ -382,6 +382,7 @@ class SendSpec:
 
     doc: dict[str, Any]
     callables: tuple[tuple[str, Callable[[Any], Any]], ...]
+    doc_json: str  # `doc` as JSON, made once: every send passes it
 
     def computed(self, event: Event) -> list[Any] | None:
         """The values of the callables for `event`, in order (None if none)."""
@@ -436,12 +437,13 @@ def send_spec(fdef: FunctionDef) -> SendSpec:
     doc: dict[str, Any] = {"id": fdef.id, "retries": fdef.retries}
     if options:
         doc["options"] = options
-    return SendSpec(doc, tuple(callables))
+    return SendSpec(doc, tuple(callables), json.dumps(doc))
 
 
 def specs_json(specs: Mapping[str, Sequence[SendSpec]]) -> str:
     """The specs of the functions each event name triggers, as send_events takes them."""
-    return json.dumps({name: [spec.doc for spec in triggered] for name, triggered in specs.items()})
+    return "{" + ",".join(f"{json.dumps(name)}:[{','.join(spec.doc_json for spec in triggered)}]"
+                          for name, triggered in specs.items()) + "}"
 
 
 def with_computed_keys(event: PreparedEvent, specs: Sequence[SendSpec]) -> PreparedEvent:

@@ -39,7 +39,7 @@ from ._replay import FRESH
 from ._runs import Run, RunStatus, StepInfo, WaitInfo
 from ._store import Query, Store
 from ._telemetry import Telemetry
-from .errors import ConfigurationError, InvalidEventError, NotFoundError
+from .errors import ConfigurationError, InvalidEventError, NotFoundError, PayloadTooLargeError
 
 T = TypeVar("T")
 
@@ -112,7 +112,12 @@ class Management:
                      for fdef in triggered.get(event.name, ()) if not fdef.has_run_options]
             if trace_json is not None:
                 self._telemetry.sent([p.id for p in unique])
-            yield Send(unique, specs_json(specs), plain, generated)
+            try:
+                yield Send(unique, specs_json(specs), plain, generated)
+            except pg_errors.InvalidParameterValue as exc:  # refused by SQL: a key field missing...
+                raise InvalidEventError(exc.diag.message_primary or str(exc)) from None
+            except pg_errors.ProgramLimitExceeded as exc:
+                raise PayloadTooLargeError(exc.diag.message_primary or str(exc)) from None
         return [p.id for p in prepared]
 
     def _spec(self, fdef: FunctionDef) -> SendSpec:
